@@ -1,0 +1,54 @@
+//! Pluggable coding agents. The executor calls one iteration at a time through the
+//! [`Agent`] trait; backends are the deterministic simulator, an external command
+//! (JSON on stdin/stdout) and a remote gRPC `taskrouter.v1.Agent` service.
+
+use crate::error::Result;
+use std::sync::Arc;
+use taskrouter_proto::v1::{AgentStep, Task};
+
+/// What one iteration is asked to do.
+#[derive(Clone, Debug)]
+pub struct IterationInput {
+    /// The task (shared, never copied per iteration).
+    pub task: Arc<Task>,
+    /// "agent" on the single path; "lead" or a specialist role on the team path.
+    pub role: String,
+    /// 1-based iteration number within this role.
+    pub iteration: u32,
+    /// Which step of the work this is.
+    pub step: AgentStep,
+    /// Outputs of this role's earlier iterations, most recent last (bounded by the caller).
+    pub prior_outputs: Vec<String>,
+    /// ANALYSIS: the router's suggested roles. SYNTHESIS: "role: output" lines.
+    pub context: Vec<String>,
+}
+
+/// What one iteration produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IterationOutput {
+    /// The agent's output for this iteration.
+    pub output: String,
+    /// Whether the work is done.
+    pub done: bool,
+    /// Cost in USD.
+    pub cost_usd: f64,
+    /// Tokens sent to the model.
+    pub tokens_in: u64,
+    /// Tokens received.
+    pub tokens_out: u64,
+    /// ANALYSIS only: the roles to staff (empty = the router's suggestion).
+    pub plan_roles: Vec<String>,
+}
+
+/// A coding agent that runs one iteration at a time.
+#[async_trait::async_trait]
+pub trait Agent: Send + Sync + 'static {
+    /// Runs one iteration. Errors are `Error::AgentTimeout` or `Error::AgentFailed`.
+    async fn run_iteration(&self, input: IterationInput) -> Result<IterationOutput>;
+
+    /// Short backend name for logs and metrics ("simulator", "command", "remote").
+    fn kind(&self) -> &'static str;
+}
+
+/// A shared, dynamically chosen agent.
+pub type SharedAgent = Arc<dyn Agent>;

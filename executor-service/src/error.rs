@@ -1,0 +1,115 @@
+//! The executor's one error enum, and its one mapping to `tonic::Status`.
+
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in the executor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is invalid (already carries BadRequest details).
+    #[error("invalid request: {0}")]
+    InvalidRequest(Box<Status>),
+    /// No state exists for the task.
+    #[error("task {task_id} not found")]
+    NotFound {
+        /// The task id.
+        task_id: String,
+    },
+    /// The task already exists and the call would start it again (`Run` without `resume`).
+    #[error("task {task_id} already exists (status {status}); pass resume=true to continue it")]
+    AlreadyExists {
+        /// The task id.
+        task_id: String,
+        /// Its current status name.
+        status: String,
+    },
+    /// The stored value cannot be decoded or has an unknown schema version. It is left
+    /// in place for inspection.
+    #[error("stored state at key {key} is unreadable: {reason}")]
+    CorruptState {
+        /// The Redis key holding the value.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A conditional write lost: another writer checkpointed a newer version, or this
+    /// worker's lease / fencing token is no longer current.
+    #[error("checkpoint rejected for task {task_id}: {reason}")]
+    StaleWrite {
+        /// The task id.
+        task_id: String,
+        /// `version`, `fence` or `lease`.
+        reason: String,
+    },
+    /// Another worker holds the task's lease.
+    #[error("task {task_id} is being run by another worker")]
+    LeaseHeld {
+        /// The task id.
+        task_id: String,
+    },
+    /// The task is in a state that does not allow the call (e.g. resuming a cancelled task).
+    #[error("task {task_id}: {reason}")]
+    FailedPrecondition {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Redis could not be reached or failed.
+    #[error("redis unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The router could not be reached or answered with an error.
+    #[error("router unavailable: {0}")]
+    Router(String),
+    /// An agent iteration did not finish in time (the child was killed).
+    #[error("agent timed out after {0:?}")]
+    AgentTimeout(Duration),
+    /// An agent iteration failed: non-zero exit, unreadable output, an RPC error, or an
+    /// injected fault. The message never contains the task description.
+    #[error("agent failed: {0}")]
+    AgentFailed(String),
+    /// The executor is shutting down.
+    #[error("executor is shutting down")]
+    ShuttingDown,
+    /// A bug or an unexpected condition.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The gRPC code for this error: the single table callers can rely on.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidRequest(s) => s.code(),
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::CorruptState { .. } => Code::DataLoss,
+            Error::StaleWrite { .. } => Code::Aborted,
+            Error::LeaseHeld { .. } => Code::Aborted,
+            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::Redis(_) => Code::Unavailable,
+            Error::Router(_) => Code::Unavailable,
+            Error::AgentTimeout(_) => Code::DeadlineExceeded,
+            Error::AgentFailed(_) => Code::Internal,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Whether retrying the same operation later can succeed (Redis down, shutdown).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Redis(_) | Error::ShuttingDown)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidRequest(s) => *s,
+            other => Status::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Result alias for the executor.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! Executor service (in progress).

@@ -1,0 +1,1 @@
+//! Router service (in progress).

@@ -1,0 +1,135 @@
+//! Collects every field problem in a request and turns them into one
+//! `INVALID_ARGUMENT` status carrying google.rpc `BadRequest` field violations.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// One problem with one request field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Dotted path of the field, e.g. `task.estimated_value_usd`.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+/// Accumulates field violations while a request is checked.
+#[derive(Clone, Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a problem with `field`.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The recorded problems.
+    pub fn as_slice(&self) -> &[FieldViolation] {
+        &self.0
+    }
+
+    /// `Ok(())` when empty, otherwise the `INVALID_ARGUMENT` status for them.
+    pub fn into_result(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_status())
+        }
+    }
+
+    /// The `INVALID_ARGUMENT` status: the message names every field, and the details
+    /// carry one `BadRequest.FieldViolation` per problem.
+    pub fn into_status(self) -> Status {
+        let message = self
+            .0
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::new();
+        for v in &self.0 {
+            details.add_bad_request_violation(v.field.clone(), v.description.clone());
+        }
+        Status::with_error_details(Code::InvalidArgument, message, details)
+    }
+}
+
+/// Reads the field violations out of a status, for clients and tests.
+pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
+    status
+        .get_details_bad_request()
+        .map(|br| {
+            br.field_violations
+                .into_iter()
+                .map(|v| FieldViolation {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks a task id: 1..=256 bytes of printable ASCII without whitespace, so it is safe
+/// inside Redis keys, metric-free logs and file names.
+pub fn check_task_id(v: &mut Violations, field: &str, id: &str) {
+    if id.is_empty() {
+        v.add(field, "must not be empty");
+    } else if id.len() > 256 {
+        v.add(field, "must be at most 256 bytes");
+    } else if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        v.add(
+            field,
+            "must be printable ASCII without whitespace or control characters",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_round_trip_through_status_details() {
+        let mut v = Violations::new();
+        v.add("task.id", "must not be empty");
+        v.add("task.estimated_value_usd", "must be finite");
+        let status = v.into_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("task.id"));
+        let got = field_violations(&status);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].field, "task.estimated_value_usd");
+    }
+
+    #[test]
+    fn task_ids_are_checked() {
+        for (id, ok) in [
+            ("", false),
+            ("a b", false),
+            ("TASK-1", true),
+            ("x\n", false),
+            ("é", false),
+        ] {
+            let mut v = Violations::new();
+            check_task_id(&mut v, "task_id", id);
+            assert_eq!(v.is_empty(), ok, "{id:?}");
+        }
+        let mut v = Violations::new();
+        check_task_id(&mut v, "task_id", &"a".repeat(257));
+        assert!(!v.is_empty());
+    }
+}

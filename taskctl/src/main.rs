@@ -1,0 +1,2 @@
+//! taskctl (in progress).
+fn main() {}
