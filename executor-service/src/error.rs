@@ -71,6 +71,9 @@ pub enum Error {
     /// The executor is shutting down.
     #[error("executor is shutting down")]
     ShuttingDown,
+    /// A configuration value is unusable (one line naming the setting).
+    #[error("{0}")]
+    Config(String),
     /// A bug or an unexpected condition.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +95,7 @@ impl Error {
             Error::AgentTimeout(_) => Code::DeadlineExceeded,
             Error::AgentFailed(_) => Code::Internal,
             Error::ShuttingDown => Code::Unavailable,
+            Error::Config(_) => Code::FailedPrecondition,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -1,1 +1,170 @@
-//! Executor service (in progress).
+//! The taskrouter executor: takes tasks off a Redis work queue, routes each through the
+//! router service, runs it on the single path (IterationLoop) or the team path
+//! (TeamLead), and checkpoints its SessionState in Redis after every iteration.
+
+pub mod agent;
+pub mod autonomous_loop;
+pub mod error;
+pub mod iteration_loop;
+pub mod lease;
+pub mod queue;
+pub mod routing;
+pub mod session;
+pub mod team_lead;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+pub mod config;
+pub mod service;
+
+use crate::agent::build_agent;
+use crate::autonomous_loop::AutonomousLoop;
+use crate::config::ExecutorConfig;
+use crate::queue::{RedisQueue, WorkQueue};
+use crate::routing::RouterLink;
+use crate::session::{RedisStore, SessionStore};
+use service_kit::Shutdown;
+use service_kit::server::{HealthReporter, ServingStatus};
+use std::sync::Arc;
+use taskrouter_proto::v1::executor_server::ExecutorServer;
+
+/// gRPC service name used for the executor's health status.
+pub const SERVICE_NAME: &str = "taskrouter.v1.Executor";
+
+/// The engine over Redis built from `config`.
+pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<AutonomousLoop>> {
+    let conn = session::redis_store::connect_lazy(&config.redis_url).map_err(|e| {
+        Error::Config(format!(
+            "--redis-url / REDIS_URL: cannot use it ({})",
+            e.category()
+        ))
+    })?;
+    let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(conn.clone(), &config.key_prefix));
+    let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::new(conn, &config.key_prefix));
+    let router = match &config.router_addr {
+        Some(addr) => Some(RouterLink::new(addr, config.route_timeout).map_err(Error::Config)?),
+        None => None,
+    };
+    let agent = build_agent(&config.agent).map_err(Error::Config)?;
+    Ok(Arc::new(AutonomousLoop::new(
+        store,
+        queue,
+        router,
+        agent,
+        config.agent.retry_policy(),
+        config.settings.clone(),
+        shutdown,
+    )))
+}
+
+/// Serves the executor on `listener` until `shutdown` fires: the gRPC API, health,
+/// reflection and the queue workers. On shutdown health turns NOT_SERVING first, the
+/// workers checkpoint and release their leases, then in-flight calls drain.
+pub async fn serve(
+    config: ExecutorConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let engine = build_engine(&config, shutdown.clone())?;
+    serve_engine(engine, &config, listener, shutdown).await
+}
+
+/// Like [`serve`], over an engine the caller built (any store and queue).
+pub async fn serve_engine(
+    engine: Arc<AutonomousLoop>,
+    config: &ExecutorConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let (reporter, health) = service_kit::server::health();
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let monitor = tokio::spawn(health_monitor(
+        engine.clone(),
+        reporter.clone(),
+        config.health_interval,
+        shutdown.clone(),
+    ));
+    let mut workers = engine.spawn_workers_if_enabled();
+    let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
+    let router = config
+        .server
+        .builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ExecutorServer::new(svc));
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, "executor listening");
+    let server = tokio::spawn(service_kit::server::serve(
+        router,
+        listener,
+        shutdown.clone(),
+    ));
+    shutdown.wait().await;
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    while workers.join_next().await.is_some() {}
+    monitor.abort();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+    }
+    tracing::info!("executor stopped");
+    Ok(())
+}
+
+/// Keeps health in step with the store: SERVING while it answers, NOT_SERVING while not.
+async fn health_monitor(
+    engine: Arc<AutonomousLoop>,
+    reporter: HealthReporter,
+    every: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    let mut group_ready = false;
+    let mut last: Option<bool> = None;
+    while !shutdown.is_triggered() {
+        let mut ok = engine.store().ping().await.is_ok();
+        if ok && !group_ready {
+            match engine.queue().ensure_group().await {
+                Ok(()) => group_ready = true,
+                Err(_) => ok = false,
+            }
+        }
+        if ok {
+            if let Ok(depth) = engine.queue().depth().await {
+                telemetry::queue_depth(depth.length, depth.pending);
+            }
+        }
+        if last != Some(ok) && !shutdown.is_triggered() {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            reporter.set_service_status("", status).await;
+            if ok {
+                tracing::info!("store reachable; serving");
+            } else {
+                tracing::warn!("store unreachable; NOT_SERVING until it answers");
+            }
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => {}
+        }
+    }
+}

@@ -1,1 +1,105 @@
-//! Router service (in progress).
+//! The taskrouter router: decides, for each coding task, whether one agent or a team runs
+//! it, from a hot-reloaded policy file.
+//!
+//! [`serve`] runs the `taskrouter.v1.Router` gRPC service (with health and reflection) on
+//! an already-bound listener; `main.rs` is a thin wrapper around it, and tests and other
+//! crates start it in-process on `127.0.0.1:0`.
+
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod reload;
+pub mod rollout;
+pub mod service;
+
+pub use config::{Args, RouterConfig};
+pub use error::Error;
+pub use policy::{PolicyEngine, fallback_to_single_agent};
+pub use reload::{PolicySource, PolicyStore};
+pub use rollout::rollout_bucket;
+pub use service::RouterService;
+
+use service_kit::Shutdown;
+use service_kit::server::ServingStatus;
+use std::sync::Arc;
+use taskrouter_proto::v1::router_server::RouterServer;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+
+/// gRPC name of the Router service, as reported by health and reflection.
+pub const SERVICE_NAME: &str = <RouterServer<RouterService> as NamedService>::NAME;
+
+/// Largest accepted request: the description ceiling plus room for the other fields.
+const MAX_DECODING_MESSAGE_BYTES: usize =
+    policy::MAX_DESCRIPTION_BYTES_CEILING as usize + 1024 * 1024;
+
+/// Serves the router on `listener` until `shutdown` fires, then reports NOT_SERVING,
+/// stops accepting connections and lets in-flight calls finish.
+///
+/// Fails before serving if the policy cannot be loaded.
+pub async fn serve(
+    config: RouterConfig,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let (health, health_service) = service_kit::server::health();
+    // Not ready until the policy is in force.
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+
+    let path = config.policy_path.clone();
+    let store = tokio::task::spawn_blocking(move || PolicyStore::load(path.as_deref()))
+        .await
+        .map_err(|e| Error::Startup(format!("policy load task failed: {e}")))??;
+    let store = Arc::new(store);
+    let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let router_service = RouterServer::new(RouterService::new(store.clone()))
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
+
+    let reloader = reload::spawn_reloader(
+        store.clone(),
+        config.reload_poll_interval,
+        config.reload_debounce,
+        shutdown.clone(),
+    );
+
+    let mut builder = config.server.builder();
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(router_service);
+
+    // The server drains on `drain`, which fires only after health says NOT_SERVING, so
+    // load balancers stop sending new calls before connections close.
+    let drain = Shutdown::new();
+    let drain_trigger = drain.clone();
+    let health_on_shutdown = health.clone();
+    let watcher = tokio::spawn(async move {
+        shutdown.wait().await;
+        health_on_shutdown
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        health_on_shutdown
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        drain_trigger.trigger();
+    });
+
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    tracing::info!(
+        policy.version = %store.current().engine.version(),
+        policy.source = %store.source(),
+        "router ready"
+    );
+
+    let result = service_kit::server::serve(router, listener, drain).await;
+    watcher.abort();
+    reloader.abort();
+    result.map_err(Error::from)
+}

@@ -1,1 +1,77 @@
-fn main() {}
+//! `router-service` binary: parses flags, sets up logging and metrics, binds the listener
+//! and runs [`router_service::serve`] until SIGTERM/SIGINT.
+//!
+//! Exit codes: 0 after a clean shutdown (or a passing `--check-config`), 2 for invalid
+//! configuration (a flag, env var or the policy file), 1 when the environment refuses
+//! (the address cannot be bound, the metrics endpoint cannot start, the server fails).
+
+use clap::Parser;
+use router_service::{Args, Error, PolicyStore};
+use service_kit::Shutdown;
+use service_kit::telemetry::{init_logging, install_prometheus, metrics_addr};
+use std::process::ExitCode;
+
+const CONFIG_ERROR: u8 = 2;
+const RUNTIME_ERROR: u8 = 1;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.telemetry.log_format);
+    let config = args.router_config();
+
+    let metrics = match metrics_addr(&args.telemetry.metrics_listen) {
+        Ok(addr) => addr,
+        Err(e) => return fail(CONFIG_ERROR, &e.to_string()),
+    };
+    let policy_flag = |e: &Error| match &config.policy_path {
+        Some(_) => format!("--policy {e}"),
+        None => e.to_string(),
+    };
+
+    // Validate the policy before binding, so a bad file never looks like a live server.
+    let version = match PolicyStore::load(config.policy_path.as_deref()) {
+        Ok(store) => store.current().engine.version().to_string(),
+        Err(e) => return fail(CONFIG_ERROR, &policy_flag(&e)),
+    };
+    if args.check_config {
+        println!("config ok (policy version {version})");
+        return ExitCode::SUCCESS;
+    }
+
+    if let Some(addr) = metrics
+        && let Err(e) = install_prometheus(addr)
+    {
+        return fail(RUNTIME_ERROR, &e.to_string());
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                RUNTIME_ERROR,
+                &format!("--listen {}: cannot bind: {e}", config.listen),
+            );
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    tracing::info!(%addr, "router listening");
+
+    match router_service::serve(config.clone(), listener, shutdown).await {
+        Ok(()) => {
+            tracing::info!("router stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e @ (Error::PolicyRead { .. } | Error::PolicyParse { .. } | Error::PolicyInvalid { .. })) => {
+            fail(CONFIG_ERROR, &policy_flag(&e))
+        }
+        Err(e) => fail(RUNTIME_ERROR, &e.to_string()),
+    }
+}
+
+/// Prints one line on stderr and returns `code`.
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}

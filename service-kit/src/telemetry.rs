@@ -37,14 +37,16 @@ pub enum TelemetryError {
     Metrics(String),
 }
 
-/// Installs the global log subscriber (filter from `RUST_LOG`, default `info`).
+/// Installs the global log subscriber writing to stderr (filter from `RUST_LOG`, default `info`).
 /// Safe to call more than once: later calls are ignored, which tests rely on.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        // stdout stays free for command output (e.g. `--check-config`).
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -98,9 +98,151 @@ pub fn check_task_id(v: &mut Violations, field: &str, id: &str) {
     }
 }
 
+/// Size limits on a submitted task, shared by both services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Largest description in bytes.
+    pub max_description_bytes: usize,
+    /// Most repositories.
+    pub max_repositories: usize,
+    /// Most labels.
+    pub max_labels: usize,
+    /// Longest label key, label value or repository name, in bytes.
+    pub max_item_bytes: usize,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        Self {
+            max_description_bytes: 1024 * 1024,
+            max_repositories: 256,
+            max_labels: 256,
+            max_item_bytes: 1024,
+        }
+    }
+}
+
+/// Checks every field of a task, recording problems under `prefix` (e.g. `task`).
+pub fn check_task(
+    v: &mut Violations,
+    prefix: &str,
+    task: &taskrouter_proto::v1::Task,
+    limits: &TaskLimits,
+) {
+    use taskrouter_proto::v1::Complexity;
+    check_task_id(v, &format!("{prefix}.id"), &task.id);
+    if task.description.len() > limits.max_description_bytes {
+        v.add(
+            format!("{prefix}.description"),
+            format!(
+                "is {} bytes; the limit is {} bytes",
+                task.description.len(),
+                limits.max_description_bytes
+            ),
+        );
+    }
+    match Complexity::try_from(task.complexity) {
+        Ok(Complexity::Unspecified) => v.add(
+            format!("{prefix}.complexity"),
+            "must be set (LOW, MEDIUM, HIGH or CRITICAL)",
+        ),
+        Ok(_) => {}
+        Err(_) => v.add(
+            format!("{prefix}.complexity"),
+            format!("unknown value {}", task.complexity),
+        ),
+    }
+    let value = task.estimated_value_usd;
+    if !value.is_finite() {
+        v.add(format!("{prefix}.estimated_value_usd"), "must be a finite number");
+    } else if value < 0.0 {
+        v.add(format!("{prefix}.estimated_value_usd"), "must not be negative");
+    }
+    if task.repositories.len() > limits.max_repositories {
+        v.add(
+            format!("{prefix}.repositories"),
+            format!("at most {} repositories", limits.max_repositories),
+        );
+    } else {
+        for (i, repo) in task.repositories.iter().enumerate() {
+            if repo.trim().is_empty() {
+                v.add(format!("{prefix}.repositories[{i}]"), "must not be empty");
+            } else if repo.len() > limits.max_item_bytes {
+                v.add(
+                    format!("{prefix}.repositories[{i}]"),
+                    format!("longer than {} bytes", limits.max_item_bytes),
+                );
+            }
+        }
+    }
+    if task.labels.len() > limits.max_labels {
+        v.add(
+            format!("{prefix}.labels"),
+            format!("at most {} labels", limits.max_labels),
+        );
+    } else if task
+        .labels
+        .iter()
+        .any(|(k, val)| k.is_empty() || k.len() > limits.max_item_bytes || val.len() > limits.max_item_bytes)
+    {
+        v.add(
+            format!("{prefix}.labels"),
+            format!(
+                "keys must be non-empty and keys and values at most {} bytes",
+                limits.max_item_bytes
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bad_task_field_is_named() {
+        let task = taskrouter_proto::v1::Task {
+            id: String::new(),
+            description: "x".repeat(11),
+            complexity: 99,
+            estimated_value_usd: f64::NAN,
+            repositories: vec![" ".into()],
+            labels: [(String::new(), "v".into())].into_iter().collect(),
+        };
+        let limits = TaskLimits {
+            max_description_bytes: 10,
+            ..TaskLimits::default()
+        };
+        let mut v = Violations::new();
+        check_task(&mut v, "task", &task, &limits);
+        let fields: Vec<_> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "task.id",
+                "task.description",
+                "task.complexity",
+                "task.estimated_value_usd",
+                "task.repositories[0]",
+                "task.labels"
+            ]
+        );
+        let mut v = Violations::new();
+        let ok = taskrouter_proto::v1::Task {
+            id: "T-1".into(),
+            complexity: 1,
+            estimated_value_usd: 0.0,
+            ..Default::default()
+        };
+        check_task(&mut v, "task", &ok, &TaskLimits::default());
+        assert!(v.is_empty());
+        let neg = taskrouter_proto::v1::Task {
+            estimated_value_usd: -1.0,
+            ..ok
+        };
+        check_task(&mut v, "task", &neg, &TaskLimits::default());
+        assert_eq!(v.as_slice()[0].field, "task.estimated_value_usd");
+    }
 
     #[test]
     fn violations_round_trip_through_status_details() {

@@ -2,7 +2,19 @@
 //! [`Agent`] trait; backends are the deterministic simulator, an external command
 //! (JSON on stdin/stdout) and a remote gRPC `taskrouter.v1.Agent` service.
 
-use crate::error::Result;
+pub mod command;
+pub mod config;
+pub mod remote;
+pub mod retry;
+pub mod simulator;
+
+pub use command::{CommandAgent, CommandConfig, CommandConfigError};
+pub use config::{AgentArgs, AgentKind, build_agent};
+pub use remote::RemoteAgent;
+pub use retry::{RetryOutcome, RetryPolicy, run_with_retry};
+pub use simulator::SimulatedAgent;
+
+use crate::error::{Error, Result};
 use std::sync::Arc;
 use taskrouter_proto::v1::{AgentStep, Task};
 
@@ -52,3 +64,25 @@ pub trait Agent: Send + Sync + 'static {
 
 /// A shared, dynamically chosen agent.
 pub type SharedAgent = Arc<dyn Agent>;
+
+/// The name of a step as it appears in the command agent's JSON ("ITERATION", ...).
+pub fn step_name(step: AgentStep) -> &'static str {
+    match step {
+        AgentStep::Unspecified => "UNSPECIFIED",
+        AgentStep::Iteration => "ITERATION",
+        AgentStep::Analysis => "ANALYSIS",
+        AgentStep::Specialist => "SPECIALIST",
+        AgentStep::Synthesis => "SYNTHESIS",
+    }
+}
+
+/// Rejects a reported cost that is not a finite, non-negative number of USD.
+pub(crate) fn check_cost(cost_usd: f64) -> Result<f64> {
+    if cost_usd.is_finite() && cost_usd >= 0.0 {
+        Ok(cost_usd)
+    } else {
+        Err(Error::AgentFailed(format!(
+            "reported cost_usd {cost_usd} is not a finite, non-negative number"
+        )))
+    }
+}

@@ -1,0 +1,305 @@
+//! Executor configuration: flags with environment-variable fallbacks, validated once at
+//! start. A bad setting is one line naming it (exit code 2).
+
+use crate::agent::AgentArgs;
+use crate::autonomous_loop::Settings;
+use crate::session::CheckpointRetry;
+use crate::team_lead::TeamSettings;
+use service_kit::server::ServerArgs;
+use service_kit::telemetry::TelemetryArgs;
+use service_kit::validation::TaskLimits;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Command-line flags of `executor-service`.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "executor-service",
+    version,
+    about = "taskrouter executor: runs coding tasks durably with SessionState in Redis"
+)]
+pub struct Args {
+    /// gRPC listen address.
+    #[arg(long, env = "EXECUTOR_LISTEN", default_value = "0.0.0.0:50052")]
+    pub listen: String,
+    /// Redis URL (`redis://[:password@]host:port/db` or `rediss://` for TLS).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key this executor uses.
+    #[arg(long, env = "EXECUTOR_KEY_PREFIX", default_value = "taskrouter")]
+    pub key_prefix: String,
+    /// Router service address; empty disables routing (every task takes the single path).
+    #[arg(long, env = "ROUTER_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub router_addr: String,
+    /// Deadline of one Route call; past it the task takes the single path.
+    #[arg(long, env = "EXECUTOR_ROUTE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub route_timeout: Duration,
+    /// Worker id (queue consumer name and lease owner); defaults to $HOSTNAME-<pid>.
+    #[arg(long, env = "EXECUTOR_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Queue workers in this process; 0 serves the API only.
+    #[arg(long, env = "EXECUTOR_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Iteration bound when a request gives none.
+    #[arg(long, env = "EXECUTOR_MAX_ITERATIONS", default_value_t = 50)]
+    pub max_iterations: u32,
+    /// Lease expiry: a crashed worker's task is picked up this long after its last heartbeat.
+    #[arg(long, env = "EXECUTOR_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Deliveries after which a queue entry goes to the dead-letter stream.
+    #[arg(long, env = "EXECUTOR_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u64,
+    /// How long a finished task's state is kept (then Redis expires it).
+    #[arg(long, env = "EXECUTOR_ARCHIVE_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub archive_ttl: Duration,
+    /// On SIGTERM, how long the iteration in flight may run before it is abandoned.
+    #[arg(long, env = "EXECUTOR_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How long a failing checkpoint write is retried before the run stops (resumable).
+    #[arg(long, env = "EXECUTOR_CHECKPOINT_RETRY_BUDGET", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub checkpoint_retry_budget: Duration,
+    /// Wall-clock budget of one specialist on the team path.
+    #[arg(long, env = "EXECUTOR_SPECIALIST_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub specialist_timeout: Duration,
+    /// Iterations one specialist may use.
+    #[arg(long, env = "EXECUTOR_SPECIALIST_MAX_ITERATIONS", default_value_t = 10)]
+    pub specialist_max_iterations: u32,
+    /// Specialists running at once per task.
+    #[arg(long, env = "EXECUTOR_TEAM_MAX_PARALLEL", default_value_t = 4)]
+    pub team_max_parallel: usize,
+    /// Largest accepted task description, in bytes.
+    #[arg(long, env = "EXECUTOR_MAX_DESCRIPTION_BYTES", default_value_t = 1024 * 1024)]
+    pub max_description_bytes: usize,
+    /// Parse and validate the configuration, print one line and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Agent backend.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// gRPC server settings.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Logging and metrics.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Validated executor configuration.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Redis URL (may hold a password: never log it).
+    pub redis_url: String,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Router address, if routing is enabled.
+    pub router_addr: Option<String>,
+    /// Route deadline.
+    pub route_timeout: Duration,
+    /// Engine settings.
+    pub settings: Settings,
+    /// Agent backend settings.
+    pub agent: AgentArgs,
+    /// gRPC server settings.
+    pub server: ServerArgs,
+    /// Request size limits.
+    pub limits: TaskLimits,
+    /// How often Redis health is probed.
+    pub health_interval: Duration,
+}
+
+impl ExecutorConfig {
+    /// Defaults suitable for tests and the demo: simulator agent, no router.
+    pub fn for_redis(redis_url: impl Into<String>) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            key_prefix: "taskrouter".into(),
+            router_addr: None,
+            route_timeout: Duration::from_secs(2),
+            settings: Settings::default(),
+            agent: AgentArgs::simulator(),
+            server: ServerArgs::default(),
+            limits: TaskLimits::default(),
+            health_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Args {
+    /// The listen address, or a one-line error naming `--listen`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!(
+                "--listen / EXECUTOR_LISTEN: {:?} is not a socket address (e.g. 0.0.0.0:50052)",
+                self.listen
+            )
+        })
+    }
+
+    /// Validates every setting; the error is one line naming the setting.
+    pub fn validate(&self) -> Result<ExecutorConfig, String> {
+        self.listen_addr()?;
+        // Never echo the URL: it may carry a password.
+        redis::Client::open(self.redis_url.as_str()).map_err(|e| {
+            format!(
+                "--redis-url / REDIS_URL: not a valid Redis URL ({})",
+                e.category()
+            )
+        })?;
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return Err(
+                "--key-prefix / EXECUTOR_KEY_PREFIX: must be non-empty without whitespace".into(),
+            );
+        }
+        let router_addr = match self.router_addr.trim() {
+            "" => None,
+            addr => {
+                crate::routing::RouterLink::new(addr, self.route_timeout)?;
+                Some(addr.to_string())
+            }
+        };
+        let positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(format!("{name}: must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive(
+            "--route-timeout / EXECUTOR_ROUTE_TIMEOUT",
+            self.route_timeout,
+        )?;
+        positive("--archive-ttl / EXECUTOR_ARCHIVE_TTL", self.archive_ttl)?;
+        positive(
+            "--specialist-timeout / EXECUTOR_SPECIALIST_TIMEOUT",
+            self.specialist_timeout,
+        )?;
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err("--lease-ttl / EXECUTOR_LEASE_TTL: must be at least 1s".into());
+        }
+        if self.max_iterations == 0 || self.max_iterations > 100_000 {
+            return Err(
+                "--max-iterations / EXECUTOR_MAX_ITERATIONS: must be between 1 and 100000".into(),
+            );
+        }
+        if self.concurrency > 1024 {
+            return Err("--concurrency / EXECUTOR_CONCURRENCY: must be at most 1024".into());
+        }
+        if self.max_deliveries == 0 {
+            return Err("--max-deliveries / EXECUTOR_MAX_DELIVERIES: must be at least 1".into());
+        }
+        if self.specialist_max_iterations == 0 {
+            return Err("--specialist-max-iterations / EXECUTOR_SPECIALIST_MAX_ITERATIONS: must be at least 1".into());
+        }
+        if self.team_max_parallel == 0 {
+            return Err(
+                "--team-max-parallel / EXECUTOR_TEAM_MAX_PARALLEL: must be at least 1".into(),
+            );
+        }
+        if self.max_description_bytes == 0 {
+            return Err(
+                "--max-description-bytes / EXECUTOR_MAX_DESCRIPTION_BYTES: must be at least 1"
+                    .into(),
+            );
+        }
+        crate::agent::build_agent(&self.agent)?;
+        let worker_id = match &self.worker_id {
+            Some(w) if w.is_empty() || !w.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(
+                    "--worker-id / EXECUTOR_WORKER_ID: must be printable ASCII without spaces"
+                        .into(),
+                );
+            }
+            Some(w) => w.clone(),
+            None => default_worker_id(),
+        };
+        Ok(ExecutorConfig {
+            redis_url: self.redis_url.clone(),
+            key_prefix: self.key_prefix.clone(),
+            router_addr,
+            route_timeout: self.route_timeout,
+            settings: Settings {
+                worker_id,
+                default_max_iterations: self.max_iterations,
+                lease_ttl: self.lease_ttl,
+                archive_ttl: self.archive_ttl,
+                shutdown_grace: self.shutdown_grace,
+                checkpoint_retry: CheckpointRetry {
+                    budget: self.checkpoint_retry_budget,
+                    ..CheckpointRetry::default()
+                },
+                team: TeamSettings {
+                    specialist_timeout: self.specialist_timeout,
+                    specialist_max_iterations: self.specialist_max_iterations,
+                    max_parallel: self.team_max_parallel,
+                    ..TeamSettings::default()
+                },
+                max_deliveries: self.max_deliveries,
+                concurrency: self.concurrency,
+                poll_interval: Duration::from_millis(100),
+            },
+            agent: self.agent.clone(),
+            server: self.server.clone(),
+            limits: TaskLimits {
+                max_description_bytes: self.max_description_bytes,
+                ..TaskLimits::default()
+            },
+            health_interval: Duration::from_secs(1),
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "executor".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("executor-service").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let cfg = parse(&[]).validate().unwrap();
+        assert_eq!(cfg.settings.concurrency, 4);
+        assert_eq!(cfg.router_addr.as_deref(), Some("http://127.0.0.1:50051"));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named_in_one_line() {
+        for (args, name) in [
+            (vec!["--listen", "nope"], "--listen"),
+            (vec!["--redis-url", "http://x"], "--redis-url"),
+            (vec!["--lease-ttl", "10ms"], "--lease-ttl"),
+            (vec!["--max-iterations", "0"], "--max-iterations"),
+            (vec!["--router-addr", "not a uri"], "--router-addr"),
+            (vec!["--agent", "command"], "--agent-command"),
+        ] {
+            let err = parse(&args).validate().unwrap_err();
+            assert!(err.contains(name), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_redis_password_never_appears_in_errors() {
+        let err = parse(&["--redis-url", "redis://:hunter2@/x y"]).validate();
+        if let Err(e) = err {
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+}

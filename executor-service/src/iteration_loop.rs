@@ -1,0 +1,121 @@
+//! The single path: one agent iterating until it reports done or the iteration bound,
+//! checkpointing SessionState after every iteration.
+
+use crate::agent::{IterationInput, IterationOutput};
+use crate::autonomous_loop::{PathOutcome, RunCtx, StepError};
+use crate::error::Result;
+use crate::session::ActiveSession;
+use crate::session::active::now;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use taskrouter_proto::v1::{AgentStep, IterationDone, IterationRecord, progress_event};
+use tokio::sync::Mutex;
+
+/// Role name of the single-path agent.
+pub const AGENT_ROLE: &str = "agent";
+
+/// Prior outputs handed to the next iteration.
+const PRIOR_OUTPUTS: usize = 5;
+
+/// Runs single-path iterations from the saved count until done, bound, cancel or stop.
+pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOutcome> {
+    let (task, task_id) = {
+        let s = session.lock().await;
+        (
+            Arc::new(s.state.task.clone().unwrap_or_default()),
+            s.state.task_id.clone(),
+        )
+    };
+    let mut prior: VecDeque<String> = ctx
+        .store
+        .iterations(&task_id, PRIOR_OUTPUTS * 4)
+        .await?
+        .into_iter()
+        .filter(|r| r.role == AGENT_ROLE)
+        .map(|r| r.output)
+        .collect();
+    while prior.len() > PRIOR_OUTPUTS {
+        prior.pop_front();
+    }
+    loop {
+        let iteration = {
+            let s = session.lock().await;
+            if s.cancel_requested() {
+                return Ok(PathOutcome::Cancelled);
+            }
+            if let Some(stop) = ctx.stop_reason() {
+                return Ok(PathOutcome::Stopped(stop));
+            }
+            if s.state.iteration_count >= s.state.max_iterations {
+                return Ok(PathOutcome::BoundReached);
+            }
+            s.state.iteration_count - s.state.team_iterations + 1
+        };
+        let input = IterationInput {
+            task: task.clone(),
+            role: AGENT_ROLE.to_string(),
+            iteration,
+            step: AgentStep::Iteration,
+            prior_outputs: prior.iter().cloned().collect(),
+            context: Vec::new(),
+        };
+        let out = match ctx.call_agent(input).await {
+            Ok(out) => out,
+            Err(StepError::Stopped(stop)) => return Ok(PathOutcome::Stopped(stop)),
+            Err(StepError::Agent(e)) => {
+                let mut s = session.lock().await;
+                s.state.last_error = e.to_string();
+                s.commit(None, &[], None).await?;
+                return Ok(PathOutcome::Failed(e.to_string()));
+            }
+        };
+        let done = out.done;
+        let output = out.output.clone();
+        {
+            let mut s = session.lock().await;
+            let record = apply_iteration(&mut s, &ctx.worker_id, AGENT_ROLE, iteration, out);
+            s.state.result = record.output.clone();
+            let ev = s.event(progress_event::Kind::Iteration(IterationDone {
+                record: Some(record.clone()),
+                iteration_count: s.state.iteration_count,
+                max_iterations: s.state.max_iterations,
+            }));
+            s.commit(Some(&record), &[ev], None).await?;
+        }
+        crate::telemetry::iteration("single", "agent");
+        prior.push_back(output);
+        if prior.len() > PRIOR_OUTPUTS {
+            prior.pop_front();
+        }
+        if done {
+            return Ok(PathOutcome::Completed);
+        }
+    }
+}
+
+/// Adds one finished iteration to the state's totals and returns its log record.
+pub fn apply_iteration(
+    s: &mut ActiveSession,
+    worker_id: &str,
+    role: &str,
+    iteration: u32,
+    out: IterationOutput,
+) -> IterationRecord {
+    s.state.iteration_count += 1;
+    s.state.cost_usd += out.cost_usd;
+    s.state.tokens_in += out.tokens_in;
+    s.state.tokens_out += out.tokens_out;
+    s.state.last_error.clear();
+    s.state.worker_id = worker_id.to_string();
+    IterationRecord {
+        iteration,
+        role: role.to_string(),
+        output: out.output,
+        done: out.done,
+        cost_usd: out.cost_usd,
+        tokens_in: out.tokens_in,
+        tokens_out: out.tokens_out,
+        at: Some(now()),
+        worker_id: worker_id.to_string(),
+    }
+}

@@ -1,0 +1,261 @@
+//! The `taskrouter.v1.Executor` gRPC service: request validation, then the engine.
+
+use crate::autonomous_loop::{AutonomousLoop, RunOptions, is_final};
+use crate::error::Error;
+use service_kit::Shutdown;
+use service_kit::validation::{TaskLimits, Violations, check_task, check_task_id};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taskrouter_proto::v1::executor_server::Executor;
+use taskrouter_proto::v1::{
+    CancelRequest, CancelResponse, Complexity, GetRequest, GetResponse, ProgressEvent, RunRequest,
+    RunResponse, SubmitRequest, SubmitResponse, Task, TaskStatus, WatchRequest, progress_event,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Largest iteration bound a request may ask for.
+pub const MAX_ITERATIONS_LIMIT: u32 = 100_000;
+/// Most iteration records one Get returns.
+pub const MAX_ITERATION_LIMIT: u32 = 1_000;
+
+/// The Executor service.
+pub struct ExecutorService {
+    engine: Arc<AutonomousLoop>,
+    limits: TaskLimits,
+    shutdown: Shutdown,
+    watch_poll: Duration,
+}
+
+impl ExecutorService {
+    /// A service over `engine`.
+    pub fn new(engine: Arc<AutonomousLoop>, limits: TaskLimits, shutdown: Shutdown) -> Self {
+        Self {
+            engine,
+            limits,
+            shutdown,
+            watch_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+fn require_task<'a>(v: &mut Violations, task: &'a Option<Task>) -> Option<&'a Task> {
+    if task.is_none() {
+        v.add("task", "is required");
+    }
+    task.as_ref()
+}
+
+fn check_bound(v: &mut Violations, max_iterations: u32) {
+    if max_iterations > MAX_ITERATIONS_LIMIT {
+        v.add(
+            "max_iterations",
+            format!("must be at most {MAX_ITERATIONS_LIMIT}"),
+        );
+    }
+}
+
+fn traceparent<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn observed<T>(
+    method: &'static str,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let t0 = Instant::now();
+    let r = fut.await;
+    let code = match &r {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    crate::telemetry::rpc(method, code, t0.elapsed());
+    r
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<ProgressEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Executor for ExecutorService {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        observed("Submit", async {
+            let parent = traceparent(&request);
+            let req = request.into_inner();
+            let mut v = Violations::new();
+            if let Some(task) = require_task(&mut v, &req.task) {
+                check_task(&mut v, "task", task, &self.limits);
+            }
+            check_bound(&mut v, req.max_iterations);
+            v.into_result()?;
+            let task = req.task.unwrap_or_default();
+            let (state, created) = self
+                .engine
+                .submit(task, req.max_iterations, req.use_multi_agent, &parent)
+                .await?;
+            Ok(Response::new(SubmitResponse {
+                state: Some(state),
+                created,
+            }))
+        })
+        .await
+    }
+
+    async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        observed("Run", async {
+            let req = request.into_inner();
+            let mut v = Violations::new();
+            if let Some(task) = require_task(&mut v, &req.task) {
+                // Resuming needs only the id; anything more must still be valid.
+                let id_only = req.resume
+                    && task.description.is_empty()
+                    && task.complexity == Complexity::Unspecified as i32;
+                if id_only {
+                    check_task_id(&mut v, "task.id", &task.id);
+                } else {
+                    check_task(&mut v, "task", task, &self.limits);
+                }
+            }
+            check_bound(&mut v, req.max_iterations);
+            v.into_result()?;
+            let task = req.task.unwrap_or_default();
+            let opts = RunOptions {
+                resume: req.resume,
+                max_iterations: req.max_iterations,
+                use_multi_agent: req.use_multi_agent,
+            };
+            let result = self.engine.run(task, opts).await?;
+            Ok(Response::new(RunResponse {
+                result: Some(result),
+            }))
+        })
+        .await
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        observed("Get", async {
+            let req = request.into_inner();
+            let mut v = Violations::new();
+            check_task_id(&mut v, "task_id", &req.task_id);
+            if req.iteration_limit > MAX_ITERATION_LIMIT {
+                v.add(
+                    "iteration_limit",
+                    format!("must be at most {MAX_ITERATION_LIMIT}"),
+                );
+            }
+            v.into_result()?;
+            let state = self.engine.get(&req.task_id).await?;
+            let iterations = if req.include_iterations {
+                let limit = match req.iteration_limit {
+                    0 => 100,
+                    n => n as usize,
+                };
+                self.engine.store().iterations(&req.task_id, limit).await?
+            } else {
+                Vec::new()
+            };
+            Ok(Response::new(GetResponse {
+                state: Some(state),
+                iterations,
+            }))
+        })
+        .await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        check_task_id(&mut v, "task_id", &req.task_id);
+        v.into_result()?;
+        // NOT_FOUND up front rather than an empty stream.
+        self.engine.get(&req.task_id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let engine = self.engine.clone();
+        let shutdown = self.shutdown.clone();
+        let poll = self.watch_poll;
+        tokio::spawn(async move {
+            let mut cursor: Option<String> = None;
+            let mut idle_polls = 0u32;
+            loop {
+                let batch = engine
+                    .store()
+                    .events_after(&req.task_id, cursor.as_deref(), 100)
+                    .await;
+                let events = match batch {
+                    Ok(evs) => evs,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                if events.is_empty() {
+                    idle_polls += 1;
+                    // Events expire with the archive; a final state with nothing left
+                    // to read ends the stream.
+                    if idle_polls % 20 == 0 {
+                        match engine.get(&req.task_id).await {
+                            Ok(s)
+                                if is_final(TaskStatus::try_from(s.status).unwrap_or_default()) =>
+                            {
+                                return;
+                            }
+                            Err(Error::NotFound { .. }) => return,
+                            _ => {}
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = tx.closed() => return,
+                        _ = shutdown.wait() => {
+                            let _ = tx.send(Err(Status::unavailable("executor shutting down; watch again on another replica"))).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                idle_polls = 0;
+                for stored in events {
+                    cursor = Some(stored.cursor);
+                    if stored.event.sequence <= req.after_sequence {
+                        continue;
+                    }
+                    let last = matches!(stored.event.kind, Some(progress_event::Kind::Finished(_)));
+                    if tx.send(Ok(stored.event)).await.is_err() || last {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        observed("Cancel", async {
+            let req = request.into_inner();
+            let mut v = Violations::new();
+            check_task_id(&mut v, "task_id", &req.task_id);
+            v.into_result()?;
+            let state = self.engine.cancel(&req.task_id).await?;
+            Ok(Response::new(CancelResponse { state: Some(state) }))
+        })
+        .await
+    }
+}

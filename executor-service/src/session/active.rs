@@ -1,0 +1,160 @@
+//! The state of a task while a worker runs it: the latest SessionState, its stored
+//! version and the lease, with checkpointing that retries while Redis is briefly away.
+
+use super::{Checkpoint, SessionStore};
+use crate::error::{Error, Result};
+use crate::lease::Lease;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, progress_event};
+
+/// How long a failing checkpoint write is retried before the run gives up (the task
+/// stays resumable: nothing is marked done with unsaved work).
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointRetry {
+    /// Total time to keep retrying.
+    pub budget: Duration,
+    /// First backoff; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for CheckpointRetry {
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A task being run under a lease.
+pub struct ActiveSession {
+    store: Arc<dyn SessionStore>,
+    /// The latest state (what the next checkpoint writes).
+    pub state: SessionState,
+    version: u64,
+    lease: Lease,
+    retry: CheckpointRetry,
+    cancel_requested: bool,
+    /// Iterations started but not yet checkpointed (team path reserves slots).
+    pub in_flight: u32,
+}
+
+impl ActiveSession {
+    /// Wraps a freshly loaded state.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        state: SessionState,
+        lease: Lease,
+        retry: CheckpointRetry,
+    ) -> Self {
+        let version = state.version;
+        let cancel_requested = state.cancel_requested;
+        Self {
+            store,
+            state,
+            version,
+            lease,
+            retry,
+            cancel_requested,
+            in_flight: 0,
+        }
+    }
+
+    /// The lease this run holds.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The stored version the next write expects.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether a Cancel has been seen.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested
+    }
+
+    /// Builds an event for this task.
+    pub fn event(&self, kind: progress_event::Kind) -> ProgressEvent {
+        ProgressEvent {
+            task_id: self.state.task_id.clone(),
+            sequence: 0,
+            at: Some(now()),
+            kind: Some(kind),
+        }
+    }
+
+    /// Checkpoints the current state (plus an iteration record and events) in one
+    /// atomic conditional write. Transient Redis errors are retried with backoff
+    /// within the retry budget; a stale write is returned at once.
+    pub async fn commit(
+        &mut self,
+        iteration: Option<&IterationRecord>,
+        events: &[ProgressEvent],
+        archive_ttl: Option<Duration>,
+    ) -> Result<()> {
+        self.state.updated_at = Some(now());
+        let started = Instant::now();
+        let mut backoff = self.retry.initial_backoff;
+        loop {
+            let t0 = Instant::now();
+            let res = self
+                .store
+                .checkpoint(Checkpoint {
+                    state: &self.state,
+                    expected_version: self.version,
+                    lease: &self.lease,
+                    iteration,
+                    events,
+                    archive_ttl,
+                })
+                .await;
+            crate::telemetry::checkpoint_latency(t0.elapsed(), res.is_ok());
+            match res {
+                Ok(outcome) => {
+                    self.version = outcome.version;
+                    self.state.version = outcome.version;
+                    self.state.fencing_token = self.lease.fencing_token;
+                    if outcome.cancel_requested {
+                        self.cancel_requested = true;
+                        self.state.cancel_requested = true;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && started.elapsed() < self.retry.budget => {
+                    tracing::warn!(task_id = %self.state.task_id, error = %e, backoff_ms = backoff.as_millis() as u64, "checkpoint failed; retrying");
+                    crate::telemetry::checkpoint_retry();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Releases the lease (best effort: it expires by itself otherwise).
+    pub async fn release(&self) {
+        if let Err(e) = self.store.release_lease(&self.lease).await {
+            tracing::warn!(task_id = %self.state.task_id, error = %e, "lease release failed; it will expire");
+        }
+    }
+}
+
+/// Current time as a protobuf timestamp.
+pub fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now())
+}
+
+/// Maps an error from a commit to whether the run may simply stop (leaving the task
+/// resumable) rather than fail the task.
+pub fn leaves_task_resumable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Redis(_) | Error::StaleWrite { .. } | Error::ShuttingDown
+    )
+}

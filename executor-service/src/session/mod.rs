@@ -1,0 +1,146 @@
+//! SessionState persistence: the [`SessionStore`] trait and its Redis implementation.
+//!
+//! Layout per task (every key shares the Redis Cluster hash tag `{task_id}`):
+//! - `<prefix>:{id}:state` — hash: `schema`, `version`, `fence`, `status`, `evseq`, `data`
+//!   (protobuf `SessionState` without the iteration log, so it does not grow per iteration);
+//! - `<prefix>:{id}:log` — list of protobuf `IterationRecord`s, appended per iteration;
+//! - `<prefix>:{id}:events` — stream of progress events (`seq`, `ev`), capped;
+//! - `<prefix>:{id}:lease` — owner token of the worker running the task (with expiry);
+//! - `<prefix>:{id}:fence` — counter incremented on every lease acquisition;
+//! - `<prefix>:{id}:cancel` — present once Cancel was requested.
+
+pub mod active;
+pub mod redis_store;
+
+use crate::error::Result;
+use crate::lease::Lease;
+use std::time::Duration;
+use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState};
+
+pub use active::{ActiveSession, CheckpointRetry};
+pub use redis_store::RedisStore;
+
+/// The Redis keys of one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskKeys {
+    /// Hash holding the encoded state and its version/fence.
+    pub state: String,
+    /// List of encoded iteration records.
+    pub log: String,
+    /// Stream of encoded progress events.
+    pub events: String,
+    /// Lease owner token.
+    pub lease: String,
+    /// Fencing-token counter.
+    pub fence: String,
+    /// Cancel marker.
+    pub cancel: String,
+}
+
+impl TaskKeys {
+    /// Keys of `task_id` under `prefix`, all in the hash slot of `{task_id}`.
+    pub fn new(prefix: &str, task_id: &str) -> Self {
+        let base = format!("{prefix}:{{{task_id}}}");
+        Self {
+            state: format!("{base}:state"),
+            log: format!("{base}:log"),
+            events: format!("{base}:events"),
+            lease: format!("{base}:lease"),
+            fence: format!("{base}:fence"),
+            cancel: format!("{base}:cancel"),
+        }
+    }
+}
+
+/// One atomic, conditional write of a task's progress.
+#[derive(Debug)]
+pub struct Checkpoint<'a> {
+    /// The new state. Its `version` is ignored; the store sets it.
+    pub state: &'a SessionState,
+    /// The version the writer last saw; the write fails if the stored one differs.
+    pub expected_version: u64,
+    /// The writer's lease; the write fails unless it is still the current holder.
+    pub lease: &'a Lease,
+    /// Iteration to append to the log, if one just finished.
+    pub iteration: Option<&'a IterationRecord>,
+    /// Progress events to publish (sequence numbers are assigned by the store).
+    pub events: &'a [ProgressEvent],
+    /// When set, archive: every key of the task expires after this long.
+    pub archive_ttl: Option<Duration>,
+}
+
+/// What a successful checkpoint returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointOutcome {
+    /// The stored version after the write.
+    pub version: u64,
+    /// Whether a Cancel has been requested for the task.
+    pub cancel_requested: bool,
+}
+
+/// Result of creating a task's state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CreateOutcome {
+    /// The state was created.
+    Created(SessionState),
+    /// A state already existed for this id; it is returned unchanged.
+    Existing(SessionState),
+}
+
+/// A stored progress event with its position in the task's event stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// Opaque stream position, for reading after it.
+    pub cursor: String,
+    /// The event, with `sequence` filled in.
+    pub event: ProgressEvent,
+}
+
+/// Durable storage of SessionState, iteration logs, progress events and leases.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Creates the state if the id is unknown (atomically), publishing `event`.
+    async fn create(&self, state: &SessionState, event: &ProgressEvent) -> Result<CreateOutcome>;
+
+    /// Loads a task's state (`version` filled from the store). `None` if unknown;
+    /// `Error::CorruptState` if the value cannot be read (it is left in place).
+    async fn load(&self, task_id: &str) -> Result<Option<SessionState>>;
+
+    /// Writes a checkpoint atomically if `expected_version` and the lease still hold.
+    async fn checkpoint(&self, cp: Checkpoint<'_>) -> Result<CheckpointOutcome>;
+
+    /// The most recent `limit` iteration records, oldest first.
+    async fn iterations(&self, task_id: &str, limit: usize) -> Result<Vec<IterationRecord>>;
+
+    /// Events after `cursor` (`None` = from the beginning), at most `limit`.
+    async fn events_after(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>>;
+
+    /// Takes the task's lease for `owner` if it is free (or already ours), returning
+    /// it with a fresh fencing token; `None` if another owner holds it.
+    async fn acquire_lease(
+        &self,
+        task_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Extends the lease; `false` if it is no longer ours.
+    async fn renew_lease(&self, lease: &Lease) -> Result<bool>;
+
+    /// Releases the lease if it is still ours.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Marks the task as cancel-requested (seen by the running worker at its next checkpoint).
+    async fn request_cancel(&self, task_id: &str, ttl: Duration) -> Result<()>;
+
+    /// Whether the store answers (drives the health status).
+    async fn ping(&self) -> Result<()>;
+
+    /// Short backend name ("redis", "memory").
+    fn kind(&self) -> &'static str;
+}

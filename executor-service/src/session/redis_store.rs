@@ -1,0 +1,492 @@
+//! [`SessionStore`] on Redis. Every conditional write is one Lua script (one round
+//! trip), not WATCH/MULTI: on a shared multiplexed connection other tasks' commands
+//! would interleave with a WATCH.
+
+use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
+use crate::error::{Error, Result};
+use crate::lease::Lease;
+use prost::Message;
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+use std::sync::LazyLock;
+use std::time::Duration;
+use taskrouter_proto::SESSION_SCHEMA_VERSION;
+use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, TaskStatus};
+
+/// Events kept per task stream (approximate trim).
+const EVENTS_MAXLEN: u64 = 10_000;
+
+/// KEYS: state, events. ARGV: schema, status, data, event.
+/// Returns `{1}` when created, `{0, data, version}` when it already existed.
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local existing = redis.call('HMGET', KEYS[1], 'data', 'version')
+if existing[1] then
+  return {0, existing[1], existing[2] or '0'}
+end
+redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'version', 1, 'fence', 0, 'status', ARGV[2], 'evseq', 1, 'data', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'seq', 1, 'ev', ARGV[4])
+return {1}
+"#,
+    )
+});
+
+/// KEYS: state, log, events, lease, fence, cancel.
+/// ARGV: expected_version, fencing_token, owner, data, status, log_entry, archive_ttl_ms,
+///       schema, events_maxlen, event...
+/// Returns `{version, cancel}` on success; `{-1, current}` version mismatch;
+/// `{-2, current}` lease not held; `{-3, current}` stale fencing token.
+static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if redis.call('GET', KEYS[4]) ~= ARGV[3] then
+  return {-2, cur}
+end
+local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+if tonumber(ARGV[2]) < fence then
+  return {-3, cur}
+end
+if cur ~= tonumber(ARGV[1]) then
+  return {-1, cur}
+end
+local ver = cur + 1
+redis.call('HSET', KEYS[1], 'schema', ARGV[8], 'version', ver, 'fence', ARGV[2], 'status', ARGV[5], 'data', ARGV[4])
+if ARGV[6] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[6])
+end
+for i = 10, #ARGV do
+  local seq = redis.call('HINCRBY', KEYS[1], 'evseq', 1)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'ev', ARGV[i])
+end
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  for i = 1, 6 do
+    if i ~= 4 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+return {ver, redis.call('EXISTS', KEYS[6])}
+"#,
+    )
+});
+
+/// KEYS: lease, fence. ARGV: owner, ttl_ms. Returns the fencing token, or 0 if held by another.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: lease. ARGV: owner, ttl_ms. Returns 1 if renewed, 0 if not ours.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: lease. ARGV: owner. Deletes the lease only if it is still ours.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// SessionState store on Redis (standalone, or any server speaking its protocol).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisStore {
+    /// A store using `conn` with keys under `prefix`.
+    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
+            conn,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The keys of `task_id`.
+    pub fn keys(&self, task_id: &str) -> TaskKeys {
+        TaskKeys::new(&self.prefix, task_id)
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn decode_state(key: &str, data: &[u8], version: u64) -> Result<SessionState> {
+        let mut state = SessionState::decode(data).map_err(|e| Error::CorruptState {
+            key: key.to_string(),
+            reason: format!("not a SessionState protobuf: {e}"),
+        })?;
+        if state.schema_version != SESSION_SCHEMA_VERSION {
+            return Err(Error::CorruptState {
+                key: key.to_string(),
+                reason: format!(
+                    "schema version {} inside the record, expected {SESSION_SCHEMA_VERSION}",
+                    state.schema_version
+                ),
+            });
+        }
+        state.version = version;
+        Ok(state)
+    }
+}
+
+fn corrupt(key: &str, e: &redis::RedisError) -> Option<Error> {
+    // A foreign value under our key (e.g. a plain string) shows up as WRONGTYPE.
+    (e.code() == Some("WRONGTYPE")).then(|| Error::CorruptState {
+        key: key.to_string(),
+        reason: "the key holds a value of the wrong Redis type".to_string(),
+    })
+}
+
+fn map_err(key: &str) -> impl Fn(redis::RedisError) -> Error + '_ {
+    move |e| corrupt(key, &e).unwrap_or(Error::Redis(e))
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, state: &SessionState, event: &ProgressEvent) -> Result<CreateOutcome> {
+        let keys = self.keys(&state.task_id);
+        let mut stored = state.clone();
+        stored.version = 1;
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = CREATE
+            .key(&keys.state)
+            .key(&keys.events)
+            .arg(SESSION_SCHEMA_VERSION)
+            .arg(status_name(stored.status))
+            .arg(stored.encode_to_vec())
+            .arg(event.encode_to_vec())
+            .arg(EVENTS_MAXLEN)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.state))?;
+        match reply.first().and_then(as_i64) {
+            Some(1) => Ok(CreateOutcome::Created(stored)),
+            Some(0) => {
+                let data = reply.get(1).and_then(as_bytes).unwrap_or_default();
+                let version = reply.get(2).and_then(as_i64).unwrap_or(0).max(0) as u64;
+                Ok(CreateOutcome::Existing(Self::decode_state(
+                    &keys.state,
+                    data,
+                    version,
+                )?))
+            }
+            _ => Err(Error::Internal(
+                "unexpected reply from the create script".into(),
+            )),
+        }
+    }
+
+    async fn load(&self, task_id: &str) -> Result<Option<SessionState>> {
+        let keys = self.keys(task_id);
+        let mut conn = self.conn.clone();
+        let (schema, version, data): (Option<String>, Option<u64>, Option<Vec<u8>>) =
+            redis::cmd("HMGET")
+                .arg(&keys.state)
+                .arg("schema")
+                .arg("version")
+                .arg("data")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| match corrupt(&keys.state, &e) {
+                    Some(c) => c,
+                    None if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
+                        Error::CorruptState {
+                            key: keys.state.clone(),
+                            reason: format!("unreadable fields: {e}"),
+                        }
+                    }
+                    None => Error::Redis(e),
+                })?;
+        let Some(data) = data else {
+            return match (schema, version) {
+                (None, None) => Ok(None),
+                _ => Err(Error::CorruptState {
+                    key: keys.state,
+                    reason: "the hash has no `data` field".into(),
+                }),
+            };
+        };
+        let schema_ok = schema
+            .as_deref()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_some_and(|s| s == SESSION_SCHEMA_VERSION);
+        if !schema_ok {
+            return Err(Error::CorruptState {
+                key: keys.state,
+                reason: format!(
+                    "schema version {:?}, expected {SESSION_SCHEMA_VERSION}",
+                    schema.unwrap_or_default()
+                ),
+            });
+        }
+        Self::decode_state(&keys.state, &data, version.unwrap_or(0)).map(Some)
+    }
+
+    async fn checkpoint(&self, cp: Checkpoint<'_>) -> Result<CheckpointOutcome> {
+        let keys = self.keys(&cp.state.task_id);
+        let mut state = cp.state.clone();
+        state.version = cp.expected_version + 1;
+        state.fencing_token = cp.lease.fencing_token;
+        let ttl_ms = cp
+            .archive_ttl
+            .map(|d| d.as_millis().max(1) as u64)
+            .unwrap_or(0);
+        let mut inv = CHECKPOINT.prepare_invoke();
+        inv.key(&keys.state)
+            .key(&keys.log)
+            .key(&keys.events)
+            .key(&keys.lease)
+            .key(&keys.fence)
+            .key(&keys.cancel)
+            .arg(cp.expected_version)
+            .arg(cp.lease.fencing_token)
+            .arg(&cp.lease.owner)
+            .arg(state.encode_to_vec())
+            .arg(status_name(state.status))
+            .arg(cp.iteration.map(|r| r.encode_to_vec()).unwrap_or_default())
+            .arg(ttl_ms)
+            .arg(SESSION_SCHEMA_VERSION)
+            .arg(EVENTS_MAXLEN);
+        for ev in cp.events {
+            inv.arg(ev.encode_to_vec());
+        }
+        let mut conn = self.conn.clone();
+        let (code, second): (i64, i64) = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.state))?;
+        let stale = |reason: String| Error::StaleWrite {
+            task_id: state.task_id.clone(),
+            reason,
+        };
+        match code {
+            -1 => Err(stale(format!(
+                "expected version {}, stored version is {second}",
+                cp.expected_version
+            ))),
+            -2 => Err(stale("the lease is no longer held by this worker".into())),
+            -3 => Err(stale(format!(
+                "fencing token {} is older than the stored one",
+                cp.lease.fencing_token
+            ))),
+            v if v > 0 => Ok(CheckpointOutcome {
+                version: v as u64,
+                cancel_requested: second == 1,
+            }),
+            _ => Err(Error::Internal(
+                "unexpected reply from the checkpoint script".into(),
+            )),
+        }
+    }
+
+    async fn iterations(&self, task_id: &str, limit: usize) -> Result<Vec<IterationRecord>> {
+        let keys = self.keys(task_id);
+        let mut conn = self.conn.clone();
+        let start = -(limit.max(1) as i64);
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&keys.log)
+            .arg(start)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.log))?;
+        raw.iter()
+            .map(|b| {
+                IterationRecord::decode(b.as_slice()).map_err(|e| Error::CorruptState {
+                    key: keys.log.clone(),
+                    reason: format!("not an IterationRecord protobuf: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    async fn events_after(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let keys = self.keys(task_id);
+        let start = match cursor {
+            Some(c) => format!("({c}"),
+            None => "-".to_string(),
+        };
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&keys.events)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.events))?;
+        let Value::Array(entries) = reply else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let cursor = match id {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::SimpleString(s) => s.clone(),
+                _ => continue,
+            };
+            let mut seq = 0u64;
+            let mut ev = None;
+            for pair in fields.chunks(2) {
+                match (pair.first().and_then(as_bytes), pair.get(1)) {
+                    (Some(b"seq"), Some(v)) => seq = as_i64(v).unwrap_or(0).max(0) as u64,
+                    (Some(b"ev"), Some(v)) => ev = as_bytes(v).map(<[u8]>::to_vec),
+                    _ => {}
+                }
+            }
+            let Some(bytes) = ev else { continue };
+            let mut event =
+                ProgressEvent::decode(bytes.as_slice()).map_err(|e| Error::CorruptState {
+                    key: keys.events.clone(),
+                    reason: format!("not a ProgressEvent protobuf: {e}"),
+                })?;
+            event.sequence = seq;
+            out.push(StoredEvent { cursor, event });
+        }
+        Ok(out)
+    }
+
+    async fn acquire_lease(
+        &self,
+        task_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let keys = self.keys(task_id);
+        let mut conn = self.conn.clone();
+        let token: i64 = ACQUIRE
+            .key(&keys.lease)
+            .key(&keys.fence)
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.lease))?;
+        Ok((token > 0).then(|| Lease {
+            task_id: task_id.to_string(),
+            owner: owner.to_string(),
+            fencing_token: token as u64,
+            ttl,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<bool> {
+        let keys = self.keys(&lease.task_id);
+        let mut conn = self.conn.clone();
+        let ok: i64 = RENEW
+            .key(&keys.lease)
+            .arg(&lease.owner)
+            .arg(lease.ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.lease))?;
+        Ok(ok == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let keys = self.keys(&lease.task_id);
+        let mut conn = self.conn.clone();
+        let _: i64 = RELEASE
+            .key(&keys.lease)
+            .arg(&lease.owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.lease))?;
+        Ok(())
+    }
+
+    async fn request_cancel(&self, task_id: &str, ttl: Duration) -> Result<()> {
+        let keys = self.keys(task_id);
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(&keys.cancel)
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::Redis)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::Redis)?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The stored `status` field: the proto enum name, for operators reading Redis.
+pub fn status_name(status: i32) -> &'static str {
+    TaskStatus::try_from(status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("TASK_STATUS_UNSPECIFIED")
+}
+
+/// Connects a [`ConnectionManager`] lazily, so the service starts (NOT_SERVING) while
+/// Redis is down and reconnects by itself when it returns.
+pub fn connect_lazy(url: &str) -> std::result::Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+}

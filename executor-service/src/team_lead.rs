@@ -1,0 +1,392 @@
+//! The team path: the lead plans which specialists to staff (analysis), specialists work
+//! concurrently, each with its own timeout and iteration bound, and the lead combines
+//! their outputs (synthesis). Every phase change and specialist iteration is
+//! checkpointed; a resume skips finished specialists and re-enters the saved phase.
+
+use crate::agent::IterationInput;
+use crate::autonomous_loop::{PathOutcome, RunCtx, StepError, Stop};
+use crate::error::Result;
+use crate::iteration_loop::apply_iteration;
+use crate::session::ActiveSession;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use taskrouter_proto::v1::{
+    AgentStep, FallbackCause, IterationDone, PhaseChanged, SpecialistProgress, SpecialistStatus,
+    Task, TeamPhase, progress_event,
+};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+/// Role name of the lead.
+pub const LEAD_ROLE: &str = "lead";
+
+/// Team path limits.
+#[derive(Clone, Debug)]
+pub struct TeamSettings {
+    /// Wall-clock budget of one specialist (restarts on resume).
+    pub specialist_timeout: Duration,
+    /// Iterations one specialist may use before it counts as failed.
+    pub specialist_max_iterations: u32,
+    /// Specialists running at once.
+    pub max_parallel: usize,
+    /// Largest number of specialists a plan may staff.
+    pub max_specialists: usize,
+}
+
+impl Default for TeamSettings {
+    fn default() -> Self {
+        Self {
+            specialist_timeout: Duration::from_secs(600),
+            specialist_max_iterations: 10,
+            max_parallel: 4,
+            max_specialists: 8,
+        }
+    }
+}
+
+enum SpecialistEnd {
+    Done,
+    Failed(FallbackCause, String),
+    Stopped(PathOutcome),
+}
+
+/// Runs (or resumes) the team path.
+pub async fn run(ctx: &Arc<RunCtx>, session: &Arc<Mutex<ActiveSession>>) -> Result<PathOutcome> {
+    let task = Arc::new(session.lock().await.state.task.clone().unwrap_or_default());
+    loop {
+        let phase = {
+            let s = session.lock().await;
+            if let Some(o) = boundary_check(ctx, &s) {
+                return Ok(o);
+            }
+            TeamPhase::try_from(s.state.phase).unwrap_or(TeamPhase::Unspecified)
+        };
+        let next = match phase {
+            TeamPhase::Unspecified | TeamPhase::Analysis => analysis(ctx, session, &task).await?,
+            TeamPhase::Specialists => specialists(ctx, session, &task).await?,
+            TeamPhase::Synthesis => synthesis(ctx, session, &task).await?,
+            TeamPhase::Done => return Ok(PathOutcome::Completed),
+        };
+        if let Some(outcome) = next {
+            return Ok(outcome);
+        }
+    }
+}
+
+fn boundary_check(ctx: &RunCtx, s: &ActiveSession) -> Option<PathOutcome> {
+    if s.cancel_requested() {
+        return Some(PathOutcome::Cancelled);
+    }
+    if let Some(stop) = ctx.stop_reason() {
+        return Some(PathOutcome::Stopped(stop));
+    }
+    (s.state.iteration_count + s.in_flight >= s.state.max_iterations)
+        .then_some(PathOutcome::BoundReached)
+}
+
+async fn set_phase(s: &mut ActiveSession, phase: TeamPhase, roles: Vec<String>) -> Result<()> {
+    s.state.phase = phase as i32;
+    let ev = s.event(progress_event::Kind::Phase(PhaseChanged {
+        phase: phase as i32,
+        roles,
+    }));
+    s.commit(None, &[ev], None).await
+}
+
+async fn lead_step(
+    ctx: &RunCtx,
+    task: &Arc<Task>,
+    step: AgentStep,
+    context: Vec<String>,
+) -> std::result::Result<crate::agent::IterationOutput, StepError> {
+    let iteration = if step == AgentStep::Analysis { 1 } else { 2 };
+    let input = IterationInput {
+        task: task.clone(),
+        role: LEAD_ROLE.to_string(),
+        iteration,
+        step,
+        prior_outputs: Vec::new(),
+        context,
+    };
+    ctx.call_agent(input).await
+}
+
+async fn analysis(
+    ctx: &RunCtx,
+    session: &Mutex<ActiveSession>,
+    task: &Arc<Task>,
+) -> Result<Option<PathOutcome>> {
+    let suggested = {
+        let mut s = session.lock().await;
+        if s.state.phase != TeamPhase::Analysis as i32 {
+            set_phase(&mut s, TeamPhase::Analysis, Vec::new()).await?;
+        }
+        s.state
+            .analysis
+            .as_ref()
+            .map(|a| a.suggested_roles.clone())
+            .unwrap_or_default()
+    };
+    let out = match lead_step(ctx, task, AgentStep::Analysis, suggested.clone()).await {
+        Ok(out) => out,
+        Err(StepError::Stopped(stop)) => return Ok(Some(PathOutcome::Stopped(stop))),
+        Err(StepError::Agent(e)) => {
+            return Ok(Some(PathOutcome::Fallback {
+                cause: FallbackCause::AnalysisFailed,
+                detail: format!("lead analysis failed: {e}"),
+            }));
+        }
+    };
+    let mut roles = if out.plan_roles.is_empty() {
+        suggested
+    } else {
+        out.plan_roles.clone()
+    };
+    roles.retain(|r| !r.trim().is_empty());
+    roles.dedup();
+    if roles.is_empty() {
+        roles.push("implementer".to_string());
+    }
+    roles.truncate(ctx.team.max_specialists.max(1));
+    let mut s = session.lock().await;
+    let record = apply_iteration(&mut s, &ctx.worker_id, LEAD_ROLE, 1, out);
+    s.state.team_iterations += 1;
+    s.state.specialists = roles
+        .iter()
+        .map(|r| SpecialistProgress {
+            role: r.clone(),
+            status: SpecialistStatus::Pending as i32,
+            ..Default::default()
+        })
+        .collect();
+    s.state.phase = TeamPhase::Specialists as i32;
+    let evs = [
+        s.event(progress_event::Kind::Iteration(IterationDone {
+            record: Some(record.clone()),
+            iteration_count: s.state.iteration_count,
+            max_iterations: s.state.max_iterations,
+        })),
+        s.event(progress_event::Kind::Phase(PhaseChanged {
+            phase: TeamPhase::Specialists as i32,
+            roles,
+        })),
+    ];
+    s.commit(Some(&record), &evs, None).await?;
+    crate::telemetry::iteration("multi", "lead");
+    Ok(None)
+}
+
+async fn specialists(
+    ctx: &Arc<RunCtx>,
+    session: &Arc<Mutex<ActiveSession>>,
+    task: &Arc<Task>,
+) -> Result<Option<PathOutcome>> {
+    let pending: Vec<(usize, String)> = {
+        let s = session.lock().await;
+        s.state
+            .specialists
+            .iter()
+            .enumerate()
+            .filter(|(_, sp)| sp.status != SpecialistStatus::Done as i32)
+            .map(|(i, sp)| (i, sp.role.clone()))
+            .collect()
+    };
+    let limit = Arc::new(Semaphore::new(ctx.team.max_parallel.max(1)));
+    let mut set = JoinSet::new();
+    for (idx, role) in pending {
+        let (ctx, session, task, limit) =
+            (ctx.clone(), session.clone(), task.clone(), limit.clone());
+        set.spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else {
+                return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(Stop::Shutdown)));
+            };
+            let budget = ctx.team.specialist_timeout;
+            match tokio::time::timeout(budget, specialist(&ctx, &session, &task, idx, &role)).await
+            {
+                Ok(r) => r,
+                Err(_) => Ok(SpecialistEnd::Failed(
+                    FallbackCause::SpecialistTimeout,
+                    format!("specialist {role} did not finish within {budget:?}"),
+                )),
+            }
+        });
+    }
+    let mut first_problem: Option<SpecialistEnd> = None;
+    while let Some(joined) = set.join_next().await {
+        let end = match joined {
+            Ok(r) => r?,
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => SpecialistEnd::Failed(
+                FallbackCause::SpecialistFailed,
+                format!("specialist task panicked: {e}"),
+            ),
+        };
+        if !matches!(end, SpecialistEnd::Done) && first_problem.is_none() {
+            // One specialist failing sinks the team attempt; stop the others now.
+            set.abort_all();
+            first_problem = Some(end);
+        }
+    }
+    // Iterations cut off by abort_all never reached a checkpoint.
+    session.lock().await.in_flight = 0;
+    match first_problem {
+        Some(SpecialistEnd::Failed(cause, detail)) => {
+            let mut s = session.lock().await;
+            for sp in s.state.specialists.iter_mut() {
+                if sp.status == SpecialistStatus::Running as i32 {
+                    sp.status = SpecialistStatus::Pending as i32;
+                }
+            }
+            Ok(Some(PathOutcome::Fallback { cause, detail }))
+        }
+        Some(SpecialistEnd::Stopped(outcome)) => Ok(Some(outcome)),
+        Some(SpecialistEnd::Done) | None => {
+            let mut s = session.lock().await;
+            set_phase(&mut s, TeamPhase::Synthesis, Vec::new()).await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn specialist(
+    ctx: &RunCtx,
+    session: &Mutex<ActiveSession>,
+    task: &Arc<Task>,
+    idx: usize,
+    role: &str,
+) -> Result<SpecialistEnd> {
+    let mut prior: VecDeque<String> = VecDeque::new();
+    loop {
+        let iteration = {
+            let mut s = session.lock().await;
+            if let Some(o) = boundary_check(ctx, &s) {
+                return Ok(SpecialistEnd::Stopped(o));
+            }
+            let Some(sp) = s.state.specialists.get(idx) else {
+                return Ok(SpecialistEnd::Failed(
+                    FallbackCause::SpecialistFailed,
+                    format!("specialist {role} is missing from the saved plan"),
+                ));
+            };
+            if sp.iterations >= ctx.team.specialist_max_iterations {
+                return Ok(SpecialistEnd::Failed(
+                    FallbackCause::SpecialistFailed,
+                    format!(
+                        "specialist {role} did not finish within {} iterations",
+                        ctx.team.specialist_max_iterations
+                    ),
+                ));
+            }
+            if prior.is_empty() && !sp.output.is_empty() {
+                prior.push_back(sp.output.clone());
+            }
+            let n = sp.iterations + 1;
+            s.in_flight += 1;
+            n
+        };
+        let input = IterationInput {
+            task: task.clone(),
+            role: role.to_string(),
+            iteration,
+            step: AgentStep::Specialist,
+            prior_outputs: prior.iter().cloned().collect(),
+            context: Vec::new(),
+        };
+        let result = ctx.call_agent(input).await;
+        let mut s = session.lock().await;
+        s.in_flight = s.in_flight.saturating_sub(1);
+        let out = match result {
+            Ok(out) => out,
+            Err(StepError::Stopped(stop)) => {
+                return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(stop)));
+            }
+            Err(StepError::Agent(e)) => {
+                let cause = if matches!(e, crate::Error::AgentTimeout(_)) {
+                    FallbackCause::SpecialistTimeout
+                } else {
+                    FallbackCause::SpecialistFailed
+                };
+                if let Some(sp) = s.state.specialists.get_mut(idx) {
+                    sp.status = SpecialistStatus::Failed as i32;
+                    sp.last_error = e.to_string();
+                }
+                return Ok(SpecialistEnd::Failed(
+                    cause,
+                    format!("specialist {role} failed: {e}"),
+                ));
+            }
+        };
+        let done = out.done;
+        prior.push_back(out.output.clone());
+        if prior.len() > 5 {
+            prior.pop_front();
+        }
+        let record = apply_iteration(&mut s, &ctx.worker_id, role, iteration, out);
+        s.state.team_iterations += 1;
+        if let Some(sp) = s.state.specialists.get_mut(idx) {
+            sp.iterations = iteration;
+            sp.output = record.output.clone();
+            sp.last_error.clear();
+            sp.status = if done {
+                SpecialistStatus::Done as i32
+            } else {
+                SpecialistStatus::Running as i32
+            };
+        }
+        let ev = s.event(progress_event::Kind::Iteration(IterationDone {
+            record: Some(record.clone()),
+            iteration_count: s.state.iteration_count,
+            max_iterations: s.state.max_iterations,
+        }));
+        s.commit(Some(&record), &[ev], None).await?;
+        crate::telemetry::iteration("multi", "specialist");
+        if done {
+            return Ok(SpecialistEnd::Done);
+        }
+    }
+}
+
+async fn synthesis(
+    ctx: &RunCtx,
+    session: &Mutex<ActiveSession>,
+    task: &Arc<Task>,
+) -> Result<Option<PathOutcome>> {
+    let context: Vec<String> = {
+        let s = session.lock().await;
+        s.state
+            .specialists
+            .iter()
+            .map(|sp| format!("{}: {}", sp.role, sp.output))
+            .collect()
+    };
+    let out = match lead_step(ctx, task, AgentStep::Synthesis, context).await {
+        Ok(out) => out,
+        Err(StepError::Stopped(stop)) => return Ok(Some(PathOutcome::Stopped(stop))),
+        Err(StepError::Agent(e)) => {
+            return Ok(Some(PathOutcome::Fallback {
+                cause: FallbackCause::SynthesisFailed,
+                detail: format!("lead synthesis failed: {e}"),
+            }));
+        }
+    };
+    let mut s = session.lock().await;
+    let record = apply_iteration(&mut s, &ctx.worker_id, LEAD_ROLE, 2, out);
+    s.state.team_iterations += 1;
+    s.state.result = record.output.clone();
+    s.state.phase = TeamPhase::Done as i32;
+    let evs = [
+        s.event(progress_event::Kind::Iteration(IterationDone {
+            record: Some(record.clone()),
+            iteration_count: s.state.iteration_count,
+            max_iterations: s.state.max_iterations,
+        })),
+        s.event(progress_event::Kind::Phase(PhaseChanged {
+            phase: TeamPhase::Done as i32,
+            roles: Vec::new(),
+        })),
+    ];
+    s.commit(Some(&record), &evs, None).await?;
+    crate::telemetry::iteration("multi", "lead");
+    Ok(Some(PathOutcome::Completed))
+}

@@ -1,0 +1,60 @@
+//! The executor's Prometheus metrics, named in one place. Labels carry codes and
+//! enum names only, never task data.
+
+use std::time::Duration;
+
+/// Records one checkpoint write's latency.
+pub fn checkpoint_latency(d: Duration, ok: bool) {
+    metrics::histogram!("taskrouter_checkpoint_duration_seconds", "result" => if ok { "ok" } else { "error" })
+        .record(d.as_secs_f64());
+}
+
+/// Counts a retried checkpoint write.
+pub fn checkpoint_retry() {
+    metrics::counter!("taskrouter_checkpoint_retries_total").increment(1);
+}
+
+/// Counts a finished task by outcome and the path that ran it, and records its cost.
+pub fn task_finished(outcome: &'static str, path: &'static str, cost_usd: f64) {
+    metrics::counter!("taskrouter_tasks_total", "outcome" => outcome, "path" => path).increment(1);
+    metrics::histogram!("taskrouter_task_cost_usd", "path" => path).record(cost_usd);
+}
+
+/// Counts one agent iteration.
+pub fn iteration(path: &'static str, role_kind: &'static str) {
+    metrics::counter!("taskrouter_iterations_total", "path" => path, "role" => role_kind)
+        .increment(1);
+}
+
+/// Counts a fallback from the team path by cause.
+pub fn fallback(cause: &'static str) {
+    metrics::counter!("taskrouter_fallbacks_total", "cause" => cause).increment(1);
+}
+
+/// Counts a routing outcome as seen by the executor.
+pub fn routed(decision: &'static str, source: &'static str) {
+    metrics::counter!("taskrouter_executor_routing_total", "decision" => decision, "source" => source)
+        .increment(1);
+}
+
+/// Counts queue entries reclaimed from dead consumers.
+pub fn reclaimed(n: usize) {
+    metrics::counter!("taskrouter_queue_reclaims_total").increment(n as u64);
+}
+
+/// Counts dead-lettered tasks.
+pub fn dead_lettered() {
+    metrics::counter!("taskrouter_dead_letters_total").increment(1);
+}
+
+/// Sets the queue depth gauges.
+pub fn queue_depth(length: u64, pending: u64) {
+    metrics::gauge!("taskrouter_queue_length").set(length as f64);
+    metrics::gauge!("taskrouter_queue_pending").set(pending as f64);
+}
+
+/// Records one RPC served by the executor.
+pub fn rpc(method: &'static str, code: tonic::Code, d: Duration) {
+    metrics::histogram!("taskrouter_rpc_duration_seconds", "method" => method, "code" => format!("{code:?}"))
+        .record(d.as_secs_f64());
+}

@@ -1,0 +1,258 @@
+//! The `taskrouter.v1.Router` gRPC service: request validation, evaluation with the policy
+//! in force, metrics and one log event per decision.
+//!
+//! Descriptions may hold patient data or credentials: only their size is ever logged.
+
+use crate::error::Error;
+use crate::reload::PolicyStore;
+use service_kit::validation::{TaskLimits, Violations, check_task};
+use std::sync::Arc;
+use taskrouter_proto::v1::router_server::Router;
+use taskrouter_proto::v1::{
+    GetPolicyRequest, GetPolicyResponse, ReasonCode, RouteRequest, RouteResponse,
+    RoutingAnalysis, RoutingDecision, Task,
+};
+use tonic::{Request, Response, Status};
+
+/// Counter of routing decisions, labelled `decision` and `reason` (one increment per reason).
+pub const DECISIONS_METRIC: &str = "taskrouter_routing_decisions_total";
+
+/// The Router service over a swappable policy.
+#[derive(Clone, Debug)]
+pub struct RouterService {
+    store: Arc<PolicyStore>,
+}
+
+impl RouterService {
+    /// A service deciding with whatever policy `store` holds at each call.
+    pub fn new(store: Arc<PolicyStore>) -> Self {
+        Self { store }
+    }
+
+    fn route_task(&self, request: RouteRequest) -> Result<RouteResponse, Error> {
+        // One version for the whole decision, even if a reload lands meanwhile.
+        let policy = self.store.current();
+        let task = match validate_task(request.task.as_ref(), policy.engine.max_description_bytes())
+        {
+            Ok(task) => task,
+            Err(e) => {
+                if let Error::InvalidRequest(v) = &e {
+                    let fields: Vec<&str> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
+                    tracing::info!(fields = %fields.join(","), "route request rejected");
+                }
+                return Err(e);
+            }
+        };
+        let analysis = policy.engine.evaluate(task);
+        record(task, &analysis);
+        Ok(RouteResponse {
+            analysis: Some(analysis),
+        })
+    }
+
+    fn policy(&self) -> GetPolicyResponse {
+        let p = self.store.current();
+        GetPolicyResponse {
+            version: p.engine.version().to_string(),
+            policy: Some(p.engine.to_proto()),
+            source: p.source.to_string(),
+            loaded_at: Some(prost_types::Timestamp::from(p.loaded_at)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Router for RouterService {
+    async fn route(
+        &self,
+        request: Request<RouteRequest>,
+    ) -> Result<Response<RouteResponse>, Status> {
+        self.route_task(request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn get_policy(
+        &self,
+        _request: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyResponse>, Status> {
+        Ok(Response::new(self.policy()))
+    }
+}
+
+/// Checks a Route request's task with the limits both services share
+/// ([`TaskLimits`] defaults) and the policy's description limit; every problem becomes one
+/// BadRequest field violation.
+pub fn validate_task(task: Option<&Task>, max_description_bytes: u64) -> Result<&Task, Error> {
+    let mut v = Violations::new();
+    let Some(task) = task else {
+        v.add("task", "is required");
+        return Err(Error::InvalidRequest(v));
+    };
+    let limits = TaskLimits {
+        max_description_bytes: usize::try_from(max_description_bytes).unwrap_or(usize::MAX),
+        ..TaskLimits::default()
+    };
+    check_task(&mut v, "task", task, &limits);
+    if v.is_empty() {
+        Ok(task)
+    } else {
+        Err(Error::InvalidRequest(v))
+    }
+}
+
+/// Metric label of a decision.
+pub fn decision_label(decision: i32) -> &'static str {
+    match RoutingDecision::try_from(decision) {
+        Ok(RoutingDecision::UseSingleAgent) => "single_agent",
+        Ok(RoutingDecision::UseMultiAgent) => "multi_agent",
+        _ => "unspecified",
+    }
+}
+
+/// Metric label of a reason code (the enum name without its prefix, lower case).
+pub fn reason_label(code: i32) -> &'static str {
+    match ReasonCode::try_from(code) {
+        Ok(ReasonCode::HighComplexity) => "high_complexity",
+        Ok(ReasonCode::HighValue) => "high_value",
+        Ok(ReasonCode::ComplianceSensitive) => "compliance_sensitive",
+        Ok(ReasonCode::Deployment) => "deployment",
+        Ok(ReasonCode::CrossRepo) => "cross_repo",
+        Ok(ReasonCode::SimpleTask) => "simple_task",
+        Ok(ReasonCode::MultiAgentDisabled) => "multi_agent_disabled",
+        Ok(ReasonCode::OutsideRollout) => "outside_rollout",
+        Ok(ReasonCode::RouterUnavailable) => "router_unavailable",
+        Ok(ReasonCode::ForcedSingleAgent) => "forced_single_agent",
+        Ok(ReasonCode::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+fn record(task: &Task, analysis: &RoutingAnalysis) {
+    let decision = decision_label(analysis.decision);
+    let reasons: Vec<&str> = analysis
+        .reasons
+        .iter()
+        .map(|r| reason_label(r.code))
+        .collect();
+    for reason in &reasons {
+        metrics::counter!(DECISIONS_METRIC, "decision" => decision, "reason" => *reason)
+            .increment(1);
+    }
+    tracing::info!(
+        task.id = %task.id,
+        task.description_bytes = task.description.len(),
+        decision,
+        reasons = %reasons.join(","),
+        multi_agent_recommended = analysis.multi_agent_recommended,
+        rollout_bucket = analysis.rollout_bucket,
+        score = analysis.score,
+        policy.version = %analysis.policy_version,
+        "task routed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskrouter_proto::v1::Complexity;
+
+    fn valid() -> Task {
+        Task {
+            id: "T-1".into(),
+            description: "Fix typo".into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: 10.0,
+            repositories: vec!["org/a".into()],
+            labels: [("team".to_string(), "core".to_string())].into(),
+        }
+    }
+
+    fn fields(t: &Task, max: u64) -> Vec<String> {
+        match validate_task(Some(t), max) {
+            Ok(_) => Vec::new(),
+            Err(Error::InvalidRequest(v)) => v.as_slice().iter().map(|f| f.field.clone()).collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_task_passes() {
+        assert!(fields(&valid(), 1024).is_empty());
+    }
+
+    #[test]
+    fn a_missing_task_names_the_task_field() {
+        match validate_task(None, 10) {
+            Err(Error::InvalidRequest(v)) => assert_eq!(v.as_slice()[0].field, "task"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_violation_is_listed_at_once() {
+        let mut t = valid();
+        t.id = String::new();
+        t.description = "x".repeat(11);
+        t.complexity = 42;
+        t.estimated_value_usd = -1.0;
+        t.repositories = vec!["ok".into(), " ".into()];
+        t.labels = [(String::new(), "v".to_string())].into();
+        assert_eq!(
+            fields(&t, 10),
+            [
+                "task.id",
+                "task.description",
+                "task.complexity",
+                "task.estimated_value_usd",
+                "task.repositories[1]",
+                "task.labels",
+            ]
+        );
+    }
+
+    #[test]
+    fn non_finite_values_and_unspecified_complexity_are_rejected() {
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut t = valid();
+            t.estimated_value_usd = value;
+            assert_eq!(fields(&t, 100), ["task.estimated_value_usd"]);
+        }
+        let mut t = valid();
+        t.complexity = Complexity::Unspecified as i32;
+        assert_eq!(fields(&t, 100), ["task.complexity"]);
+    }
+
+    #[test]
+    fn absurd_repository_and_label_counts_are_rejected() {
+        let l = TaskLimits::default();
+        let mut t = valid();
+        t.repositories = (0..=l.max_repositories).map(|i| format!("r{i}")).collect();
+        assert_eq!(fields(&t, 100), ["task.repositories"]);
+        let mut t = valid();
+        t.repositories = vec!["r".repeat(l.max_item_bytes + 1)];
+        assert_eq!(fields(&t, 100), ["task.repositories[0]"]);
+        let mut t = valid();
+        t.labels = (0..=l.max_labels).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(fields(&t, 100), ["task.labels"]);
+        let mut t = valid();
+        t.labels = [("k".to_string(), "v".repeat(l.max_item_bytes + 1))].into();
+        assert_eq!(fields(&t, 100), ["task.labels"]);
+    }
+
+    #[test]
+    fn the_description_limit_comes_from_the_policy() {
+        let mut t = valid();
+        t.description = "x".repeat(101);
+        assert_eq!(fields(&t, 100), ["task.description"]);
+        assert!(fields(&t, 101).is_empty());
+    }
+
+    #[test]
+    fn labels_cover_every_reason_code() {
+        for code in 1..=10 {
+            assert_ne!(reason_label(code), "unspecified", "{code}");
+        }
+        assert_eq!(reason_label(ReasonCode::OutsideRollout as i32), "outside_rollout");
+        assert_eq!(decision_label(RoutingDecision::UseMultiAgent as i32), "multi_agent");
+    }
+}
