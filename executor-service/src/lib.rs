@@ -142,10 +142,8 @@ async fn health_monitor(
                 Err(_) => ok = false,
             }
         }
-        if ok {
-            if let Ok(depth) = engine.queue().depth().await {
-                telemetry::queue_depth(depth.length, depth.pending);
-            }
+        if ok && let Ok(depth) = engine.queue().depth().await {
+            telemetry::queue_depth(depth.length, depth.pending);
         }
         if last != Some(ok) && !shutdown.is_triggered() {
             let status = if ok {

@@ -32,11 +32,11 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     service_kit::telemetry::init_logging(args.telemetry.log_format);
-    if let Some(addr) = metrics {
-        if let Err(e) = service_kit::telemetry::install_prometheus(addr) {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    if let Some(addr) = metrics
+        && let Err(e) = service_kit::telemetry::install_prometheus(addr)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     let listen = match args.listen_addr() {
         Ok(a) => a,

@@ -205,7 +205,7 @@ impl Executor for ExecutorService {
                     idle_polls += 1;
                     // Events expire with the archive; a final state with nothing left
                     // to read ends the stream.
-                    if idle_polls % 20 == 0 {
+                    if idle_polls.is_multiple_of(20) {
                         match engine.get(&req.task_id).await {
                             Ok(s)
                                 if is_final(TaskStatus::try_from(s.status).unwrap_or_default()) =>

@@ -2,11 +2,13 @@
 //! replica. Entries whose consumer died are reclaimed with `XAUTOCLAIM` once idle longer
 //! than a lease; the stream's delivery count decides dead-lettering.
 
+pub mod memory;
 pub mod redis_queue;
 
 use crate::error::Result;
 use std::time::Duration;
 
+pub use memory::MemoryQueue;
 pub use redis_queue::RedisQueue;
 
 /// One delivered queue entry.

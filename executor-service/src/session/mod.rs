@@ -10,6 +10,7 @@
 //! - `<prefix>:{id}:cancel` — present once Cancel was requested.
 
 pub mod active;
+pub mod memory;
 pub mod redis_store;
 
 use crate::error::Result;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState};
 
 pub use active::{ActiveSession, CheckpointRetry};
+pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
 /// The Redis keys of one task.

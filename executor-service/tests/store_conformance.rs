@@ -1,0 +1,325 @@
+//! One conformance suite for every [`SessionStore`] and [`WorkQueue`] implementation:
+//! the same behaviour is required of Redis and of the in-memory store used by the demo.
+
+use executor_service::Error;
+use executor_service::lease::Lease;
+use executor_service::queue::WorkQueue;
+use executor_service::session::{Checkpoint, CreateOutcome, SessionStore};
+use std::sync::Arc;
+use std::time::Duration;
+use taskrouter_proto::v1::{
+    Finished, IterationRecord, ProgressEvent, SessionState, Submitted, Task, TaskStatus,
+    progress_event,
+};
+
+/// What a backend provides to the suite; `_guard` keeps its resources alive.
+pub struct Backend {
+    pub store: Arc<dyn SessionStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub _guard: Box<dyn std::any::Any + Send>,
+}
+
+fn state(id: &str) -> SessionState {
+    SessionState {
+        schema_version: taskrouter_proto::SESSION_SCHEMA_VERSION,
+        task_id: id.into(),
+        task: Some(Task {
+            id: id.into(),
+            description: "conformance".into(),
+            complexity: 1,
+            ..Default::default()
+        }),
+        status: TaskStatus::Pending as i32,
+        max_iterations: 10,
+        ..Default::default()
+    }
+}
+
+fn submitted(id: &str) -> ProgressEvent {
+    ProgressEvent {
+        task_id: id.into(),
+        kind: Some(progress_event::Kind::Submitted(Submitted {})),
+        ..Default::default()
+    }
+}
+
+fn record(n: u32) -> IterationRecord {
+    IterationRecord {
+        iteration: n,
+        role: "agent".into(),
+        output: format!("out {n}"),
+        ..Default::default()
+    }
+}
+
+async fn created(b: &Backend, id: &str) -> SessionState {
+    match b.store.create(&state(id), &submitted(id)).await.unwrap() {
+        CreateOutcome::Created(s) => s,
+        CreateOutcome::Existing(_) => panic!("{id} existed"),
+    }
+}
+
+async fn lease(b: &Backend, id: &str, owner: &str, ttl_ms: u64) -> Option<Lease> {
+    b.store
+        .acquire_lease(id, owner, Duration::from_millis(ttl_ms))
+        .await
+        .unwrap()
+}
+
+async fn write(b: &Backend, s: &SessionState, expected: u64, l: &Lease) -> Result<u64, Error> {
+    b.store
+        .checkpoint(Checkpoint {
+            state: s,
+            expected_version: expected,
+            lease: l,
+            iteration: None,
+            events: &[],
+            archive_ttl: None,
+        })
+        .await
+        .map(|o| o.version)
+}
+
+pub async fn create_is_idempotent(b: Backend) {
+    let first = created(&b, "C-1").await;
+    assert_eq!(first.version, 1);
+    let mut other = state("C-1");
+    other.max_iterations = 99;
+    match b.store.create(&other, &submitted("C-1")).await.unwrap() {
+        CreateOutcome::Existing(s) => {
+            assert_eq!(s.max_iterations, 10, "the first state is kept");
+            assert_eq!(s.version, 1);
+        }
+        CreateOutcome::Created(_) => panic!("second create must not overwrite"),
+    }
+    assert!(b.store.load("C-unknown").await.unwrap().is_none());
+}
+
+pub async fn a_stale_version_is_rejected(b: Backend) {
+    let s = created(&b, "V-1").await;
+    let l = lease(&b, "V-1", "w1", 5_000).await.unwrap();
+    assert_eq!(write(&b, &s, 1, &l).await.unwrap(), 2);
+    let err = write(&b, &s, 1, &l).await.unwrap_err();
+    assert!(matches!(err, Error::StaleWrite { .. }), "{err:?}");
+    assert_eq!(b.store.load("V-1").await.unwrap().unwrap().version, 2);
+}
+
+pub async fn a_worker_that_lost_its_lease_cannot_write(b: Backend) {
+    let mut s = created(&b, "L-1").await;
+    let a = lease(&b, "L-1", "worker-a", 150).await.unwrap();
+    assert!(lease(&b, "L-1", "worker-b", 5_000).await.is_none(), "lease is exclusive");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bl = lease(&b, "L-1", "worker-b", 5_000).await.expect("expired lease is free");
+    assert!(bl.fencing_token > a.fencing_token, "fencing tokens increase");
+    s.iteration_count = 1;
+    assert_eq!(write(&b, &s, 1, &bl).await.unwrap(), 2);
+    // The paused worker wakes up and tries to write with what it last saw.
+    let mut stale = s.clone();
+    stale.iteration_count = 7;
+    let err = write(&b, &stale, 2, &a).await.unwrap_err();
+    assert!(matches!(err, Error::StaleWrite { .. }), "{err:?}");
+    // Even holding the owner string, an older fencing token is refused.
+    let forged = Lease {
+        fencing_token: a.fencing_token,
+        ..bl.clone()
+    };
+    let err = write(&b, &stale, 2, &forged).await.unwrap_err();
+    assert!(matches!(err, Error::StaleWrite { .. }), "{err:?}");
+    assert_eq!(b.store.load("L-1").await.unwrap().unwrap().iteration_count, 1);
+}
+
+pub async fn leases_renew_and_release_only_for_their_owner(b: Backend) {
+    created(&b, "R-1").await;
+    let a = lease(&b, "R-1", "a", 300).await.unwrap();
+    let not_a = Lease {
+        owner: "b".into(),
+        ..a.clone()
+    };
+    assert!(!b.store.renew_lease(&not_a).await.unwrap());
+    b.store.release_lease(&not_a).await.unwrap();
+    assert!(lease(&b, "R-1", "b", 300).await.is_none(), "b's release did not free a's lease");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(b.store.renew_lease(&a).await.unwrap());
+    }
+    assert!(lease(&b, "R-1", "b", 300).await.is_none(), "renewed lease still held");
+    b.store.release_lease(&a).await.unwrap();
+    assert!(lease(&b, "R-1", "b", 300).await.is_some());
+}
+
+pub async fn the_iteration_log_appends_and_reads_recent_first_to_last(b: Backend) {
+    let mut s = created(&b, "I-1").await;
+    let l = lease(&b, "I-1", "w", 5_000).await.unwrap();
+    let mut v = s.version;
+    for n in 1..=12 {
+        s.iteration_count = n;
+        v = b
+            .store
+            .checkpoint(Checkpoint {
+                state: &s,
+                expected_version: v,
+                lease: &l,
+                iteration: Some(&record(n)),
+                events: &[],
+                archive_ttl: None,
+            })
+            .await
+            .unwrap()
+            .version;
+    }
+    let recent = b.store.iterations("I-1", 5).await.unwrap();
+    let numbers: Vec<u32> = recent.iter().map(|r| r.iteration).collect();
+    assert_eq!(numbers, vec![8, 9, 10, 11, 12]);
+    assert_eq!(b.store.iterations("I-1", 100).await.unwrap().len(), 12);
+    assert_eq!(b.store.load("I-1").await.unwrap().unwrap().iteration_count, 12);
+}
+
+pub async fn events_are_sequenced_and_readable_after_a_cursor(b: Backend) {
+    let s = created(&b, "E-1").await;
+    let l = lease(&b, "E-1", "w", 5_000).await.unwrap();
+    let fin = ProgressEvent {
+        task_id: "E-1".into(),
+        kind: Some(progress_event::Kind::Finished(Finished::default())),
+        ..Default::default()
+    };
+    b.store
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 1,
+            lease: &l,
+            iteration: None,
+            events: &[submitted("E-1"), fin.clone()],
+            archive_ttl: None,
+        })
+        .await
+        .unwrap();
+    let all = b.store.events_after("E-1", None, 100).await.unwrap();
+    let seqs: Vec<u64> = all.iter().map(|e| e.event.sequence).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let rest = b
+        .store
+        .events_after("E-1", Some(&all[0].cursor), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(matches!(rest[1].event.kind, Some(progress_event::Kind::Finished(_))));
+    assert!(b.store.events_after("E-1", Some(&all[2].cursor), 100).await.unwrap().is_empty());
+}
+
+pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
+    let s = created(&b, "X-1").await;
+    let l = lease(&b, "X-1", "w", 5_000).await.unwrap();
+    let o = b
+        .store
+        .checkpoint(Checkpoint { state: &s, expected_version: 1, lease: &l, iteration: None, events: &[], archive_ttl: None })
+        .await
+        .unwrap();
+    assert!(!o.cancel_requested);
+    b.store.request_cancel("X-1", Duration::from_secs(60)).await.unwrap();
+    let o = b
+        .store
+        .checkpoint(Checkpoint { state: &s, expected_version: 2, lease: &l, iteration: None, events: &[], archive_ttl: None })
+        .await
+        .unwrap();
+    assert!(o.cancel_requested);
+}
+
+pub async fn archiving_expires_the_task_after_its_ttl(b: Backend) {
+    let s = created(&b, "A-1").await;
+    let l = lease(&b, "A-1", "w", 5_000).await.unwrap();
+    b.store
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 1,
+            lease: &l,
+            iteration: Some(&record(1)),
+            events: &[],
+            archive_ttl: Some(Duration::from_millis(300)),
+        })
+        .await
+        .unwrap();
+    assert!(b.store.load("A-1").await.unwrap().is_some(), "readable while archived");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(b.store.load("A-1").await.unwrap().is_none());
+    assert!(b.store.iterations("A-1", 10).await.unwrap().is_empty());
+}
+
+pub async fn queue_delivers_each_entry_once_and_reclaims_idle_ones(b: Backend) {
+    let q = &b.queue;
+    q.ensure_group().await.unwrap();
+    q.ensure_group().await.unwrap();
+    for i in 0..3 {
+        q.enqueue(&format!("Q-{i}"), "").await.unwrap();
+    }
+    let a = q.read_new("a", 2).await.unwrap();
+    let c = q.read_new("c", 5).await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(c.len(), 1);
+    let mut ids: Vec<String> = a.iter().chain(&c).map(|d| d.task_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["Q-0", "Q-1", "Q-2"]);
+    assert!(a.iter().all(|d| d.delivery_count == 1));
+    assert!(q.read_new("c", 5).await.unwrap().is_empty());
+    let depth = q.depth().await.unwrap();
+    assert_eq!(depth.pending, 3);
+
+    q.ack(&c[0].entry_id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // a keeps one entry alive with a heartbeat; the other looks abandoned.
+    q.touch("a", &a[0].entry_id).await.unwrap();
+    let got = q.reclaim("c", Duration::from_millis(200), 10).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].task_id, a[1].task_id);
+    assert_eq!(got[0].delivery_count, 2);
+
+    q.dead_letter(&got[0], "gave up").await.unwrap();
+    q.ack(&a[0].entry_id).await.unwrap();
+    let depth = q.depth().await.unwrap();
+    assert_eq!(depth.pending, 0);
+    assert_eq!(depth.length, 0);
+}
+
+pub async fn redis_backend() -> Backend {
+    let redis = test_support::RedisServer::start();
+    let conn = redis.connection_manager().await;
+    Backend {
+        store: Arc::new(executor_service::session::RedisStore::new(conn.clone(), "conf")),
+        queue: Arc::new(executor_service::queue::RedisQueue::new(conn, "conf")),
+        _guard: Box::new(redis),
+    }
+}
+
+pub async fn memory_backend() -> Backend {
+    Backend {
+        store: Arc::new(executor_service::session::MemoryStore::new()),
+        queue: Arc::new(executor_service::queue::MemoryQueue::new()),
+        _guard: Box::new(()),
+    }
+}
+
+macro_rules! conformance_suite {
+    ($module:ident, $backend:path) => {
+        mod $module {
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        super::$name($backend().await).await
+                    }
+                };
+            }
+            case!(create_is_idempotent);
+            case!(a_stale_version_is_rejected);
+            case!(a_worker_that_lost_its_lease_cannot_write);
+            case!(leases_renew_and_release_only_for_their_owner);
+            case!(the_iteration_log_appends_and_reads_recent_first_to_last);
+            case!(events_are_sequenced_and_readable_after_a_cursor);
+            case!(a_cancel_request_is_reported_by_the_next_checkpoint);
+            case!(archiving_expires_the_task_after_its_ttl);
+            case!(queue_delivers_each_entry_once_and_reclaims_idle_ones);
+        }
+    };
+}
+
+conformance_suite!(redis, super::redis_backend);
+conformance_suite!(memory, super::memory_backend);

@@ -1,0 +1,83 @@
+//! Several executor processes sharing one queue: every task completes exactly once,
+//! none is lost, and a killed executor's tasks are reclaimed and finished by another.
+
+mod common;
+
+use common::{Cluster, wait_final};
+use std::time::Duration;
+use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+
+fn small_task(i: usize, iterations: u32, latency_ms: u32) -> taskrouter_proto::v1::Task {
+    common::task(
+        &format!("T-{i:03}"),
+        "Fix a small bug",
+        Complexity::Low,
+        5.0,
+        &["org/app"],
+        &[("sim.iterations", &iterations.to_string()), ("sim.latency_ms", &latency_ms.to_string())],
+    )
+}
+
+#[tokio::test]
+async fn two_executors_complete_fifty_tasks_exactly_once() {
+    let mut c = Cluster::start().await;
+    c.add_executor("exec-a", &["--concurrency", "4"]).await;
+    c.add_executor("exec-b", &["--concurrency", "4"]).await;
+    let mut client = c.client(0).await;
+    for i in 0..50 {
+        let r = client.submit(SubmitRequest { task: Some(small_task(i, 3, 5)), ..Default::default() }).await.unwrap().into_inner();
+        assert!(r.created);
+    }
+    let mut by_worker = std::collections::HashMap::<String, usize>::new();
+    for i in 0..50 {
+        let r = wait_final(&mut client, &format!("T-{i:03}"), Duration::from_secs(60)).await;
+        let s = r.state.unwrap();
+        assert_eq!(TaskStatus::try_from(s.status).unwrap(), TaskStatus::Completed);
+        assert_eq!(s.iteration_count, 3, "T-{i:03}");
+        let numbers: Vec<u32> = r.iterations.iter().map(|x| x.iteration).collect();
+        assert_eq!(numbers, vec![1, 2, 3], "T-{i:03} ran each iteration once");
+        assert!(s.archived);
+        *by_worker.entry(s.worker_id.split('-').take(2).collect::<Vec<_>>().join("-")).or_default() += 1;
+    }
+    assert_eq!(by_worker.values().sum::<usize>(), 50);
+    assert!(by_worker.len() == 2, "both executors took work: {by_worker:?}");
+    // The queue is drained: nothing pending, nothing left behind.
+    let mut conn = c.redis.connection().await;
+    let len: u64 = redis::cmd("XLEN").arg("taskrouter:queue").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 0);
+}
+
+#[tokio::test]
+async fn a_killed_executors_tasks_are_reclaimed_and_finished_with_the_right_totals() {
+    let mut c = Cluster::start().await;
+    c.add_executor("exec-a", &["--concurrency", "4"]).await;
+    let mut client = c.client(0).await;
+    for i in 0..8 {
+        client.submit(SubmitRequest { task: Some(small_task(i, 12, 80)), ..Default::default() }).await.unwrap();
+    }
+    // Wait until exec-a is mid-iteration on several tasks, then kill it without warning.
+    loop {
+        let mut started = 0;
+        for i in 0..8 {
+            let s = common::get(&mut client, &format!("T-{i:03}")).await.state.unwrap();
+            if s.iteration_count >= 2 {
+                started += 1;
+            }
+        }
+        if started >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.executors[0].process.kill9();
+    c.add_executor("exec-b", &["--concurrency", "4"]).await;
+    let mut client = c.client(1).await;
+    for i in 0..8 {
+        let r = wait_final(&mut client, &format!("T-{i:03}"), Duration::from_secs(60)).await;
+        let s = r.state.unwrap();
+        assert_eq!(TaskStatus::try_from(s.status).unwrap(), TaskStatus::Completed, "T-{i:03}");
+        assert_eq!(s.iteration_count, 12, "T-{i:03}");
+        let numbers: Vec<u32> = r.iterations.iter().map(|x| x.iteration).collect();
+        assert_eq!(numbers, (1..=12).collect::<Vec<_>>(), "T-{i:03}: none lost, none doubled");
+    }
+}
