@@ -109,7 +109,10 @@ mod tests {
         .unwrap();
         let c = args.router_config();
         assert_eq!(c.listen.port(), 7000);
-        assert_eq!(c.policy_path, Some(PathBuf::from("/etc/router/policy.toml")));
+        assert_eq!(
+            c.policy_path,
+            Some(PathBuf::from("/etc/router/policy.toml"))
+        );
         assert_eq!(c.reload_poll_interval, Duration::from_millis(250));
         assert!(args.check_config);
     }

@@ -42,6 +42,9 @@ pub enum Error {
     /// A server component could not be set up.
     #[error("startup: {0}")]
     Startup(String),
+    /// A bug or an exhausted runtime, not the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn describe(v: &Violations) -> String {
@@ -60,7 +63,7 @@ impl Error {
             Error::PolicyRead { .. } | Error::PolicyParse { .. } | Error::PolicyInvalid { .. } => {
                 Code::FailedPrecondition
             }
-            Error::Transport(_) | Error::Startup(_) => Code::Internal,
+            Error::Transport(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
         }
     }
 }

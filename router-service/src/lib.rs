@@ -44,7 +44,9 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let (health, health_service) = service_kit::server::health();
     // Not ready until the policy is in force.
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     health
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;

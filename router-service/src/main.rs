@@ -16,7 +16,17 @@ const RUNTIME_ERROR: u8 = 1;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap adds a usage hint on further lines; keep the one line that names the flag.
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or_default();
+            eprintln!("{}", line.trim_end());
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
     init_logging(args.telemetry.log_format);
     let config = args.router_config();
 
@@ -63,9 +73,10 @@ async fn main() -> ExitCode {
             tracing::info!("router stopped");
             ExitCode::SUCCESS
         }
-        Err(e @ (Error::PolicyRead { .. } | Error::PolicyParse { .. } | Error::PolicyInvalid { .. })) => {
-            fail(CONFIG_ERROR, &policy_flag(&e))
-        }
+        Err(
+            e
+            @ (Error::PolicyRead { .. } | Error::PolicyParse { .. } | Error::PolicyInvalid { .. }),
+        ) => fail(CONFIG_ERROR, &policy_flag(&e)),
         Err(e) => fail(RUNTIME_ERROR, &e.to_string()),
     }
 }

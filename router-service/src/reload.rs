@@ -350,7 +350,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            store.current().engine.settings().multi_agent.rollout_percent,
+            store
+                .current()
+                .engine
+                .settings()
+                .multi_agent
+                .rollout_percent,
             20
         );
     }
@@ -370,7 +375,10 @@ mod tests {
         assert!(matches!(store.reload(), Reload::Unchanged));
         assert_eq!(store.current().engine.version(), v1);
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(store.reload(), Reload::Rejected(Error::PolicyRead { .. })));
+        assert!(matches!(
+            store.reload(),
+            Reload::Rejected(Error::PolicyRead { .. })
+        ));
         assert!(matches!(store.reload(), Reload::Unchanged));
         assert_eq!(store.current().engine.version(), v1);
     }

@@ -9,10 +9,14 @@ use service_kit::validation::{TaskLimits, Violations, check_task};
 use std::sync::Arc;
 use taskrouter_proto::v1::router_server::Router;
 use taskrouter_proto::v1::{
-    GetPolicyRequest, GetPolicyResponse, ReasonCode, RouteRequest, RouteResponse,
-    RoutingAnalysis, RoutingDecision, Task,
+    GetPolicyRequest, GetPolicyResponse, ReasonCode, RouteRequest, RouteResponse, RoutingAnalysis,
+    RoutingDecision, Task,
 };
 use tonic::{Request, Response, Status};
+
+/// Descriptions up to this size are evaluated on the async worker (well under 100 µs);
+/// longer ones on the blocking pool.
+pub const INLINE_EVALUATION_BYTES: usize = 16 * 1024;
 
 /// Counter of routing decisions, labelled `decision` and `reason` (one increment per reason).
 pub const DECISIONS_METRIC: &str = "taskrouter_routing_decisions_total";
@@ -29,22 +33,33 @@ impl RouterService {
         Self { store }
     }
 
-    fn route_task(&self, request: RouteRequest) -> Result<RouteResponse, Error> {
+    async fn route_task(&self, request: RouteRequest) -> Result<RouteResponse, Error> {
         // One version for the whole decision, even if a reload lands meanwhile.
         let policy = self.store.current();
-        let task = match validate_task(request.task.as_ref(), policy.engine.max_description_bytes())
+        if let Err(e) = validate_task(request.task.as_ref(), policy.engine.max_description_bytes())
         {
-            Ok(task) => task,
-            Err(e) => {
-                if let Error::InvalidRequest(v) = &e {
-                    let fields: Vec<&str> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
-                    tracing::info!(fields = %fields.join(","), "route request rejected");
-                }
-                return Err(e);
+            if let Error::InvalidRequest(v) = &e {
+                let fields: Vec<&str> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
+                tracing::info!(fields = %fields.join(","), "route request rejected");
             }
+            return Err(e);
+        }
+        let task = request.task.unwrap_or_default();
+        let analysis = if task.description.len() > INLINE_EVALUATION_BYTES {
+            // Scanning a long description takes milliseconds: keep it off the async workers.
+            let (task, analysis) = tokio::task::spawn_blocking(move || {
+                let analysis = policy.engine.evaluate(&task);
+                (task, analysis)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("evaluation task failed: {e}")))?;
+            record(&task, &analysis);
+            analysis
+        } else {
+            let analysis = policy.engine.evaluate(&task);
+            record(&task, &analysis);
+            analysis
         };
-        let analysis = policy.engine.evaluate(task);
-        record(task, &analysis);
         Ok(RouteResponse {
             analysis: Some(analysis),
         })
@@ -68,6 +83,7 @@ impl Router for RouterService {
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
         self.route_task(request.into_inner())
+            .await
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -232,7 +248,9 @@ mod tests {
         t.repositories = vec!["r".repeat(l.max_item_bytes + 1)];
         assert_eq!(fields(&t, 100), ["task.repositories[0]"]);
         let mut t = valid();
-        t.labels = (0..=l.max_labels).map(|i| (format!("k{i}"), String::new())).collect();
+        t.labels = (0..=l.max_labels)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
         assert_eq!(fields(&t, 100), ["task.labels"]);
         let mut t = valid();
         t.labels = [("k".to_string(), "v".repeat(l.max_item_bytes + 1))].into();
@@ -252,7 +270,13 @@ mod tests {
         for code in 1..=10 {
             assert_ne!(reason_label(code), "unspecified", "{code}");
         }
-        assert_eq!(reason_label(ReasonCode::OutsideRollout as i32), "outside_rollout");
-        assert_eq!(decision_label(RoutingDecision::UseMultiAgent as i32), "multi_agent");
+        assert_eq!(
+            reason_label(ReasonCode::OutsideRollout as i32),
+            "outside_rollout"
+        );
+        assert_eq!(
+            decision_label(RoutingDecision::UseMultiAgent as i32),
+            "multi_agent"
+        );
     }
 }

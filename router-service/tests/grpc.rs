@@ -10,13 +10,13 @@ use taskrouter_proto::v1::{
     Complexity, GetPolicyRequest, ReasonCode, RouteRequest, RoutingDecision, Task,
 };
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 fn valid() -> Task {
     task("TASK-1", "Fix typo in README", Complexity::Low, 10.0)
@@ -57,7 +57,11 @@ async fn route_answers_with_the_full_analysis() {
     assert_eq!(multi.decision, RoutingDecision::UseMultiAgent as i32);
     assert_eq!(multi.reasons.len(), 5);
     assert!(multi.multi_agent_recommended);
-    assert!(multi.suggested_roles.contains(&"security-reviewer".to_string()));
+    assert!(
+        multi
+            .suggested_roles
+            .contains(&"security-reviewer".to_string())
+    );
     assert!(multi.suggested_roles.contains(&"repo:org/b".to_string()));
     let version = router.policy_version().await;
     assert_eq!(multi.policy_version, version);
@@ -71,23 +75,82 @@ async fn each_invalid_input_names_its_field() {
 
     let cases: Vec<(&str, Option<Task>)> = vec![
         ("task", None),
-        ("task.id", Some(Task { id: String::new(), ..valid() })),
-        ("task.id", Some(Task { id: "has space".into(), ..valid() })),
-        ("task.estimated_value_usd", Some(Task { estimated_value_usd: -1.0, ..valid() })),
-        ("task.estimated_value_usd", Some(Task { estimated_value_usd: f64::NAN, ..valid() })),
-        ("task.estimated_value_usd", Some(Task { estimated_value_usd: f64::INFINITY, ..valid() })),
-        ("task.complexity", Some(Task { complexity: 0, ..valid() })),
-        ("task.complexity", Some(Task { complexity: 17, ..valid() })),
-        ("task.complexity", Some(Task { complexity: -3, ..valid() })),
+        (
+            "task.id",
+            Some(Task {
+                id: String::new(),
+                ..valid()
+            }),
+        ),
+        (
+            "task.id",
+            Some(Task {
+                id: "has space".into(),
+                ..valid()
+            }),
+        ),
+        (
+            "task.estimated_value_usd",
+            Some(Task {
+                estimated_value_usd: -1.0,
+                ..valid()
+            }),
+        ),
+        (
+            "task.estimated_value_usd",
+            Some(Task {
+                estimated_value_usd: f64::NAN,
+                ..valid()
+            }),
+        ),
+        (
+            "task.estimated_value_usd",
+            Some(Task {
+                estimated_value_usd: f64::INFINITY,
+                ..valid()
+            }),
+        ),
+        (
+            "task.complexity",
+            Some(Task {
+                complexity: 0,
+                ..valid()
+            }),
+        ),
+        (
+            "task.complexity",
+            Some(Task {
+                complexity: 17,
+                ..valid()
+            }),
+        ),
+        (
+            "task.complexity",
+            Some(Task {
+                complexity: -3,
+                ..valid()
+            }),
+        ),
         (
             "task.description",
-            Some(Task { description: "x".repeat(1024 * 1024 + 1), ..valid() }),
+            Some(Task {
+                description: "x".repeat(1024 * 1024 + 1),
+                ..valid()
+            }),
         ),
-        ("task.repositories[1]", Some(Task { repositories: vec!["a".into(), "".into()], ..valid() })),
+        (
+            "task.repositories[1]",
+            Some(Task {
+                repositories: vec!["a".into(), "".into()],
+                ..valid()
+            }),
+        ),
         (
             "task.labels",
             Some(Task {
-                labels: (0..1000).map(|i| (format!("k{i}"), String::new())).collect(),
+                labels: (0..1000)
+                    .map(|i| (format!("k{i}"), String::new()))
+                    .collect(),
                 ..valid()
             }),
         ),
@@ -217,7 +280,10 @@ async fn reflection_lists_the_router_service() {
         names.contains(&"taskrouter.v1.Router".to_string()),
         "{names:?}"
     );
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
     drop(responses);
     router.stop().await;
 }
@@ -241,4 +307,33 @@ async fn a_bad_policy_file_fails_serve_before_serving() {
         err.to_string().contains("rules.value_threshold_usd"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_description_at_the_size_limit_is_routed() {
+    let router = RunningRouter::start(RouterConfig::with_defaults()).await;
+    let limit = 1024 * 1024;
+    let tail = " then deploy";
+    let mut description = "a ".repeat((limit - tail.len()) / 2);
+    description.push_str(tail);
+    while description.len() < limit {
+        description.insert(0, ' ');
+    }
+    assert_eq!(description.len(), limit);
+    let analysis = router
+        .client()
+        .await
+        .route(RouteRequest {
+            task: Some(Task {
+                description,
+                ..valid()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .analysis
+        .unwrap();
+    assert_eq!(analysis.reasons[0].code, ReasonCode::Deployment as i32);
+    router.stop().await;
 }

@@ -85,12 +85,12 @@ async fn file_events_alone_pick_up_a_change_without_polling() {
 
 #[tokio::test]
 async fn an_invalid_rewrite_keeps_the_old_policy_in_force() {
-    service_kit::telemetry::init_logging(Default::default());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, PERCENT_10).unwrap();
     let router = RunningRouter::start(config(&path, Duration::from_millis(200))).await;
     let good = version_of(PERCENT_10);
+    assert_eq!(router.policy_version().await, good);
 
     replace_atomically(&path, "[multi_agent]\nrollout_percent = 250\n");
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -339,20 +339,56 @@ mod tests {
     #[test]
     fn out_of_range_settings_name_their_key() {
         for (text, key) in [
-            ("[multi_agent]\nrollout_percent = 101", "multi_agent.rollout_percent"),
-            ("[multi_agent]\nrollout_group = \" \"", "multi_agent.rollout_group"),
-            ("[rules]\nvalue_threshold_usd = -1.0", "rules.value_threshold_usd"),
-            ("[rules]\nvalue_threshold_usd = nan", "rules.value_threshold_usd"),
-            ("[rules]\nvalue_threshold_usd = inf", "rules.value_threshold_usd"),
-            ("[rules]\ncompliance_keywords = []", "rules.compliance_keywords"),
-            ("[rules]\ndeployment_keywords = [\"\"]", "rules.deployment_keywords"),
-            ("[rules]\ncross_repo_keywords = [\" x\"]", "rules.cross_repo_keywords"),
-            ("[rules]\ncross_repo_min_repositories = 1", "rules.cross_repo_min_repositories"),
-            ("[limits]\nmax_description_bytes = 0", "limits.max_description_bytes"),
-            ("[limits]\nmax_description_bytes = 99999999", "limits.max_description_bytes"),
+            (
+                "[multi_agent]\nrollout_percent = 101",
+                "multi_agent.rollout_percent",
+            ),
+            (
+                "[multi_agent]\nrollout_group = \" \"",
+                "multi_agent.rollout_group",
+            ),
+            (
+                "[rules]\nvalue_threshold_usd = -1.0",
+                "rules.value_threshold_usd",
+            ),
+            (
+                "[rules]\nvalue_threshold_usd = nan",
+                "rules.value_threshold_usd",
+            ),
+            (
+                "[rules]\nvalue_threshold_usd = inf",
+                "rules.value_threshold_usd",
+            ),
+            (
+                "[rules]\ncompliance_keywords = []",
+                "rules.compliance_keywords",
+            ),
+            (
+                "[rules]\ndeployment_keywords = [\"\"]",
+                "rules.deployment_keywords",
+            ),
+            (
+                "[rules]\ncross_repo_keywords = [\" x\"]",
+                "rules.cross_repo_keywords",
+            ),
+            (
+                "[rules]\ncross_repo_min_repositories = 1",
+                "rules.cross_repo_min_repositories",
+            ),
+            (
+                "[limits]\nmax_description_bytes = 0",
+                "limits.max_description_bytes",
+            ),
+            (
+                "[limits]\nmax_description_bytes = 99999999",
+                "limits.max_description_bytes",
+            ),
         ] {
             let e = err(text);
-            assert!(e.starts_with(&format!("/x.toml: {key} ")), "{text:?} -> {e}");
+            assert!(
+                e.starts_with(&format!("/x.toml: {key} ")),
+                "{text:?} -> {e}"
+            );
         }
     }
 

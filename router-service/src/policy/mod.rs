@@ -173,7 +173,10 @@ impl PolicyEngine {
         }
 
         let found = self.matcher.scan(&task.description);
-        if let Some(kw) = keyword(&s.rules.compliance_keywords, found.get(Category::Compliance)) {
+        if let Some(kw) = keyword(
+            &s.rules.compliance_keywords,
+            found.get(Category::Compliance),
+        ) {
             fired.add(
                 ReasonCode::ComplianceSensitive,
                 format!("description mentions compliance-sensitive term \"{kw}\""),
@@ -181,7 +184,10 @@ impl PolicyEngine {
                 Some("security-reviewer"),
             );
         }
-        if let Some(kw) = keyword(&s.rules.deployment_keywords, found.get(Category::Deployment)) {
+        if let Some(kw) = keyword(
+            &s.rules.deployment_keywords,
+            found.get(Category::Deployment),
+        ) {
             fired.add(
                 ReasonCode::Deployment,
                 format!("description mentions deployment term \"{kw}\""),

@@ -78,7 +78,11 @@ fn hipaa_credential_rotation_goes_multi() {
     ));
     assert!(is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::ComplianceSensitive]);
-    assert!(a.reasons[0].message.contains("\"hipaa\""), "{:?}", a.reasons);
+    assert!(
+        a.reasons[0].message.contains("\"hipaa\""),
+        "{:?}",
+        a.reasons
+    );
     assert_eq!(a.suggested_roles, ["implementer", "security-reviewer"]);
 }
 
@@ -184,12 +188,7 @@ fn repository_roles_are_capped() {
 
 #[test]
 fn every_fired_rule_is_a_reason_in_evaluation_order() {
-    let mut t = task(
-        "T",
-        "Deploy PHI export to prod",
-        Complexity::High,
-        1000.0,
-    );
+    let mut t = task("T", "Deploy PHI export to prod", Complexity::High, 1000.0);
     t.repositories = vec!["a".into(), "b".into()];
     let a = engine().evaluate(&t);
     assert_eq!(
@@ -241,13 +240,17 @@ fn multi_word_keywords_match_as_a_phrase() {
     let a = e.evaluate(&simple("Rotate the Stripe API key"));
     assert_eq!(codes(&a), vec![ReasonCode::ComplianceSensitive]);
     assert!(a.reasons[0].message.contains("\"api key\""));
-    assert!(!is_multi(&e.evaluate(&simple("Document the API, key points first"))));
+    assert!(!is_multi(
+        &e.evaluate(&simple("Document the API, key points first"))
+    ));
 }
 
 #[test]
 fn deploy_does_not_fire_inside_other_words() {
     let e = engine();
-    assert!(!is_multi(&e.evaluate(&simple("Make the widget redeployable"))));
+    assert!(!is_multi(
+        &e.evaluate(&simple("Make the widget redeployable"))
+    ));
     assert!(!is_multi(&e.evaluate(&simple("Fix the product page"))));
     let a = e.evaluate(&simple("Document the deployment"));
     assert!(a.reasons[0].message.contains("\"deployment\""));
@@ -310,7 +313,10 @@ fn zero_percent_rollout_keeps_everyone_single() {
 fn the_rollout_bucket_is_always_filled() {
     let e = engine();
     let a = e.evaluate(&simple("Fix typo"));
-    assert_eq!(a.rollout_bucket, crate::rollout::rollout_bucket("multi_agent", "T-1"));
+    assert_eq!(
+        a.rollout_bucket,
+        crate::rollout::rollout_bucket("multi_agent", "T-1")
+    );
     assert!((1..=100).contains(&a.rollout_bucket));
 }
 
@@ -321,7 +327,10 @@ fn fallback_is_single_with_the_given_reason() {
     assert!(!is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::RouterUnavailable]);
     assert_eq!(a.reasons[0].message, "router unreachable");
-    assert_eq!(a.rollout_bucket, crate::rollout::rollout_bucket("multi_agent", "T-1"));
+    assert_eq!(
+        a.rollout_bucket,
+        crate::rollout::rollout_bucket("multi_agent", "T-1")
+    );
     assert!(a.suggested_roles.is_empty());
     assert_eq!(a.confidence, 1.0);
 }
@@ -367,7 +376,10 @@ fn the_version_is_a_hash_of_the_policy_text() {
     let b = engine_with("[rules]\nvalue_threshold_usd = 6.0\n");
     assert_ne!(a.version(), b.version());
     assert_eq!(a.version().len(), 16);
-    assert_eq!(engine().version(), policy_version(BUILTIN_POLICY_TOML.as_bytes()));
+    assert_eq!(
+        engine().version(),
+        policy_version(BUILTIN_POLICY_TOML.as_bytes())
+    );
     assert_eq!(a.evaluate(&simple("x")).policy_version, a.version());
 }
 

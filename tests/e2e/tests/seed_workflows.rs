@@ -16,28 +16,109 @@ async fn seed_scenarios_route_as_planned_and_complete_through_the_queue() {
     c.add_executor("exec-a", &["--concurrency", "4"]).await;
     let mut client = c.client(0).await;
     let scenarios = [
-        (task("TEST-BUG-001", "Fix typo in README", Complexity::Low, 10.0, &["org/docs"], &[]), RoutingDecision::UseSingleAgent, ReasonCode::SimpleTask),
-        (task("TEST-FEATURE-001", "Implement new payment processing", Complexity::High, 500.0, &["org/pay"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::HighValue),
-        (task("TEST-HIPAA-001", "Rotate HIPAA credentials for the claims database", Complexity::Medium, 80.0, &["org/claims"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::ComplianceSensitive),
-        (task("TEST-DEPLOY-001", "Deploy the new scheduler to production", Complexity::Medium, 60.0, &["org/sched"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::Deployment),
-        (task("TEST-XREPO-001", "Refactor the shared auth client", Complexity::Medium, 60.0, &["org/web", "org/mobile"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::CrossRepo),
+        (
+            task(
+                "TEST-BUG-001",
+                "Fix typo in README",
+                Complexity::Low,
+                10.0,
+                &["org/docs"],
+                &[],
+            ),
+            RoutingDecision::UseSingleAgent,
+            ReasonCode::SimpleTask,
+        ),
+        (
+            task(
+                "TEST-FEATURE-001",
+                "Implement new payment processing",
+                Complexity::High,
+                500.0,
+                &["org/pay"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::HighValue,
+        ),
+        (
+            task(
+                "TEST-HIPAA-001",
+                "Rotate HIPAA credentials for the claims database",
+                Complexity::Medium,
+                80.0,
+                &["org/claims"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::ComplianceSensitive,
+        ),
+        (
+            task(
+                "TEST-DEPLOY-001",
+                "Deploy the new scheduler to production",
+                Complexity::Medium,
+                60.0,
+                &["org/sched"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::Deployment,
+        ),
+        (
+            task(
+                "TEST-XREPO-001",
+                "Refactor the shared auth client",
+                Complexity::Medium,
+                60.0,
+                &["org/web", "org/mobile"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::CrossRepo,
+        ),
     ];
     for (t, _, _) in &scenarios {
-        let r = client.submit(SubmitRequest { task: Some(t.clone()), ..Default::default() }).await.unwrap().into_inner();
+        let r = client
+            .submit(SubmitRequest {
+                task: Some(t.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.created);
     }
     for (t, decision, reason) in &scenarios {
         let r = wait_final(&mut client, &t.id, Duration::from_secs(30)).await;
         let s = r.state.unwrap();
-        assert_eq!(TaskStatus::try_from(s.status).unwrap(), TaskStatus::Completed, "{}", t.id);
+        assert_eq!(
+            TaskStatus::try_from(s.status).unwrap(),
+            TaskStatus::Completed,
+            "{}",
+            t.id
+        );
         let a = s.analysis.unwrap();
         assert_eq!(a.decision, *decision as i32, "{}", t.id);
-        assert!(a.reasons.iter().any(|x| x.code == *reason as i32), "{}: {:?}", t.id, a.reasons);
+        assert!(
+            a.reasons.iter().any(|x| x.code == *reason as i32),
+            "{}: {:?}",
+            t.id,
+            a.reasons
+        );
         assert!(!a.policy_version.is_empty());
-        let expected_path = if *decision == RoutingDecision::UseMultiAgent { ExecutionPath::MultiAgent } else { ExecutionPath::SingleAgent };
+        let expected_path = if *decision == RoutingDecision::UseMultiAgent {
+            ExecutionPath::MultiAgent
+        } else {
+            ExecutionPath::SingleAgent
+        };
         assert_eq!(s.path, expected_path as i32, "{}", t.id);
         assert!(s.fallback.is_none(), "{}", t.id);
-        assert_eq!(r.iterations.len() as u32, s.iteration_count, "{}: one log record per iteration", t.id);
+        assert_eq!(
+            r.iterations.len() as u32,
+            s.iteration_count,
+            "{}: one log record per iteration",
+            t.id
+        );
     }
 }
 
@@ -46,18 +127,50 @@ async fn a_bounded_run_then_resume_gives_eight_more_and_ten_total() {
     let mut c = Cluster::start().await;
     c.add_executor("exec-a", &["--concurrency", "0"]).await;
     let mut client = c.client(0).await;
-    let t = task("TEST-RESUME-SINGLE", "Fix flaky test", Complexity::Low, 10.0, &["org/app"], &[("sim.iterations", "10")]);
-    let r = client.run(RunRequest { task: Some(t.clone()), resume: false, max_iterations: 2, use_multi_agent: None }).await.unwrap().into_inner().result.unwrap();
-    assert_eq!(TaskStatus::try_from(r.status).unwrap(), TaskStatus::InProgress);
-    assert_eq!(r.total_iterations, 2);
+    let t = task(
+        "TEST-RESUME-SINGLE",
+        "Fix flaky test",
+        Complexity::Low,
+        10.0,
+        &["org/app"],
+        &[("sim.iterations", "10")],
+    );
     let r = client
-        .run(RunRequest { task: Some(Task { id: t.id.clone(), ..Default::default() }), resume: true, max_iterations: 10, use_multi_agent: None })
+        .run(RunRequest {
+            task: Some(t.clone()),
+            resume: false,
+            max_iterations: 2,
+            use_multi_agent: None,
+        })
         .await
         .unwrap()
         .into_inner()
         .result
         .unwrap();
-    assert_eq!(TaskStatus::try_from(r.status).unwrap(), TaskStatus::Completed);
+    assert_eq!(
+        TaskStatus::try_from(r.status).unwrap(),
+        TaskStatus::InProgress
+    );
+    assert_eq!(r.total_iterations, 2);
+    let r = client
+        .run(RunRequest {
+            task: Some(Task {
+                id: t.id.clone(),
+                ..Default::default()
+            }),
+            resume: true,
+            max_iterations: 10,
+            use_multi_agent: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert_eq!(
+        TaskStatus::try_from(r.status).unwrap(),
+        TaskStatus::Completed
+    );
     assert_eq!(r.iterations_this_run, 8);
     assert_eq!(r.total_iterations, 10);
 }
@@ -76,7 +189,13 @@ async fn a_context_reset_mid_team_resumes_on_another_worker_and_completes() {
         &["org/ehr"],
         &[("sim.specialist_iterations", "6"), ("sim.latency_ms", "60")],
     );
-    client.submit(SubmitRequest { task: Some(t.clone()), ..Default::default() }).await.unwrap();
+    client
+        .submit(SubmitRequest {
+            task: Some(t.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let before = loop {
         let s = get(&mut client, &t.id).await.state.unwrap();
         if s.phase == TeamPhase::Specialists as i32 && s.team_iterations >= 5 {
@@ -89,8 +208,15 @@ async fn a_context_reset_mid_team_resumes_on_another_worker_and_completes() {
     let mut client = c.client(1).await;
     let r = wait_final(&mut client, &t.id, Duration::from_secs(60)).await;
     let s = r.state.unwrap();
-    assert_eq!(TaskStatus::try_from(s.status).unwrap(), TaskStatus::Completed);
-    assert_eq!(s.path, ExecutionPath::MultiAgent as i32, "it stayed on the team path");
+    assert_eq!(
+        TaskStatus::try_from(s.status).unwrap(),
+        TaskStatus::Completed
+    );
+    assert_eq!(
+        s.path,
+        ExecutionPath::MultiAgent as i32,
+        "it stayed on the team path"
+    );
     assert_eq!(s.analysis, before.analysis, "and kept its routing");
     assert!(s.fallback.is_none());
     // 1 analysis + 4 specialists x 6 + 1 synthesis, each exactly once.
@@ -98,8 +224,23 @@ async fn a_context_reset_mid_team_resumes_on_another_worker_and_completes() {
     assert_eq!(r.iterations.len(), 26);
     let mut seen = std::collections::HashSet::new();
     for rec in &r.iterations {
-        assert!(seen.insert((rec.role.clone(), rec.iteration)), "{} #{} ran twice", rec.role, rec.iteration);
+        assert!(
+            seen.insert((rec.role.clone(), rec.iteration)),
+            "{} #{} ran twice",
+            rec.role,
+            rec.iteration
+        );
     }
-    assert!(r.iterations.iter().any(|rec| rec.worker_id.starts_with("exec-b")), "exec-b finished it");
-    assert!(r.iterations.iter().any(|rec| rec.worker_id.starts_with("exec-a")), "exec-a started it");
+    assert!(
+        r.iterations
+            .iter()
+            .any(|rec| rec.worker_id.starts_with("exec-b")),
+        "exec-b finished it"
+    );
+    assert!(
+        r.iterations
+            .iter()
+            .any(|rec| rec.worker_id.starts_with("exec-a")),
+        "exec-a started it"
+    );
 }

@@ -29,15 +29,29 @@ pub struct Cluster {
 impl Cluster {
     /// Redis (with AOF) and a router; no executors yet.
     pub async fn start() -> Self {
-        let redis = RedisServer::start_with(test_support::RedisOptions { appendonly: true, password: None });
+        let redis = RedisServer::start_with(test_support::RedisOptions {
+            appendonly: true,
+            password: None,
+        });
         let router_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let router = ServiceProcess::spawn("router-service", &["--listen", &router_addr.to_string()], &[]);
+        let router = ServiceProcess::spawn(
+            "router-service",
+            &["--listen", &router_addr.to_string()],
+            &[],
+        );
         assert!(
-            wait_for_grpc_serving(router_addr, "taskrouter.v1.Router", Duration::from_secs(20)).await,
+            wait_for_grpc_serving(router_addr, "taskrouter.v1.Router", Duration::from_secs(20))
+                .await,
             "router did not start:\n{}",
             router.log_contents()
         );
-        Self { redis, router: Some(router), router_addr, executors: Vec::new(), extra_executor_args: Vec::new() }
+        Self {
+            redis,
+            router: Some(router),
+            router_addr,
+            executors: Vec::new(),
+            extra_executor_args: Vec::new(),
+        }
     }
 
     /// Starts an executor process named `worker_id` with extra flags.
@@ -47,12 +61,18 @@ impl Cluster {
         let listen = addr.to_string();
         let url = self.redis.url();
         let mut args: Vec<&str> = vec![
-            "--listen", &listen,
-            "--redis-url", &url,
-            "--router-addr", &router,
-            "--worker-id", worker_id,
-            "--lease-ttl", "2s",
-            "--shutdown-grace", "3s",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--router-addr",
+            &router,
+            "--worker-id",
+            worker_id,
+            "--lease-ttl",
+            "2s",
+            "--shutdown-grace",
+            "3s",
         ];
         let extra_owned = self.extra_executor_args.clone();
         args.extend(extra_owned.iter().map(String::as_str));
@@ -63,32 +83,52 @@ impl Cluster {
             "executor {worker_id} did not start:\n{}",
             process.log_contents()
         );
-        self.executors.push(Executor { process, addr, worker_id: worker_id.into() });
+        self.executors.push(Executor {
+            process,
+            addr,
+            worker_id: worker_id.into(),
+        });
         self.executors.len() - 1
     }
 
     /// A client of executor `i`.
     pub async fn client(&self, i: usize) -> ExecutorClient<Channel> {
-        ExecutorClient::connect(format!("http://{}", self.executors[i].addr)).await.unwrap()
+        ExecutorClient::connect(format!("http://{}", self.executors[i].addr))
+            .await
+            .unwrap()
     }
 }
 
 /// A task; `labels` steer the simulated agent.
-pub fn task(id: &str, description: &str, complexity: Complexity, value: f64, repos: &[&str], labels: &[(&str, &str)]) -> Task {
+pub fn task(
+    id: &str,
+    description: &str,
+    complexity: Complexity,
+    value: f64,
+    repos: &[&str],
+    labels: &[(&str, &str)],
+) -> Task {
     Task {
         id: id.into(),
         description: description.into(),
         complexity: complexity as i32,
         estimated_value_usd: value,
         repositories: repos.iter().map(|r| r.to_string()).collect(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
     }
 }
 
 /// Get with the iteration log.
 pub async fn get(client: &mut ExecutorClient<Channel>, id: &str) -> GetResponse {
     client
-        .get(GetRequest { task_id: id.into(), include_iterations: true, iteration_limit: 1000 })
+        .get(GetRequest {
+            task_id: id.into(),
+            include_iterations: true,
+            iteration_limit: 1000,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -103,16 +143,30 @@ pub fn is_final(s: &SessionState) -> bool {
 }
 
 /// Waits until `id` is final.
-pub async fn wait_final(client: &mut ExecutorClient<Channel>, id: &str, timeout: Duration) -> GetResponse {
+pub async fn wait_final(
+    client: &mut ExecutorClient<Channel>,
+    id: &str,
+    timeout: Duration,
+) -> GetResponse {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(r) = client.get(GetRequest { task_id: id.into(), include_iterations: true, iteration_limit: 1000 }).await {
+        if let Ok(r) = client
+            .get(GetRequest {
+                task_id: id.into(),
+                include_iterations: true,
+                iteration_limit: 1000,
+            })
+            .await
+        {
             let r = r.into_inner();
             if r.state.as_ref().is_some_and(is_final) {
                 return r;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "{id} not final within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} not final within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
