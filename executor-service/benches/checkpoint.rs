@@ -47,14 +47,16 @@ fn record(n: u32) -> IterationRecord {
 }
 
 /// Brings a task to `at` iterations, then times single checkpoints from there.
-fn checkpoint_at(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<RedisStore>, at: u32) {
+fn checkpoint_at(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<RedisStore>,
+    at: u32,
+) {
     let id = format!("bench-{at}");
     let (lease, mut version) = rt.block_on(async {
         let s = state(&id, 0);
-        store
-            .create(&s, &Default::default())
-            .await
-            .expect("create");
+        store.create(&s, &Default::default()).await.expect("create");
         let lease: Lease = store
             .acquire_lease(&id, "bench", Duration::from_secs(3600))
             .await

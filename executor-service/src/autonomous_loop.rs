@@ -19,6 +19,7 @@ use taskrouter_proto::v1::{
     RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
 };
 use tokio::sync::{Mutex, Notify};
+use tracing::Instrument as _;
 
 /// Why a run stopped early without finishing the task (it stays resumable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,10 +96,30 @@ impl RunCtx {
         &self,
         input: IterationInput,
     ) -> std::result::Result<IterationOutput, StepError> {
-        let call = async {
-            crate::agent::run_with_retry(self.agent.as_ref(), input, &self.retry)
-                .await
-                .result
+        let span = tracing::info_span!(
+            "agent.iteration",
+            task.id = %input.task.id,
+            agent.kind = self.agent.kind(),
+            agent.role = %input.role,
+            agent.step = crate::agent::step_name(input.step),
+            agent.iteration = input.iteration,
+            agent.attempts = tracing::field::Empty,
+            agent.done = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let call = {
+            let recorder = span.clone();
+            async move {
+                let outcome =
+                    crate::agent::run_with_retry(self.agent.as_ref(), input, &self.retry).await;
+                recorder.record("agent.attempts", outcome.attempts() as u64);
+                match &outcome.result {
+                    Ok(out) => recorder.record("agent.done", out.done),
+                    Err(_) => recorder.record("otel.status_code", "ERROR"),
+                };
+                outcome.result
+            }
+            .instrument(span)
         };
         let grace = async {
             self.shutdown.wait().await;
@@ -206,6 +227,32 @@ fn cause_label(cause: FallbackCause) -> &'static str {
         FallbackCause::MultiAgentUnavailable => "multi_agent_unavailable",
         FallbackCause::Unspecified => "unspecified",
     }
+}
+
+/// The span of one queued task's run, joined to the submitter's trace through the
+/// `traceparent` the queue entry carries (also after a reclaim by another replica).
+fn delivery_span(d: &Delivery) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        "task.run",
+        task.id = %d.task_id,
+        queue.entry_id = %d.entry_id,
+        queue.delivery_count = d.delivery_count,
+        queue.reclaimed = d.delivery_count > 1,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = service_kit::trace_context::from_traceparent(&d.traceparent);
+    let remote = parent.span().span_context().clone();
+    if remote.is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let own = span.context().span().span_context().clone();
+    let trace = if own.is_valid() { own } else { remote };
+    if trace.is_valid() {
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
+    }
+    span
 }
 
 /// The run result for a state, with `before` iterations done before this run.
@@ -682,7 +729,8 @@ impl AutonomousLoop {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
                     for d in deliveries {
-                        self.handle(&d).await;
+                        let span = delivery_span(&d);
+                        self.handle(&d).instrument(span).await;
                     }
                 }
                 Err(e) => {

@@ -99,13 +99,14 @@ pub async fn serve_engine(
         .builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(ExecutorServer::new(svc));
+        .add_service(service_kit::server::Observed::new(ExecutorServer::new(svc)));
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, "executor listening");
     let server = tokio::spawn(service_kit::server::serve(
         router,
         listener,
         shutdown.clone(),
+        config.server.drain_timeout,
     ));
     shutdown.wait().await;
     reporter

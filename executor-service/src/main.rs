@@ -31,7 +31,24 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    service_kit::telemetry::init_logging(args.telemetry.log_format);
+    let telemetry =
+        match service_kit::telemetry::init("executor-service", args.telemetry.log_format) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let code = run(args, config, metrics).await;
+    telemetry.shutdown();
+    code
+}
+
+async fn run(
+    args: Args,
+    config: executor_service::config::ExecutorConfig,
+    metrics: Option<std::net::SocketAddr>,
+) -> ExitCode {
     if let Some(addr) = metrics
         && let Err(e) = service_kit::telemetry::install_prometheus(addr)
     {

@@ -3,18 +3,23 @@
 //! reason recorded.
 
 use crate::error::{Error, Result};
+use service_kit::trace_context::InjectFn;
 use std::time::Duration;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{
     ReasonCode, RouteRequest, RoutingAnalysis, RoutingDecision, RoutingReason, Task,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 
 /// A lazily connected router client.
 #[derive(Clone, Debug)]
 pub struct RouterLink {
-    client: RouterClient<Channel>,
+    client: RouterClient<InterceptedService<Channel, InjectFn>>,
     timeout: Duration,
+    host: String,
+    port: u16,
 }
 
 impl RouterLink {
@@ -26,14 +31,45 @@ impl RouterLink {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        let uri = endpoint.uri().clone();
+        let inject: InjectFn = service_kit::trace_context::inject;
         Ok(Self {
-            client: RouterClient::new(endpoint.connect_lazy()),
+            client: RouterClient::with_interceptor(endpoint.connect_lazy(), inject),
             timeout,
+            host: uri.host().unwrap_or_default().to_string(),
+            port: uri.port_u16().unwrap_or(80),
         })
     }
 
     /// Asks the router for a decision within the deadline.
     pub async fn route(&self, task: &Task) -> Result<RoutingAnalysis> {
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = "taskrouter.v1.Router/Route",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = "taskrouter.v1.Router",
+            rpc.method = "Route",
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = %self.host,
+            server.port = self.port,
+            task.id = %task.id,
+        );
+        let result = self.route_inner(task).instrument(span.clone()).await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(Error::Router(_)) => tonic::Code::Unavailable,
+            Err(e) => e.code(),
+        };
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn route_inner(&self, task: &Task) -> Result<RoutingAnalysis> {
         let mut req = tonic::Request::new(RouteRequest {
             task: Some(task.clone()),
         });

@@ -6,7 +6,7 @@ use service_kit::Shutdown;
 use service_kit::validation::{TaskLimits, Violations, check_task, check_task_id};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use taskrouter_proto::v1::executor_server::Executor;
 use taskrouter_proto::v1::{
     CancelRequest, CancelResponse, Complexity, GetRequest, GetResponse, ProgressEvent, RunRequest,
@@ -56,29 +56,6 @@ fn check_bound(v: &mut Violations, max_iterations: u32) {
     }
 }
 
-fn traceparent<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn observed<T>(
-    method: &'static str,
-    fut: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let t0 = Instant::now();
-    let r = fut.await;
-    let code = match &r {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    };
-    crate::telemetry::rpc(method, code, t0.elapsed());
-    r
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<ProgressEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -87,8 +64,10 @@ impl Executor for ExecutorService {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        observed("Submit", async {
-            let parent = traceparent(&request);
+        async {
+            // The request span is parented on the caller's context: the queue entry
+            // carries it, so the worker's run joins the caller's trace.
+            let parent = service_kit::trace_context::current_traceparent();
             let req = request.into_inner();
             let mut v = Violations::new();
             if let Some(task) = require_task(&mut v, &req.task) {
@@ -105,12 +84,12 @@ impl Executor for ExecutorService {
                 state: Some(state),
                 created,
             }))
-        })
+        }
         .await
     }
 
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        observed("Run", async {
+        async {
             let req = request.into_inner();
             let mut v = Violations::new();
             if let Some(task) = require_task(&mut v, &req.task) {
@@ -136,12 +115,12 @@ impl Executor for ExecutorService {
             Ok(Response::new(RunResponse {
                 result: Some(result),
             }))
-        })
+        }
         .await
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        observed("Get", async {
+        async {
             let req = request.into_inner();
             let mut v = Violations::new();
             check_task_id(&mut v, "task_id", &req.task_id);
@@ -166,7 +145,7 @@ impl Executor for ExecutorService {
                 state: Some(state),
                 iterations,
             }))
-        })
+        }
         .await
     }
 
@@ -248,14 +227,14 @@ impl Executor for ExecutorService {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
-        observed("Cancel", async {
+        async {
             let req = request.into_inner();
             let mut v = Violations::new();
             check_task_id(&mut v, "task_id", &req.task_id);
             v.into_result()?;
             let state = self.engine.cancel(&req.task_id).await?;
             Ok(Response::new(CancelResponse { state: Some(state) }))
-        })
+        }
         .await
     }
 }

@@ -17,6 +17,7 @@ use taskrouter_proto::v1::{
 };
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 /// Role name of the lead.
 pub const LEAD_ROLE: &str = "lead";
@@ -63,9 +64,21 @@ pub async fn run(ctx: &Arc<RunCtx>, session: &Arc<Mutex<ActiveSession>>) -> Resu
             TeamPhase::try_from(s.state.phase).unwrap_or(TeamPhase::Unspecified)
         };
         let next = match phase {
-            TeamPhase::Unspecified | TeamPhase::Analysis => analysis(ctx, session, &task).await?,
-            TeamPhase::Specialists => specialists(ctx, session, &task).await?,
-            TeamPhase::Synthesis => synthesis(ctx, session, &task).await?,
+            TeamPhase::Unspecified | TeamPhase::Analysis => {
+                analysis(ctx, session, &task)
+                    .instrument(tracing::info_span!("team.analysis", task.id = %task.id))
+                    .await?
+            }
+            TeamPhase::Specialists => {
+                specialists(ctx, session, &task)
+                    .instrument(tracing::info_span!("team.specialists", task.id = %task.id))
+                    .await?
+            }
+            TeamPhase::Synthesis => {
+                synthesis(ctx, session, &task)
+                    .instrument(tracing::info_span!("team.synthesis", task.id = %task.id))
+                    .await?
+            }
             TeamPhase::Done => return Ok(PathOutcome::Completed),
         };
         if let Some(outcome) = next {
@@ -197,20 +210,26 @@ async fn specialists(
     for (idx, role) in pending {
         let (ctx, session, task, limit) =
             (ctx.clone(), session.clone(), task.clone(), limit.clone());
-        set.spawn(async move {
-            let Ok(_permit) = limit.acquire_owned().await else {
-                return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(Stop::Shutdown)));
-            };
-            let budget = ctx.team.specialist_timeout;
-            match tokio::time::timeout(budget, specialist(&ctx, &session, &task, idx, &role)).await
-            {
-                Ok(r) => r,
-                Err(_) => Ok(SpecialistEnd::Failed(
-                    FallbackCause::SpecialistTimeout,
-                    format!("specialist {role} did not finish within {budget:?}"),
-                )),
+        let span =
+            tracing::info_span!("team.specialist", task.id = %task.id, specialist.role = %role);
+        set.spawn(
+            async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(Stop::Shutdown)));
+                };
+                let budget = ctx.team.specialist_timeout;
+                match tokio::time::timeout(budget, specialist(&ctx, &session, &task, idx, &role))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Ok(SpecialistEnd::Failed(
+                        FallbackCause::SpecialistTimeout,
+                        format!("specialist {role} did not finish within {budget:?}"),
+                    )),
+                }
             }
-        });
+            .instrument(span),
+        );
     }
     let mut first_problem: Option<SpecialistEnd> = None;
     while let Some(joined) = set.join_next().await {

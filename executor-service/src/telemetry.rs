@@ -52,9 +52,3 @@ pub fn queue_depth(length: u64, pending: u64) {
     metrics::gauge!("taskrouter_queue_length").set(length as f64);
     metrics::gauge!("taskrouter_queue_pending").set(pending as f64);
 }
-
-/// Records one RPC served by the executor.
-pub fn rpc(method: &'static str, code: tonic::Code, d: Duration) {
-    metrics::histogram!("taskrouter_rpc_duration_seconds", "method" => method, "code" => format!("{code:?}"))
-        .record(d.as_secs_f64());
-}

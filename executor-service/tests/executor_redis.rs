@@ -73,7 +73,10 @@ async fn bounded_run_then_resume_gives_eight_more_and_ten_total() {
     assert!(state.archived);
     // No router configured: the safe default with the reason recorded.
     let analysis = state.analysis.unwrap();
-    assert_eq!(analysis.reasons[0].code, ReasonCode::RouterUnavailable as i32);
+    assert_eq!(
+        analysis.reasons[0].code,
+        ReasonCode::RouterUnavailable as i32
+    );
     assert_eq!(
         state.fallback.unwrap().cause,
         FallbackCause::RouterUnavailable as i32
@@ -123,7 +126,9 @@ async fn redis_shows_each_iteration_as_soon_as_it_is_reported() {
             .await
         {
             Ok(s) => break s.into_inner(),
-            Err(e) if e.code() == Code::NotFound => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) if e.code() == Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
             Err(e) => panic!("watch: {e}"),
         }
     };
@@ -146,8 +151,17 @@ async fn redis_shows_each_iteration_as_soon_as_it_is_reported() {
                 .unwrap()
                 .into_inner();
             let stored = state.state.unwrap().iteration_count;
-            assert!(stored >= done.iteration_count, "Redis holds iteration {}", done.iteration_count);
-            assert!(state.iterations.iter().any(|r| r.iteration == done.record.as_ref().unwrap().iteration));
+            assert!(
+                stored >= done.iteration_count,
+                "Redis holds iteration {}",
+                done.iteration_count
+            );
+            assert!(
+                state
+                    .iterations
+                    .iter()
+                    .any(|r| r.iteration == done.record.as_ref().unwrap().iteration)
+            );
             seen.push(done.iteration_count);
         }
     }
@@ -162,26 +176,41 @@ async fn corrupted_state_is_a_clear_error_kept_for_inspection_and_other_tasks_st
     let mut h = Harness::start(|_| {}).await;
     let mut conn = h.redis.connection().await;
     let plain = h.state_key("BAD-1");
-    let _: () = redis::cmd("SET").arg(&plain).arg("garbage").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&plain)
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let wrong_schema = h.state_key("BAD-2");
     let _: () = redis::cmd("HSET")
         .arg(&wrong_schema)
-        .arg("schema").arg("99")
-        .arg("version").arg("1")
-        .arg("data").arg("x")
+        .arg("schema")
+        .arg("99")
+        .arg("version")
+        .arg("1")
+        .arg("data")
+        .arg("x")
         .query_async(&mut conn)
         .await
         .unwrap();
     let bad_bytes = h.state_key("BAD-3");
     let _: () = redis::cmd("HSET")
         .arg(&bad_bytes)
-        .arg("schema").arg("1")
-        .arg("version").arg("1")
-        .arg("data").arg(vec![0xffu8, 0xff, 0xff, 0x01])
+        .arg("schema")
+        .arg("1")
+        .arg("version")
+        .arg("1")
+        .arg("data")
+        .arg(vec![0xffu8, 0xff, 0xff, 0x01])
         .query_async(&mut conn)
         .await
         .unwrap();
-    for (id, key) in [("BAD-1", &plain), ("BAD-2", &wrong_schema), ("BAD-3", &bad_bytes)] {
+    for (id, key) in [
+        ("BAD-1", &plain),
+        ("BAD-2", &wrong_schema),
+        ("BAD-3", &bad_bytes),
+    ] {
         let err = h
             .client
             .get(GetRequest {
@@ -191,12 +220,19 @@ async fn corrupted_state_is_a_clear_error_kept_for_inspection_and_other_tasks_st
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::DataLoss, "{id}: {err:?}");
-        assert!(err.message().contains(key.as_str()), "{id}: {}", err.message());
+        assert!(
+            err.message().contains(key.as_str()),
+            "{id}: {}",
+            err.message()
+        );
         // Resuming it is refused the same way, and nothing is overwritten.
         let err = h
             .client
             .run(RunRequest {
-                task: Some(Task { id: id.into(), ..Default::default() }),
+                task: Some(Task {
+                    id: id.into(),
+                    ..Default::default()
+                }),
                 resume: true,
                 ..Default::default()
             })
@@ -204,9 +240,18 @@ async fn corrupted_state_is_a_clear_error_kept_for_inspection_and_other_tasks_st
             .unwrap_err();
         assert_eq!(err.code(), Code::DataLoss);
     }
-    let kept: String = redis::cmd("GET").arg(&plain).query_async(&mut conn).await.unwrap();
+    let kept: String = redis::cmd("GET")
+        .arg(&plain)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(kept, "garbage");
-    let schema: String = redis::cmd("HGET").arg(&wrong_schema).arg("schema").query_async(&mut conn).await.unwrap();
+    let schema: String = redis::cmd("HGET")
+        .arg(&wrong_schema)
+        .arg("schema")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(schema, "99");
 
     let ok = h
@@ -227,7 +272,12 @@ async fn corrupted_state_is_a_clear_error_kept_for_inspection_and_other_tasks_st
 #[tokio::test]
 async fn cancel_stops_a_running_task_at_the_next_boundary() {
     let mut h = Harness::start(|_| {}).await;
-    let task = sim_task("T-CANCEL", Complexity::Low, 200, &[("sim.latency_ms", "20")]);
+    let task = sim_task(
+        "T-CANCEL",
+        Complexity::Low,
+        200,
+        &[("sim.latency_ms", "20")],
+    );
     h.client
         .submit(SubmitRequest {
             task: Some(task.clone()),
@@ -238,19 +288,44 @@ async fn cancel_stops_a_running_task_at_the_next_boundary() {
         .unwrap();
     // Let it get going.
     loop {
-        let s = h.client.get(GetRequest { task_id: task.id.clone(), ..Default::default() }).await.unwrap().into_inner().state.unwrap();
+        let s = h
+            .client
+            .get(GetRequest {
+                task_id: task.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap();
         if s.iteration_count >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let resp = h.client.cancel(CancelRequest { task_id: task.id.clone() }).await.unwrap().into_inner();
+    let resp = h
+        .client
+        .cancel(CancelRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(resp.state.unwrap().cancel_requested);
     let fin = wait_final(&mut h.client, &task.id, Duration::from_secs(10)).await;
     assert_eq!(status(fin.status), TaskStatus::Cancelled);
-    assert!(fin.iteration_count < 200, "stopped early at {}", fin.iteration_count);
+    assert!(
+        fin.iteration_count < 200,
+        "stopped early at {}",
+        fin.iteration_count
+    );
     let mut conn = h.redis.connection().await;
-    let ttl: i64 = redis::cmd("PTTL").arg(h.state_key(&task.id)).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(h.state_key(&task.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl > 0, "archived with a TTL, got {ttl}");
     h.stop().await;
 }
@@ -259,8 +334,21 @@ async fn cancel_stops_a_running_task_at_the_next_boundary() {
 async fn cancel_of_a_pending_task_cancels_it_at_once() {
     let mut h = Harness::start(|c| c.settings.concurrency = 0).await;
     let task = sim_task("T-CANCEL-PENDING", Complexity::Low, 3, &[]);
-    h.client.submit(SubmitRequest { task: Some(task.clone()), ..Default::default() }).await.unwrap();
-    let resp = h.client.cancel(CancelRequest { task_id: task.id.clone() }).await.unwrap().into_inner();
+    h.client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let resp = h
+        .client
+        .cancel(CancelRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let s = resp.state.unwrap();
     assert_eq!(status(s.status), TaskStatus::Cancelled);
     assert_eq!(s.iteration_count, 0);
@@ -271,14 +359,34 @@ async fn cancel_of_a_pending_task_cancels_it_at_once() {
 async fn completed_task_is_archived_with_the_configured_ttl_and_still_readable() {
     let mut h = Harness::start(|c| c.settings.archive_ttl = Duration::from_secs(3600)).await;
     let task = sim_task("T-ARCHIVE", Complexity::Low, 2, &[]);
-    h.client.run(RunRequest { task: Some(task.clone()), ..Default::default() }).await.unwrap();
+    h.client
+        .run(RunRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut conn = h.redis.connection().await;
     for suffix in ["state", "log", "events"] {
         let key = format!("trtest:{{T-ARCHIVE}}:{suffix}");
-        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{key} ttl {ttl}");
     }
-    let s = h.client.get(GetRequest { task_id: task.id, ..Default::default() }).await.unwrap().into_inner().state.unwrap();
+    let s = h
+        .client
+        .get(GetRequest {
+            task_id: task.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
     assert!(s.archived);
     assert_eq!(status(s.status), TaskStatus::Completed);
     assert!(s.archive_expires_at.is_some());
@@ -289,14 +397,39 @@ async fn completed_task_is_archived_with_the_configured_ttl_and_still_readable()
 async fn submitting_the_same_id_twice_starts_one_run() {
     let mut h = Harness::start(|_| {}).await;
     let task = sim_task("T-ONCE", Complexity::Low, 4, &[]);
-    let a = h.client.submit(SubmitRequest { task: Some(task.clone()), ..Default::default() }).await.unwrap().into_inner();
-    let b = h.client.submit(SubmitRequest { task: Some(task.clone()), ..Default::default() }).await.unwrap().into_inner();
+    let a = h
+        .client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let b = h
+        .client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(a.created);
     assert!(!b.created);
     let fin = wait_final(&mut h.client, &task.id, Duration::from_secs(10)).await;
     assert_eq!(status(fin.status), TaskStatus::Completed);
     assert_eq!(fin.iteration_count, 4);
-    let got = h.client.get(GetRequest { task_id: task.id, include_iterations: true, iteration_limit: 100 }).await.unwrap().into_inner();
+    let got = h
+        .client
+        .get(GetRequest {
+            task_id: task.id,
+            include_iterations: true,
+            iteration_limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.iterations.len(), 4);
     h.stop().await;
 }
@@ -305,11 +438,25 @@ async fn submitting_the_same_id_twice_starts_one_run() {
 async fn forced_single_path_is_recorded() {
     let mut h = Harness::start(|_| {}).await;
     let task = sim_task("T-FORCED", Complexity::Critical, 2, &[]);
-    let r = h.client.run(RunRequest { task: Some(task), use_multi_agent: Some(false), ..Default::default() }).await.unwrap().into_inner().result.unwrap();
+    let r = h
+        .client
+        .run(RunRequest {
+            task: Some(task),
+            use_multi_agent: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
     assert_eq!(r.path, ExecutionPath::SingleAgent as i32);
     let s = r.state.unwrap();
     assert!(s.force_single_agent);
-    assert_eq!(s.analysis.unwrap().reasons[0].code, ReasonCode::ForcedSingleAgent as i32);
+    assert_eq!(
+        s.analysis.unwrap().reasons[0].code,
+        ReasonCode::ForcedSingleAgent as i32
+    );
     assert!(s.fallback.is_none());
     h.stop().await;
 }
@@ -319,45 +466,170 @@ async fn bad_requests_get_invalid_argument_naming_the_field() {
     let mut h = Harness::start(|_| {}).await;
     let good = sim_task("T-OK", Complexity::Low, 1, &[]);
     let cases: Vec<(SubmitRequest, &str)> = vec![
-        (SubmitRequest { task: None, ..Default::default() }, "task"),
-        (SubmitRequest { task: Some(Task { id: String::new(), ..good.clone() }), ..Default::default() }, "task.id"),
-        (SubmitRequest { task: Some(Task { estimated_value_usd: f64::NAN, ..good.clone() }), ..Default::default() }, "task.estimated_value_usd"),
-        (SubmitRequest { task: Some(Task { estimated_value_usd: -5.0, ..good.clone() }), ..Default::default() }, "task.estimated_value_usd"),
-        (SubmitRequest { task: Some(Task { complexity: 0, ..good.clone() }), ..Default::default() }, "task.complexity"),
-        (SubmitRequest { task: Some(Task { complexity: 42, ..good.clone() }), ..Default::default() }, "task.complexity"),
-        (SubmitRequest { task: Some(Task { description: "x".repeat(1024 * 1024 + 1), ..good.clone() }), ..Default::default() }, "task.description"),
-        (SubmitRequest { task: Some(good.clone()), max_iterations: 1_000_000, ..Default::default() }, "max_iterations"),
+        (
+            SubmitRequest {
+                task: None,
+                ..Default::default()
+            },
+            "task",
+        ),
+        (
+            SubmitRequest {
+                task: Some(Task {
+                    id: String::new(),
+                    ..good.clone()
+                }),
+                ..Default::default()
+            },
+            "task.id",
+        ),
+        (
+            SubmitRequest {
+                task: Some(Task {
+                    estimated_value_usd: f64::NAN,
+                    ..good.clone()
+                }),
+                ..Default::default()
+            },
+            "task.estimated_value_usd",
+        ),
+        (
+            SubmitRequest {
+                task: Some(Task {
+                    estimated_value_usd: -5.0,
+                    ..good.clone()
+                }),
+                ..Default::default()
+            },
+            "task.estimated_value_usd",
+        ),
+        (
+            SubmitRequest {
+                task: Some(Task {
+                    complexity: 0,
+                    ..good.clone()
+                }),
+                ..Default::default()
+            },
+            "task.complexity",
+        ),
+        (
+            SubmitRequest {
+                task: Some(Task {
+                    complexity: 42,
+                    ..good.clone()
+                }),
+                ..Default::default()
+            },
+            "task.complexity",
+        ),
+        (
+            SubmitRequest {
+                task: Some(Task {
+                    description: "x".repeat(1024 * 1024 + 1),
+                    ..good.clone()
+                }),
+                ..Default::default()
+            },
+            "task.description",
+        ),
+        (
+            SubmitRequest {
+                task: Some(good.clone()),
+                max_iterations: 1_000_000,
+                ..Default::default()
+            },
+            "max_iterations",
+        ),
     ];
     for (req, field) in cases {
         let err = h.client.submit(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
-        let fields: Vec<String> = service_kit::validation::field_violations(&err).into_iter().map(|v| v.field).collect();
-        assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+        let fields: Vec<String> = service_kit::validation::field_violations(&err)
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not in {fields:?}"
+        );
     }
-    let err = h.client.get(GetRequest { task_id: "has space".into(), ..Default::default() }).await.unwrap_err();
+    let err = h
+        .client
+        .get(GetRequest {
+            task_id: "has space".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = h.client.get(GetRequest { task_id: "NOPE".into(), ..Default::default() }).await.unwrap_err();
+    let err = h
+        .client
+        .get(GetRequest {
+            task_id: "NOPE".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = h.client.cancel(CancelRequest { task_id: String::new() }).await.unwrap_err();
-    assert_eq!(service_kit::validation::field_violations(&err)[0].field, "task_id");
+    let err = h
+        .client
+        .cancel(CancelRequest {
+            task_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        service_kit::validation::field_violations(&err)[0].field,
+        "task_id"
+    );
     // Nothing was stored by the rejected requests.
     let mut conn = h.redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("trtest:{*").query_async(&mut conn).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("trtest:{*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
     h.stop().await;
 }
 
 #[tokio::test]
 async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
-    let redis = test_support::RedisServer::start_with(test_support::RedisOptions { appendonly: true, password: None });
+    let redis = test_support::RedisServer::start_with(test_support::RedisOptions {
+        appendonly: true,
+        password: None,
+    });
     let mut h = Harness::start_with_redis(redis, |c| {
         c.settings.concurrency = 1;
     })
     .await;
-    let task = sim_task("T-REDIS-DOWN", Complexity::Low, 20, &[("sim.latency_ms", "50")]);
-    h.client.submit(SubmitRequest { task: Some(task.clone()), max_iterations: 20, use_multi_agent: Some(false) }).await.unwrap();
+    let task = sim_task(
+        "T-REDIS-DOWN",
+        Complexity::Low,
+        20,
+        &[("sim.latency_ms", "50")],
+    );
+    h.client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            max_iterations: 20,
+            use_multi_agent: Some(false),
+        })
+        .await
+        .unwrap();
     let before = loop {
-        let s = h.client.get(GetRequest { task_id: task.id.clone(), ..Default::default() }).await.unwrap().into_inner().state.unwrap();
+        let s = h
+            .client
+            .get(GetRequest {
+                task_id: task.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap();
         if s.iteration_count >= 5 {
             break s.iteration_count;
         }
@@ -365,13 +637,31 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
     };
     h.redis.stop();
     // While Redis is away, calls fail with UNAVAILABLE and health says NOT_SERVING.
-    let err = h.client.get(GetRequest { task_id: task.id.clone(), ..Default::default() }).await.unwrap_err();
+    let err = h
+        .client
+        .get(GetRequest {
+            task_id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.addr)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut not_serving = false;
     for _ in 0..50 {
-        let st = health.check(tonic_health::pb::HealthCheckRequest { service: "taskrouter.v1.Executor".into() }).await.unwrap().into_inner().status;
+        let st = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "taskrouter.v1.Executor".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
         if st == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
             not_serving = true;
             break;
@@ -385,8 +675,21 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
     assert_eq!(status(fin.status), TaskStatus::Completed);
     assert_eq!(fin.iteration_count, 20);
     assert!(fin.iteration_count >= before);
-    let got = h.client.get(GetRequest { task_id: task.id.clone(), include_iterations: true, iteration_limit: 100 }).await.unwrap().into_inner();
+    let got = h
+        .client
+        .get(GetRequest {
+            task_id: task.id.clone(),
+            include_iterations: true,
+            iteration_limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let numbers: Vec<u32> = got.iterations.iter().map(|r| r.iteration).collect();
-    assert_eq!(numbers, (1..=20).collect::<Vec<_>>(), "every iteration exactly once");
+    assert_eq!(
+        numbers,
+        (1..=20).collect::<Vec<_>>(),
+        "every iteration exactly once"
+    );
     h.stop().await;
 }

@@ -7,8 +7,8 @@ use common::{Harness, wait_final};
 use std::collections::HashMap;
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision,
-    RunRequest, RunResult, SpecialistStatus, SubmitRequest, Task, TaskStatus, TeamPhase,
+    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunRequest,
+    RunResult, SpecialistStatus, SubmitRequest, Task, TaskStatus, TeamPhase,
 };
 
 /// An in-process router with the embedded default policy; returns its address.
@@ -21,11 +21,16 @@ async fn start_router() -> (std::net::SocketAddr, service_kit::Shutdown) {
         listener,
         shutdown.clone(),
     ));
-    assert!(test_support::wait_for_grpc_serving(addr, "taskrouter.v1.Router", Duration::from_secs(10)).await);
+    assert!(
+        test_support::wait_for_grpc_serving(addr, "taskrouter.v1.Router", Duration::from_secs(10))
+            .await
+    );
     (addr, shutdown)
 }
 
-async fn with_router(tweak: impl FnOnce(&mut executor_service::config::ExecutorConfig)) -> (Harness, service_kit::Shutdown) {
+async fn with_router(
+    tweak: impl FnOnce(&mut executor_service::config::ExecutorConfig),
+) -> (Harness, service_kit::Shutdown) {
     let (router, router_shutdown) = start_router().await;
     let h = Harness::start(|c| {
         c.router_addr = Some(format!("http://{router}"));
@@ -35,20 +40,35 @@ async fn with_router(tweak: impl FnOnce(&mut executor_service::config::ExecutorC
     (h, router_shutdown)
 }
 
-fn task(id: &str, description: &str, complexity: Complexity, value: f64, repos: &[&str], labels: &[(&str, &str)]) -> Task {
+fn task(
+    id: &str,
+    description: &str,
+    complexity: Complexity,
+    value: f64,
+    repos: &[&str],
+    labels: &[(&str, &str)],
+) -> Task {
     Task {
         id: id.into(),
         description: description.into(),
         complexity: complexity as i32,
         estimated_value_usd: value,
         repositories: repos.iter().map(|r| r.to_string()).collect(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
     }
 }
 
 async fn run(h: &mut Harness, t: Task, max: u32) -> RunResult {
     h.client
-        .run(RunRequest { task: Some(t), resume: false, max_iterations: max, use_multi_agent: None })
+        .run(RunRequest {
+            task: Some(t),
+            resume: false,
+            max_iterations: max,
+            use_multi_agent: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -57,24 +77,92 @@ async fn run(h: &mut Harness, t: Task, max: u32) -> RunResult {
 }
 
 fn codes(r: &RunResult) -> Vec<ReasonCode> {
-    r.state.as_ref().unwrap().analysis.as_ref().unwrap().reasons.iter().map(|x| ReasonCode::try_from(x.code).unwrap()).collect()
+    r.state
+        .as_ref()
+        .unwrap()
+        .analysis
+        .as_ref()
+        .unwrap()
+        .reasons
+        .iter()
+        .map(|x| ReasonCode::try_from(x.code).unwrap())
+        .collect()
 }
 
 #[tokio::test]
 async fn the_seed_scenarios_route_and_complete() {
     let (mut h, _r) = with_router(|_| {}).await;
     let cases = [
-        (task("TEST-BUG-001", "Fix typo in README", Complexity::Low, 10.0, &["org/docs"], &[]), RoutingDecision::UseSingleAgent, ReasonCode::SimpleTask),
-        (task("TEST-FEATURE-001", "Implement new payment processing", Complexity::High, 500.0, &["org/pay"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::HighComplexity),
-        (task("TEST-HIPAA-001", "Rotate HIPAA credentials for the patient API", Complexity::Medium, 50.0, &["org/api"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::ComplianceSensitive),
-        (task("TEST-DEPLOY-001", "Deploy the billing service to production", Complexity::Medium, 50.0, &["org/billing"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::Deployment),
-        (task("TEST-XREPO-001", "Rename the user id type", Complexity::Medium, 50.0, &["org/a", "org/b"], &[]), RoutingDecision::UseMultiAgent, ReasonCode::CrossRepo),
+        (
+            task(
+                "TEST-BUG-001",
+                "Fix typo in README",
+                Complexity::Low,
+                10.0,
+                &["org/docs"],
+                &[],
+            ),
+            RoutingDecision::UseSingleAgent,
+            ReasonCode::SimpleTask,
+        ),
+        (
+            task(
+                "TEST-FEATURE-001",
+                "Implement new payment processing",
+                Complexity::High,
+                500.0,
+                &["org/pay"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::HighComplexity,
+        ),
+        (
+            task(
+                "TEST-HIPAA-001",
+                "Rotate HIPAA credentials for the patient API",
+                Complexity::Medium,
+                50.0,
+                &["org/api"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::ComplianceSensitive,
+        ),
+        (
+            task(
+                "TEST-DEPLOY-001",
+                "Deploy the billing service to production",
+                Complexity::Medium,
+                50.0,
+                &["org/billing"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::Deployment,
+        ),
+        (
+            task(
+                "TEST-XREPO-001",
+                "Rename the user id type",
+                Complexity::Medium,
+                50.0,
+                &["org/a", "org/b"],
+                &[],
+            ),
+            RoutingDecision::UseMultiAgent,
+            ReasonCode::CrossRepo,
+        ),
     ];
     for (t, decision, reason) in cases {
         let id = t.id.clone();
         let r = run(&mut h, t, 50).await;
         assert_eq!(r.routing_decision, decision as i32, "{id}");
-        assert_eq!(TaskStatus::try_from(r.status).unwrap(), TaskStatus::Completed, "{id}");
+        assert_eq!(
+            TaskStatus::try_from(r.status).unwrap(),
+            TaskStatus::Completed,
+            "{id}"
+        );
         assert!(codes(&r).contains(&reason), "{id}: {:?}", codes(&r));
         let s = r.state.unwrap();
         assert!(s.fallback.is_none(), "{id} fell back: {:?}", s.fallback);
@@ -82,7 +170,11 @@ async fn the_seed_scenarios_route_and_complete() {
             assert_eq!(r.path, ExecutionPath::MultiAgent as i32, "{id}");
             assert_eq!(s.phase, TeamPhase::Done as i32, "{id}");
             assert!(!s.specialists.is_empty());
-            assert!(s.specialists.iter().all(|sp| sp.status == SpecialistStatus::Done as i32));
+            assert!(
+                s.specialists
+                    .iter()
+                    .all(|sp| sp.status == SpecialistStatus::Done as i32)
+            );
             assert!(!s.result.is_empty());
         } else {
             assert_eq!(r.path, ExecutionPath::SingleAgent as i32);
@@ -95,10 +187,23 @@ async fn the_seed_scenarios_route_and_complete() {
 async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_total() {
     let (mut h, _r) = with_router(|_| {}).await;
     // HIGH + HIPAA + $250 staffs four specialists; 1 analysis + 4 x 2 + 1 synthesis = 10.
-    let t = task("TEST-RESUME-001", "Complex feature with HIPAA compliance", Complexity::High, 250.0, &["org/ehr"], &[("sim.specialist_iterations", "2")]);
+    let t = task(
+        "TEST-RESUME-001",
+        "Complex feature with HIPAA compliance",
+        Complexity::High,
+        250.0,
+        &["org/ehr"],
+        &[("sim.specialist_iterations", "2")],
+    );
     let first = run(&mut h, t.clone(), 2).await;
-    assert_eq!(first.routing_decision, RoutingDecision::UseMultiAgent as i32);
-    assert_eq!(TaskStatus::try_from(first.status).unwrap(), TaskStatus::InProgress);
+    assert_eq!(
+        first.routing_decision,
+        RoutingDecision::UseMultiAgent as i32
+    );
+    assert_eq!(
+        TaskStatus::try_from(first.status).unwrap(),
+        TaskStatus::InProgress
+    );
     assert_eq!(first.total_iterations, 2);
     let saved = first.state.unwrap();
     assert_eq!(saved.phase, TeamPhase::Specialists as i32);
@@ -106,23 +211,55 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
 
     let second = h
         .client
-        .run(RunRequest { task: Some(Task { id: t.id.clone(), ..Default::default() }), resume: true, max_iterations: 10, use_multi_agent: None })
+        .run(RunRequest {
+            task: Some(Task {
+                id: t.id.clone(),
+                ..Default::default()
+            }),
+            resume: true,
+            max_iterations: 10,
+            use_multi_agent: None,
+        })
         .await
         .unwrap()
         .into_inner()
         .result
         .unwrap();
-    assert_eq!(TaskStatus::try_from(second.status).unwrap(), TaskStatus::Completed);
+    assert_eq!(
+        TaskStatus::try_from(second.status).unwrap(),
+        TaskStatus::Completed
+    );
     assert_eq!(second.iterations_this_run, 8);
     assert_eq!(second.total_iterations, 10);
-    assert_eq!(second.path, ExecutionPath::MultiAgent as i32, "a resumed task keeps its path");
-    assert_eq!(second.state.as_ref().unwrap().analysis, saved.analysis, "and its analysis");
+    assert_eq!(
+        second.path,
+        ExecutionPath::MultiAgent as i32,
+        "a resumed task keeps its path"
+    );
+    assert_eq!(
+        second.state.as_ref().unwrap().analysis,
+        saved.analysis,
+        "and its analysis"
+    );
 
     // Every role ran exactly as often as it needed: nothing was redone after the reset.
-    let log = h.client.get(GetRequest { task_id: t.id.clone(), include_iterations: true, iteration_limit: 100 }).await.unwrap().into_inner().iterations;
+    let log = h
+        .client
+        .get(GetRequest {
+            task_id: t.id.clone(),
+            include_iterations: true,
+            iteration_limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .iterations;
     let mut per_role: HashMap<String, Vec<u32>> = HashMap::new();
     for r in &log {
-        per_role.entry(r.role.clone()).or_default().push(r.iteration);
+        per_role
+            .entry(r.role.clone())
+            .or_default()
+            .push(r.iteration);
     }
     assert_eq!(per_role.remove("lead").unwrap(), vec![1, 2]);
     for (role, mut its) in per_role {
@@ -132,20 +269,52 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
     h.stop().await;
 }
 
-async fn assert_falls_back(labels: &[(&str, &str)], cause: FallbackCause, tweak: impl FnOnce(&mut executor_service::config::ExecutorConfig)) {
+async fn assert_falls_back(
+    labels: &[(&str, &str)],
+    cause: FallbackCause,
+    tweak: impl FnOnce(&mut executor_service::config::ExecutorConfig),
+) {
     let (mut h, _r) = with_router(tweak).await;
-    let t = task("T-FALLBACK", "Implement new payment processing", Complexity::High, 500.0, &["org/pay"], &{
-        let mut l = labels.to_vec();
-        l.push(("sim.iterations", "3"));
-        l
-    });
+    let t = task(
+        "T-FALLBACK",
+        "Implement new payment processing",
+        Complexity::High,
+        500.0,
+        &["org/pay"],
+        &{
+            let mut l = labels.to_vec();
+            l.push(("sim.iterations", "3"));
+            l
+        },
+    );
     let r = run(&mut h, t, 50).await;
-    assert_eq!(r.routing_decision, RoutingDecision::UseMultiAgent as i32, "the router chose the team");
-    assert_eq!(TaskStatus::try_from(r.status).unwrap(), TaskStatus::Completed, "the task still completes");
-    assert_eq!(r.path, ExecutionPath::SingleAgent as i32, "on the single path");
+    assert_eq!(
+        r.routing_decision,
+        RoutingDecision::UseMultiAgent as i32,
+        "the router chose the team"
+    );
+    assert_eq!(
+        TaskStatus::try_from(r.status).unwrap(),
+        TaskStatus::Completed,
+        "the task still completes"
+    );
+    assert_eq!(
+        r.path,
+        ExecutionPath::SingleAgent as i32,
+        "on the single path"
+    );
     let fb = r.fallback.expect("fallback recorded");
-    assert_eq!(FallbackCause::try_from(fb.cause).unwrap(), cause, "{}", fb.detail);
-    assert!(!fb.detail.contains("payment"), "no description in the record: {}", fb.detail);
+    assert_eq!(
+        FallbackCause::try_from(fb.cause).unwrap(),
+        cause,
+        "{}",
+        fb.detail
+    );
+    assert!(
+        !fb.detail.contains("payment"),
+        "no description in the record: {}",
+        fb.detail
+    );
     let s = r.state.unwrap();
     let single = s.iteration_count - s.team_iterations;
     assert_eq!(single, 3, "the single path ran its 3 iterations");
@@ -154,25 +323,47 @@ async fn assert_falls_back(labels: &[(&str, &str)], cause: FallbackCause, tweak:
 
 #[tokio::test]
 async fn failed_analysis_falls_back_to_the_single_path() {
-    assert_falls_back(&[("sim.fail_step", "analysis")], FallbackCause::AnalysisFailed, |_| {}).await;
+    assert_falls_back(
+        &[("sim.fail_step", "analysis")],
+        FallbackCause::AnalysisFailed,
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_specialist_timeout_falls_back_to_the_single_path() {
-    assert_falls_back(&[("sim.hang_role", "reviewer")], FallbackCause::SpecialistTimeout, |c| {
-        c.settings.team.specialist_timeout = Duration::from_millis(500);
-    })
+    assert_falls_back(
+        &[("sim.hang_role", "reviewer")],
+        FallbackCause::SpecialistTimeout,
+        |c| {
+            c.settings.team.specialist_timeout = Duration::from_millis(500);
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_failing_specialist_falls_back_to_the_single_path() {
-    assert_falls_back(&[("sim.fail_step", "specialist"), ("sim.fail_role", "architect")], FallbackCause::SpecialistFailed, |_| {}).await;
+    assert_falls_back(
+        &[
+            ("sim.fail_step", "specialist"),
+            ("sim.fail_role", "architect"),
+        ],
+        FallbackCause::SpecialistFailed,
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn failed_synthesis_falls_back_to_the_single_path() {
-    assert_falls_back(&[("sim.fail_step", "synthesis")], FallbackCause::SynthesisFailed, |_| {}).await;
+    assert_falls_back(
+        &[("sim.fail_step", "synthesis")],
+        FallbackCause::SynthesisFailed,
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -182,28 +373,69 @@ async fn an_unreachable_router_means_the_single_path_with_the_reason_recorded() 
         c.route_timeout = Duration::from_millis(300);
     })
     .await;
-    let t = task("T-NOROUTER", "Deploy to production", Complexity::Critical, 900.0, &["org/a"], &[("sim.iterations", "2")]);
+    let t = task(
+        "T-NOROUTER",
+        "Deploy to production",
+        Complexity::Critical,
+        900.0,
+        &["org/a"],
+        &[("sim.iterations", "2")],
+    );
     let r = run(&mut h, t, 10).await;
-    assert_eq!(TaskStatus::try_from(r.status).unwrap(), TaskStatus::Completed);
+    assert_eq!(
+        TaskStatus::try_from(r.status).unwrap(),
+        TaskStatus::Completed
+    );
     assert_eq!(r.routing_decision, RoutingDecision::UseSingleAgent as i32);
     assert_eq!(codes(&r), vec![ReasonCode::RouterUnavailable]);
-    assert_eq!(r.fallback.unwrap().cause, FallbackCause::RouterUnavailable as i32);
+    assert_eq!(
+        r.fallback.unwrap().cause,
+        FallbackCause::RouterUnavailable as i32
+    );
     h.stop().await;
 }
 
 #[tokio::test]
-async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_until_redis_returns() {
-    let redis = test_support::RedisServer::start_with(test_support::RedisOptions { appendonly: true, password: None });
+async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_until_redis_returns()
+{
+    let redis = test_support::RedisServer::start_with(test_support::RedisOptions {
+        appendonly: true,
+        password: None,
+    });
     let mut h = Harness::start_with_redis(redis, |c| {
         c.settings.concurrency = 1;
         c.settings.checkpoint_retry.budget = Duration::from_millis(300);
         c.settings.lease_ttl = Duration::from_secs(1);
     })
     .await;
-    let t = task("T-REDIS-AWAY", "Refactor module", Complexity::Low, 5.0, &["org/a"], &[("sim.iterations", "15"), ("sim.latency_ms", "40")]);
-    h.client.submit(SubmitRequest { task: Some(t.clone()), max_iterations: 15, use_multi_agent: Some(false) }).await.unwrap();
+    let t = task(
+        "T-REDIS-AWAY",
+        "Refactor module",
+        Complexity::Low,
+        5.0,
+        &["org/a"],
+        &[("sim.iterations", "15"), ("sim.latency_ms", "40")],
+    );
+    h.client
+        .submit(SubmitRequest {
+            task: Some(t.clone()),
+            max_iterations: 15,
+            use_multi_agent: Some(false),
+        })
+        .await
+        .unwrap();
     loop {
-        let s = h.client.get(GetRequest { task_id: t.id.clone(), ..Default::default() }).await.unwrap().into_inner().state.unwrap();
+        let s = h
+            .client
+            .get(GetRequest {
+                task_id: t.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap();
         if s.iteration_count >= 4 {
             break;
         }
@@ -214,9 +446,22 @@ async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_un
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.redis.start_again();
     let fin = wait_final(&mut h.client, &t.id, Duration::from_secs(30)).await;
-    assert_eq!(TaskStatus::try_from(fin.status).unwrap(), TaskStatus::Completed);
+    assert_eq!(
+        TaskStatus::try_from(fin.status).unwrap(),
+        TaskStatus::Completed
+    );
     assert_eq!(fin.iteration_count, 15);
-    let log = h.client.get(GetRequest { task_id: t.id.clone(), include_iterations: true, iteration_limit: 100 }).await.unwrap().into_inner().iterations;
+    let log = h
+        .client
+        .get(GetRequest {
+            task_id: t.id.clone(),
+            include_iterations: true,
+            iteration_limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .iterations;
     let numbers: Vec<u32> = log.iter().map(|r| r.iteration).collect();
     assert_eq!(numbers, (1..=15).collect::<Vec<_>>());
     h.stop().await;

@@ -3,7 +3,11 @@
 
 /// Generated code for package `taskrouter.v1`.
 pub mod v1 {
-    #![allow(missing_docs, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+    #![allow(
+        missing_docs,
+        clippy::large_enum_variant,
+        clippy::doc_lazy_continuation
+    )]
     tonic::include_proto!("taskrouter.v1");
 }
 

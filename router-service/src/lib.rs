@@ -58,8 +58,10 @@ pub async fn serve(
     let store = Arc::new(store);
     let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
-    let router_service = RouterServer::new(RouterService::new(store.clone()))
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
+    let router_service = service_kit::server::Observed::new(
+        RouterServer::new(RouterService::new(store.clone()))
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+    );
 
     let reloader = reload::spawn_reloader(
         store.clone(),
@@ -100,7 +102,8 @@ pub async fn serve(
         "router ready"
     );
 
-    let result = service_kit::server::serve(router, listener, drain).await;
+    let result =
+        service_kit::server::serve(router, listener, drain, config.server.drain_timeout).await;
     watcher.abort();
     reloader.abort();
     result.map_err(Error::from)

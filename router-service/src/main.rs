@@ -8,7 +8,7 @@
 use clap::Parser;
 use router_service::{Args, Error, PolicyStore};
 use service_kit::Shutdown;
-use service_kit::telemetry::{init_logging, install_prometheus, metrics_addr};
+use service_kit::telemetry::{install_prometheus, metrics_addr};
 use std::process::ExitCode;
 
 const CONFIG_ERROR: u8 = 2;
@@ -27,7 +27,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    init_logging(args.telemetry.log_format);
+    let telemetry = match service_kit::telemetry::init("router-service", args.telemetry.log_format)
+    {
+        Ok(t) => t,
+        Err(e) => return fail(CONFIG_ERROR, &e.to_string()),
+    };
+    let code = run(args).await;
+    telemetry.shutdown();
+    code
+}
+
+async fn run(args: Args) -> ExitCode {
     let config = args.router_config();
 
     let metrics = match metrics_addr(&args.telemetry.metrics_listen) {

@@ -82,7 +82,26 @@ impl Router for RouterService {
         &self,
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
-        self.route_task(request.into_inner())
+        use tracing::Instrument as _;
+        let req = request.into_inner();
+        let (id, bytes) = req
+            .task
+            .as_ref()
+            .map(|t| (t.id.clone(), t.description.len()))
+            .unwrap_or_default();
+        // Decision attributes land on this span; the description itself never does.
+        let span = tracing::info_span!(
+            "route",
+            task.id = %id,
+            task.description_bytes = bytes,
+            route.decision = tracing::field::Empty,
+            route.reasons = tracing::field::Empty,
+            route.rollout_bucket = tracing::field::Empty,
+            route.multi_agent_recommended = tracing::field::Empty,
+            policy.version = tracing::field::Empty,
+        );
+        self.route_task(req)
+            .instrument(span)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -154,6 +173,15 @@ fn record(task: &Task, analysis: &RoutingAnalysis) {
         metrics::counter!(DECISIONS_METRIC, "decision" => decision, "reason" => *reason)
             .increment(1);
     }
+    let span = tracing::Span::current();
+    span.record("route.decision", decision);
+    span.record("route.reasons", reasons.join(",").as_str());
+    span.record("route.rollout_bucket", analysis.rollout_bucket);
+    span.record(
+        "route.multi_agent_recommended",
+        analysis.multi_agent_recommended,
+    );
+    span.record("policy.version", analysis.policy_version.as_str());
     tracing::info!(
         task.id = %task.id,
         task.description_bytes = task.description.len(),

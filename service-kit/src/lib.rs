@@ -5,6 +5,7 @@
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_context;
 pub mod validation;
 
 pub use shutdown::Shutdown;

@@ -13,8 +13,9 @@ pub use tonic_health::server::HealthReporter;
 /// Transport settings common to both services (flags and env vars).
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerArgs {
-    /// Server-side deadline for unary calls (a shorter client `grpc-timeout` wins). 0 disables.
-    #[arg(long, env = "TASKROUTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Server-side deadline for every call; 0 (the default) leaves deadlines to the
+    /// client's `grpc-timeout`, since the executor's `Run` waits for its task.
+    #[arg(long, env = "TASKROUTER_REQUEST_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// Requests served at once per HTTP/2 connection; excess requests are shed with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
@@ -24,21 +25,27 @@ pub struct ServerArgs {
     /// long-lived HTTP/2 connections rebalance across pods.
     #[arg(long, env = "TASKROUTER_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+    /// On shutdown, how long open connections may keep in-flight calls going before
+    /// they are closed.
+    #[arg(long, env = "TASKROUTER_DRAIN_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerArgs {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::ZERO,
             concurrency_limit_per_connection: 256,
             max_connection_age: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(15),
         }
     }
 }
 
 impl ServerArgs {
-    /// A tonic server builder with these settings, HTTP/2 keepalive and a request span
-    /// named after the gRPC path (never the request body).
+    /// A tonic server builder with these settings, HTTP/2 keepalive and one span per
+    /// request named `package.Service/Method` (RPC semantic conventions), parented on
+    /// the caller's W3C trace context. Request bodies are never recorded.
     pub fn builder(&self) -> Server {
         let mut b = Server::builder()
             .concurrency_limit_per_connection(self.concurrency_limit_per_connection.max(1))
@@ -47,22 +54,132 @@ impl ServerArgs {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
-            .trace_fn(|req| {
-                let path = req.uri().path();
-                let (service, method) = split_grpc_path(path);
-                tracing::info_span!(
-                    "grpc.request",
-                    otel.name = %path.trim_start_matches('/'),
-                    rpc.system = "grpc",
-                    rpc.service = %service,
-                    rpc.method = %method,
-                )
-            });
+            .trace_fn(request_span);
         if !self.request_timeout.is_zero() {
             b = b.timeout(self.request_timeout);
         }
         b
     }
+}
+
+/// The server span of one gRPC request.
+pub fn request_span(req: &http::Request<()>) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let path = req.uri().path();
+    let (service, method) = split_grpc_path(path);
+    let (host, port) = req
+        .uri()
+        .authority()
+        .map(|a| (a.host().to_string(), a.port_u16().unwrap_or(0)))
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = %host,
+        server.port = port,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = crate::trace_context::extract(req.headers());
+    let remote = parent.span().span_context().clone();
+    let _ = span.set_parent(parent);
+    let own = span.context().span().span_context().clone();
+    let trace = if own.is_valid() { own } else { remote };
+    if trace.is_valid() {
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
+    }
+    span
+}
+
+/// Wraps a generated gRPC server so every call records its status code on the request
+/// span and in `taskrouter_rpc_duration_seconds{service,method,code}`.
+#[derive(Clone, Debug)]
+pub struct Observed<S> {
+    inner: S,
+}
+
+impl<S> Observed<S> {
+    /// Observes `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Observed<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Observed<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + tonic::server::NamedService
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = split_grpc_path(req.uri().path()).1.to_string();
+        let started = std::time::Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            // Errors are sent trailers-only, so their status is in the headers; a
+            // response without one is OK (a stream's final status is not known yet).
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(tonic::Code::from)
+                .unwrap_or(tonic::Code::Ok);
+            let span = tracing::Span::current();
+            span.record("rpc.grpc.status_code", code as i32);
+            if is_server_error(code) {
+                span.record("otel.status_code", "ERROR");
+            }
+            // Unknown paths would make label values unbounded.
+            let method = if code == tonic::Code::Unimplemented {
+                "unknown".to_string()
+            } else {
+                method
+            };
+            metrics::histogram!(
+                "taskrouter_rpc_duration_seconds",
+                "service" => S::NAME,
+                "method" => method,
+                "code" => format!("{code:?}"),
+            )
+            .record(started.elapsed().as_secs_f64());
+            Ok(resp)
+        })
+    }
+}
+
+/// Codes that mark a server-side failure (per the RPC semantic conventions).
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
 }
 
 /// Splits `/pkg.Service/Method` into (`pkg.Service`, `Method`).
@@ -100,16 +217,32 @@ pub fn reflection(
 }
 
 /// Serves `router` on an already-bound listener until `shutdown` fires, then stops
-/// accepting connections and lets in-flight calls finish.
+/// accepting connections and lets in-flight calls finish for up to `drain_timeout`.
 pub async fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
     shutdown: Shutdown,
+    drain_timeout: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpListenerStream::new(listener);
-    router
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
-        .await
+    let waiter = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move { waiter.wait().await });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r,
+        _ = shutdown.wait() => {}
+    }
+    // Draining: clients that keep connections open get `drain_timeout`, not forever.
+    match tokio::time::timeout(drain_timeout, &mut server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                ?drain_timeout,
+                "connections still open after the drain timeout; closing them"
+            );
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,23 @@
-//! Log setup shared by both binaries, and the Prometheus `/metrics` endpoint.
+//! Logging, tracing and metrics setup shared by both binaries.
 //!
-//! Task descriptions can hold patient data: nothing here logs request bodies, and the
-//! services log ids, sizes and codes only.
+//! - Logs: `tracing` to stderr, text or JSON, filtered by `RUST_LOG` (default `info`).
+//!   Request and task spans carry a `trace_id` field, so every line logged inside them
+//!   names its trace.
+//! - Traces: OpenTelemetry over OTLP/gRPC, configured only by the standard `OTEL_*`
+//!   variables, and off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. W3C trace context is always
+//!   propagated, so a caller's trace continues through the services either way.
+//! - Metrics: Prometheus text on `--metrics-listen` (`GET /metrics`).
+//!
+//! Task descriptions can hold patient data: nothing here records request bodies; the
+//! services log and trace ids, sizes and codes only.
 
+use opentelemetry::trace::TracerProvider as _;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// Log line format.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,23 +44,123 @@ pub struct TelemetryArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// `--metrics-listen` is not a socket address.
-    #[error("--metrics-listen / TASKROUTER_METRICS_LISTEN: {0:?} is not a socket address (e.g. 0.0.0.0:9090)")]
+    #[error(
+        "--metrics-listen / TASKROUTER_METRICS_LISTEN: {0:?} is not a socket address (e.g. 0.0.0.0:9090)"
+    )]
     MetricsAddr(String),
     /// The Prometheus exporter could not start.
     #[error("--metrics-listen: cannot start the metrics endpoint: {0}")]
     Metrics(String),
+    /// The OTLP exporter could not be built from the `OTEL_*` variables.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {0}")]
+    Otlp(String),
 }
 
-/// Installs the global log subscriber writing to stderr (filter from `RUST_LOG`, default `info`).
-/// Safe to call more than once: later calls are ignored, which tests rely on.
+/// Keeps the trace pipeline alive; [`TelemetryGuard::shutdown`] flushes it.
+#[must_use = "dropping the guard without shutdown() may lose the last spans"]
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes buffered spans and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            if let Err(e) = p.force_flush() {
+                tracing::warn!(error = %e, "flushing spans failed");
+            }
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(error = %e, "stopping the span exporter failed");
+            }
+        }
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Whether the `OTEL_*` variables ask for trace export.
+pub fn otlp_requested() -> bool {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled
+        && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs logging (and trace export when requested) for `service_name` (used when
+/// `OTEL_SERVICE_NAME` is unset). Must run inside the Tokio runtime: the OTLP exporter's
+/// gRPC channel is bound to it, and built outside it would silently export nothing.
+/// Later calls in the same process only return a non-exporting guard (tests rely on it).
+pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = if otlp_requested() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if !env_set("OTEL_SERVICE_NAME") {
+            resource = resource.with_service_name(service_name.to_string());
+        }
+        // Sampler and batch settings come from OTEL_TRACES_SAMPLER[_ARG] and OTEL_BSP_*.
+        Some(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_resource(resource.build())
+                .with_batch_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(true);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("taskrouter"))
+            .with_error_records_to_exceptions(true)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    match provider {
+        Some(p) if installed => {
+            opentelemetry::global::set_tracer_provider(p.clone());
+            Ok(TelemetryGuard { provider: Some(p) })
+        }
+        _ => Ok(TelemetryGuard { provider: None }),
+    }
+}
+
+/// Installs only logging (no trace export); kept for tools and tests.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true)
-        // stdout stays free for command output (e.g. `--check-config`).
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(true);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -69,6 +183,11 @@ pub fn metrics_addr(raw: &str) -> Result<Option<SocketAddr>, TelemetryError> {
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0, 30.0, 60.0,
+        ])
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
         .install()
         .map_err(|e| TelemetryError::Metrics(e.to_string()))
 }
@@ -81,7 +200,10 @@ mod tests {
     fn metrics_addr_parses_or_names_the_setting() {
         assert_eq!(metrics_addr("").ok(), Some(None));
         assert!(metrics_addr("127.0.0.1:9090").is_ok_and(|a| a.is_some()));
-        let err = metrics_addr("nope").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = metrics_addr("nope")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("--metrics-listen"), "{err}");
     }
 }

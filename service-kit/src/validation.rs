@@ -154,9 +154,15 @@ pub fn check_task(
     }
     let value = task.estimated_value_usd;
     if !value.is_finite() {
-        v.add(format!("{prefix}.estimated_value_usd"), "must be a finite number");
+        v.add(
+            format!("{prefix}.estimated_value_usd"),
+            "must be a finite number",
+        );
     } else if value < 0.0 {
-        v.add(format!("{prefix}.estimated_value_usd"), "must not be negative");
+        v.add(
+            format!("{prefix}.estimated_value_usd"),
+            "must not be negative",
+        );
     }
     if task.repositories.len() > limits.max_repositories {
         v.add(
@@ -180,11 +186,9 @@ pub fn check_task(
             format!("{prefix}.labels"),
             format!("at most {} labels", limits.max_labels),
         );
-    } else if task
-        .labels
-        .iter()
-        .any(|(k, val)| k.is_empty() || k.len() > limits.max_item_bytes || val.len() > limits.max_item_bytes)
-    {
+    } else if task.labels.iter().any(|(k, val)| {
+        k.is_empty() || k.len() > limits.max_item_bytes || val.len() > limits.max_item_bytes
+    }) {
         v.add(
             format!("{prefix}.labels"),
             format!(

@@ -61,12 +61,21 @@ impl RemoteAgent {
         self.timeout
     }
 
-    fn client(&self) -> AgentClient<Channel> {
+    fn client(
+        &self,
+    ) -> AgentClient<
+        tonic::service::interceptor::InterceptedService<
+            Channel,
+            service_kit::trace_context::InjectFn,
+        >,
+    > {
         let channel = self
             .channel
             .get_or_init(|| self.endpoint.connect_lazy())
             .clone();
-        AgentClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+        // The agent sees the iteration's trace context, so its own spans join the task's trace.
+        let inject: service_kit::trace_context::InjectFn = service_kit::trace_context::inject;
+        AgentClient::with_interceptor(channel, inject).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 }
 

@@ -98,6 +98,35 @@ impl ActiveSession {
         events: &[ProgressEvent],
         archive_ttl: Option<Duration>,
     ) -> Result<()> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "checkpoint",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system = self.store.kind(),
+            db.operation.name = "EVALSHA",
+            task.id = %self.state.task_id,
+            checkpoint.expected_version = self.version,
+            checkpoint.events = events.len() as u64,
+            checkpoint.iteration = iteration.is_some(),
+            checkpoint.archive = archive_ttl.is_some(),
+        );
+        let result = self
+            .commit_inner(iteration, events, archive_ttl)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn commit_inner(
+        &mut self,
+        iteration: Option<&IterationRecord>,
+        events: &[ProgressEvent],
+        archive_ttl: Option<Duration>,
+    ) -> Result<()> {
         self.state.updated_at = Some(now());
         let started = Instant::now();
         let mut backoff = self.retry.initial_backoff;

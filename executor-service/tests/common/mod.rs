@@ -56,10 +56,17 @@ impl Harness {
             shutdown.clone(),
         ));
         assert!(
-            test_support::wait_for_grpc_serving(addr, "taskrouter.v1.Executor", Duration::from_secs(10)).await,
+            test_support::wait_for_grpc_serving(
+                addr,
+                "taskrouter.v1.Executor",
+                Duration::from_secs(10)
+            )
+            .await,
             "executor never became SERVING"
         );
-        let client = ExecutorClient::connect(format!("http://{addr}")).await.unwrap();
+        let client = ExecutorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         Self {
             redis,
             addr,

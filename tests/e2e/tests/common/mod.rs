@@ -24,21 +24,27 @@ pub struct Cluster {
     pub router_addr: SocketAddr,
     pub executors: Vec<Executor>,
     pub extra_executor_args: Vec<String>,
+    /// Environment given to every process (e.g. `OTEL_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Redis (with AOF) and a router; no executors yet.
     pub async fn start() -> Self {
+        Self::start_with(&[], &[]).await
+    }
+
+    /// Like [`Cluster::start`], with environment for every process and extra router flags.
+    pub async fn start_with(env: &[(&str, &str)], router_args: &[&str]) -> Self {
         let redis = RedisServer::start_with(test_support::RedisOptions {
             appendonly: true,
             password: None,
         });
         let router_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let router = ServiceProcess::spawn(
-            "router-service",
-            &["--listen", &router_addr.to_string()],
-            &[],
-        );
+        let listen = router_addr.to_string();
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend_from_slice(router_args);
+        let router = ServiceProcess::spawn("router-service", &args, env);
         assert!(
             wait_for_grpc_serving(router_addr, "taskrouter.v1.Router", Duration::from_secs(20))
                 .await,
@@ -51,6 +57,10 @@ impl Cluster {
             router_addr,
             executors: Vec::new(),
             extra_executor_args: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -77,7 +87,12 @@ impl Cluster {
         let extra_owned = self.extra_executor_args.clone();
         args.extend(extra_owned.iter().map(String::as_str));
         args.extend_from_slice(extra);
-        let process = ServiceProcess::spawn("executor-service", &args, &[]);
+        let env_refs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let process = ServiceProcess::spawn("executor-service", &args, &env_refs);
         assert!(
             wait_for_grpc_serving(addr, "taskrouter.v1.Executor", Duration::from_secs(20)).await,
             "executor {worker_id} did not start:\n{}",
