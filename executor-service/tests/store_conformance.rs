@@ -95,6 +95,17 @@ pub async fn create_is_idempotent(b: Backend) {
     assert!(b.store.load("C-unknown").await.unwrap().is_none());
 }
 
+pub async fn the_task_is_stored_once_and_survives_checkpoints_without_it(b: Backend) {
+    let mut s = created(&b, "T-1").await;
+    let l = lease(&b, "T-1", "w", 5_000).await.unwrap();
+    s.task = None;
+    s.iteration_count = 1;
+    write(&b, &s, 1, &l).await.unwrap();
+    let loaded = b.store.load("T-1").await.unwrap().unwrap();
+    assert_eq!(loaded.iteration_count, 1);
+    assert_eq!(loaded.task.unwrap().description, "conformance");
+}
+
 pub async fn a_stale_version_is_rejected(b: Backend) {
     let s = created(&b, "V-1").await;
     let l = lease(&b, "V-1", "w1", 5_000).await.unwrap();
@@ -107,10 +118,18 @@ pub async fn a_stale_version_is_rejected(b: Backend) {
 pub async fn a_worker_that_lost_its_lease_cannot_write(b: Backend) {
     let mut s = created(&b, "L-1").await;
     let a = lease(&b, "L-1", "worker-a", 150).await.unwrap();
-    assert!(lease(&b, "L-1", "worker-b", 5_000).await.is_none(), "lease is exclusive");
+    assert!(
+        lease(&b, "L-1", "worker-b", 5_000).await.is_none(),
+        "lease is exclusive"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let bl = lease(&b, "L-1", "worker-b", 5_000).await.expect("expired lease is free");
-    assert!(bl.fencing_token > a.fencing_token, "fencing tokens increase");
+    let bl = lease(&b, "L-1", "worker-b", 5_000)
+        .await
+        .expect("expired lease is free");
+    assert!(
+        bl.fencing_token > a.fencing_token,
+        "fencing tokens increase"
+    );
     s.iteration_count = 1;
     assert_eq!(write(&b, &s, 1, &bl).await.unwrap(), 2);
     // The paused worker wakes up and tries to write with what it last saw.
@@ -125,7 +144,10 @@ pub async fn a_worker_that_lost_its_lease_cannot_write(b: Backend) {
     };
     let err = write(&b, &stale, 2, &forged).await.unwrap_err();
     assert!(matches!(err, Error::StaleWrite { .. }), "{err:?}");
-    assert_eq!(b.store.load("L-1").await.unwrap().unwrap().iteration_count, 1);
+    assert_eq!(
+        b.store.load("L-1").await.unwrap().unwrap().iteration_count,
+        1
+    );
 }
 
 pub async fn leases_renew_and_release_only_for_their_owner(b: Backend) {
@@ -137,12 +159,18 @@ pub async fn leases_renew_and_release_only_for_their_owner(b: Backend) {
     };
     assert!(!b.store.renew_lease(&not_a).await.unwrap());
     b.store.release_lease(&not_a).await.unwrap();
-    assert!(lease(&b, "R-1", "b", 300).await.is_none(), "b's release did not free a's lease");
+    assert!(
+        lease(&b, "R-1", "b", 300).await.is_none(),
+        "b's release did not free a's lease"
+    );
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(b.store.renew_lease(&a).await.unwrap());
     }
-    assert!(lease(&b, "R-1", "b", 300).await.is_none(), "renewed lease still held");
+    assert!(
+        lease(&b, "R-1", "b", 300).await.is_none(),
+        "renewed lease still held"
+    );
     b.store.release_lease(&a).await.unwrap();
     assert!(lease(&b, "R-1", "b", 300).await.is_some());
 }
@@ -171,7 +199,10 @@ pub async fn the_iteration_log_appends_and_reads_recent_first_to_last(b: Backend
     let numbers: Vec<u32> = recent.iter().map(|r| r.iteration).collect();
     assert_eq!(numbers, vec![8, 9, 10, 11, 12]);
     assert_eq!(b.store.iterations("I-1", 100).await.unwrap().len(), 12);
-    assert_eq!(b.store.load("I-1").await.unwrap().unwrap().iteration_count, 12);
+    assert_eq!(
+        b.store.load("I-1").await.unwrap().unwrap().iteration_count,
+        12
+    );
 }
 
 pub async fn events_are_sequenced_and_readable_after_a_cursor(b: Backend) {
@@ -202,8 +233,17 @@ pub async fn events_are_sequenced_and_readable_after_a_cursor(b: Backend) {
         .await
         .unwrap();
     assert_eq!(rest.len(), 2);
-    assert!(matches!(rest[1].event.kind, Some(progress_event::Kind::Finished(_))));
-    assert!(b.store.events_after("E-1", Some(&all[2].cursor), 100).await.unwrap().is_empty());
+    assert!(matches!(
+        rest[1].event.kind,
+        Some(progress_event::Kind::Finished(_))
+    ));
+    assert!(
+        b.store
+            .events_after("E-1", Some(&all[2].cursor), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
@@ -211,14 +251,31 @@ pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
     let l = lease(&b, "X-1", "w", 5_000).await.unwrap();
     let o = b
         .store
-        .checkpoint(Checkpoint { state: &s, expected_version: 1, lease: &l, iteration: None, events: &[], archive_ttl: None })
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 1,
+            lease: &l,
+            iteration: None,
+            events: &[],
+            archive_ttl: None,
+        })
         .await
         .unwrap();
     assert!(!o.cancel_requested);
-    b.store.request_cancel("X-1", Duration::from_secs(60)).await.unwrap();
+    b.store
+        .request_cancel("X-1", Duration::from_secs(60))
+        .await
+        .unwrap();
     let o = b
         .store
-        .checkpoint(Checkpoint { state: &s, expected_version: 2, lease: &l, iteration: None, events: &[], archive_ttl: None })
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 2,
+            lease: &l,
+            iteration: None,
+            events: &[],
+            archive_ttl: None,
+        })
         .await
         .unwrap();
     assert!(o.cancel_requested);
@@ -238,7 +295,10 @@ pub async fn archiving_expires_the_task_after_its_ttl(b: Backend) {
         })
         .await
         .unwrap();
-    assert!(b.store.load("A-1").await.unwrap().is_some(), "readable while archived");
+    assert!(
+        b.store.load("A-1").await.unwrap().is_some(),
+        "readable while archived"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(b.store.load("A-1").await.unwrap().is_none());
     assert!(b.store.iterations("A-1", 10).await.unwrap().is_empty());
@@ -267,7 +327,10 @@ pub async fn queue_delivers_each_entry_once_and_reclaims_idle_ones(b: Backend) {
     tokio::time::sleep(Duration::from_millis(250)).await;
     // a keeps one entry alive with a heartbeat; the other looks abandoned.
     q.touch("a", &a[0].entry_id).await.unwrap();
-    let got = q.reclaim("c", Duration::from_millis(200), 10).await.unwrap();
+    let got = q
+        .reclaim("c", Duration::from_millis(200), 10)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].task_id, a[1].task_id);
     assert_eq!(got[0].delivery_count, 2);
@@ -283,7 +346,10 @@ pub async fn redis_backend() -> Backend {
     let redis = test_support::RedisServer::start();
     let conn = redis.connection_manager().await;
     Backend {
-        store: Arc::new(executor_service::session::RedisStore::new(conn.clone(), "conf")),
+        store: Arc::new(executor_service::session::RedisStore::new(
+            conn.clone(),
+            "conf",
+        )),
         queue: Arc::new(executor_service::queue::RedisQueue::new(conn, "conf")),
         _guard: Box::new(redis),
     }
@@ -309,6 +375,7 @@ macro_rules! conformance_suite {
                 };
             }
             case!(create_is_idempotent);
+            case!(the_task_is_stored_once_and_survives_checkpoints_without_it);
             case!(a_stale_version_is_rejected);
             case!(a_worker_that_lost_its_lease_cannot_write);
             case!(leases_renew_and_release_only_for_their_owner);

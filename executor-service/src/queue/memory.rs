@@ -80,7 +80,11 @@ fn format_id(n: u64) -> String {
 fn parse_id(id: &str) -> Result<u64> {
     id.strip_suffix("-0")
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Error::Internal(format!("queue entry id {id:?} is not one this queue issued")))
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "queue entry id {id:?} is not one this queue issued"
+            ))
+        })
 }
 
 impl Inner {

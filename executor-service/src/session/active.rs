@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::lease::Lease;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, progress_event};
+use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, progress_event};
 
 /// How long a failing checkpoint write is retried before the run gives up (the task
 /// stays resumable: nothing is marked done with unsaved work).
@@ -33,8 +33,10 @@ impl Default for CheckpointRetry {
 /// A task being run under a lease.
 pub struct ActiveSession {
     store: Arc<dyn SessionStore>,
-    /// The latest state (what the next checkpoint writes).
+    /// The latest state (what the next checkpoint writes), without the task: the task
+    /// is immutable and stored once, so checkpoints never rewrite the description.
     pub state: SessionState,
+    task: Arc<Task>,
     version: u64,
     lease: Lease,
     retry: CheckpointRetry,
@@ -47,20 +49,35 @@ impl ActiveSession {
     /// Wraps a freshly loaded state.
     pub fn new(
         store: Arc<dyn SessionStore>,
-        state: SessionState,
+        mut state: SessionState,
         lease: Lease,
         retry: CheckpointRetry,
     ) -> Self {
+        let task = Arc::new(state.task.take().unwrap_or_default());
         let version = state.version;
         let cancel_requested = state.cancel_requested;
         Self {
             store,
             state,
+            task,
             version,
             lease,
             retry,
             cancel_requested,
             in_flight: 0,
+        }
+    }
+
+    /// The task being run.
+    pub fn task(&self) -> &Arc<Task> {
+        &self.task
+    }
+
+    /// The full state, task included (for answers to callers).
+    pub fn full_state(&self) -> SessionState {
+        SessionState {
+            task: Some(Task::clone(&self.task)),
+            ..self.state.clone()
         }
     }
 

@@ -229,13 +229,11 @@ impl SessionStore for MemoryStore {
     async fn load(&self, task_id: &str) -> Result<Option<SessionState>> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let found = match inner.tasks.get_mut(task_id) {
-            Some(task) => match live(&mut task.state, now) {
-                Some(hash) => Some(self.read_state(task_id, hash)),
-                None => None,
-            },
-            None => None,
-        };
+        let found = inner
+            .tasks
+            .get_mut(task_id)
+            .and_then(|task| live(&mut task.state, now))
+            .map(|hash| self.read_state(task_id, hash));
         if found.is_none() {
             inner.forget_if_empty(task_id, now);
         }
@@ -276,9 +274,12 @@ impl SessionStore for MemoryStore {
             )));
         }
         let version = cur + 1;
-        let mut state = cp.state.clone();
-        state.version = version;
-        state.fencing_token = cp.lease.fencing_token;
+        let mut state = SessionState {
+            task: None,
+            version,
+            fencing_token: cp.lease.fencing_token,
+            ..cp.state.clone()
+        };
         let hash = match live(&mut task.state, now) {
             Some(h) => h,
             None => {
@@ -295,6 +296,8 @@ impl SessionStore for MemoryStore {
         };
         hash.version = version;
         hash.fence = cp.lease.fencing_token;
+        // Like Redis: the task is written once by `create` and never by a checkpoint.
+        state.task = hash.state.task.take();
         hash.state = state;
         let mut sequences = Vec::with_capacity(cp.events.len());
         for _ in cp.events {
@@ -484,7 +487,10 @@ mod tests {
     #[tokio::test]
     async fn a_foreign_cursor_is_an_error() {
         let store = MemoryStore::new();
-        store.create(&state("C-1"), &submitted("C-1")).await.unwrap();
+        store
+            .create(&state("C-1"), &submitted("C-1"))
+            .await
+            .unwrap();
         assert!(store.events_after("C-1", Some("1-0"), 10).await.is_err());
     }
 

@@ -1,8 +1,9 @@
 //! SessionState persistence: the [`SessionStore`] trait and its Redis implementation.
 //!
 //! Layout per task (every key shares the Redis Cluster hash tag `{task_id}`):
-//! - `<prefix>:{id}:state` — hash: `schema`, `version`, `fence`, `status`, `evseq`, `data`
-//!   (protobuf `SessionState` without the iteration log, so it does not grow per iteration);
+//! - `<prefix>:{id}:state` — hash: `schema`, `version`, `fence`, `status`, `evseq`, `task`
+//!   (protobuf `Task`, written once) and `data` (protobuf `SessionState` without the task
+//!   and without the iteration log, so a checkpoint's size depends on neither);
 //! - `<prefix>:{id}:log` — list of protobuf `IterationRecord`s, appended per iteration;
 //! - `<prefix>:{id}:events` — stream of progress events (`seq`, `ev`), capped;
 //! - `<prefix>:{id}:lease` — owner token of the worker running the task (with expiry);
@@ -57,7 +58,8 @@ impl TaskKeys {
 /// One atomic, conditional write of a task's progress.
 #[derive(Debug)]
 pub struct Checkpoint<'a> {
-    /// The new state. Its `version` is ignored; the store sets it.
+    /// The new state. Its `version` is ignored (the store sets it) and so is its `task`:
+    /// the task is stored once by `create` and kept unchanged.
     pub state: &'a SessionState,
     /// The version the writer last saw; the write fails if the stored one differs.
     pub expected_version: u64,

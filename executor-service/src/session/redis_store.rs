@@ -11,21 +11,21 @@ use redis::{Script, Value};
 use std::sync::LazyLock;
 use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
-use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, TaskStatus};
+use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, TaskStatus};
 
 /// Events kept per task stream (approximate trim).
 const EVENTS_MAXLEN: u64 = 10_000;
 
-/// KEYS: state, events. ARGV: schema, status, data, event.
-/// Returns `{1}` when created, `{0, data, version}` when it already existed.
+/// KEYS: state, events. ARGV: schema, status, data, event, events_maxlen, task.
+/// Returns `{1}` when created, `{0, data, version, task}` when it already existed.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local existing = redis.call('HMGET', KEYS[1], 'data', 'version')
+local existing = redis.call('HMGET', KEYS[1], 'data', 'version', 'task')
 if existing[1] then
-  return {0, existing[1], existing[2] or '0'}
+  return {0, existing[1], existing[2] or '0', existing[3] or ''}
 end
-redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'version', 1, 'fence', 0, 'status', ARGV[2], 'evseq', 1, 'data', ARGV[3])
+redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'version', 1, 'fence', 0, 'status', ARGV[2], 'evseq', 1, 'data', ARGV[3], 'task', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'seq', 1, 'ev', ARGV[4])
 return {1}
 "#,
@@ -133,11 +133,17 @@ impl RedisStore {
         &self.prefix
     }
 
-    fn decode_state(key: &str, data: &[u8], version: u64) -> Result<SessionState> {
+    fn decode_state(key: &str, data: &[u8], task: &[u8], version: u64) -> Result<SessionState> {
         let mut state = SessionState::decode(data).map_err(|e| Error::CorruptState {
             key: key.to_string(),
             reason: format!("not a SessionState protobuf: {e}"),
         })?;
+        if !task.is_empty() {
+            state.task = Some(Task::decode(task).map_err(|e| Error::CorruptState {
+                key: key.to_string(),
+                reason: format!("the `task` field is not a Task protobuf: {e}"),
+            })?);
+        }
         if state.schema_version != SESSION_SCHEMA_VERSION {
             return Err(Error::CorruptState {
                 key: key.to_string(),
@@ -184,6 +190,16 @@ fn as_bytes(v: &Value) -> Option<&[u8]> {
 impl SessionStore for RedisStore {
     async fn create(&self, state: &SessionState, event: &ProgressEvent) -> Result<CreateOutcome> {
         let keys = self.keys(&state.task_id);
+        let task_bytes = state
+            .task
+            .as_ref()
+            .map(|t| t.encode_to_vec())
+            .unwrap_or_default();
+        let body = SessionState {
+            task: None,
+            version: 1,
+            ..state.clone()
+        };
         let mut stored = state.clone();
         stored.version = 1;
         let mut conn = self.conn.clone();
@@ -192,9 +208,10 @@ impl SessionStore for RedisStore {
             .key(&keys.events)
             .arg(SESSION_SCHEMA_VERSION)
             .arg(status_name(stored.status))
-            .arg(stored.encode_to_vec())
+            .arg(body.encode_to_vec())
             .arg(event.encode_to_vec())
             .arg(EVENTS_MAXLEN)
+            .arg(task_bytes)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err(&keys.state))?;
@@ -203,9 +220,11 @@ impl SessionStore for RedisStore {
             Some(0) => {
                 let data = reply.get(1).and_then(as_bytes).unwrap_or_default();
                 let version = reply.get(2).and_then(as_i64).unwrap_or(0).max(0) as u64;
+                let task = reply.get(3).and_then(as_bytes).unwrap_or_default();
                 Ok(CreateOutcome::Existing(Self::decode_state(
                     &keys.state,
                     data,
+                    task,
                     version,
                 )?))
             }
@@ -218,24 +237,28 @@ impl SessionStore for RedisStore {
     async fn load(&self, task_id: &str) -> Result<Option<SessionState>> {
         let keys = self.keys(task_id);
         let mut conn = self.conn.clone();
-        let (schema, version, data): (Option<String>, Option<u64>, Option<Vec<u8>>) =
-            redis::cmd("HMGET")
-                .arg(&keys.state)
-                .arg("schema")
-                .arg("version")
-                .arg("data")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| match corrupt(&keys.state, &e) {
-                    Some(c) => c,
-                    None if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
-                        Error::CorruptState {
-                            key: keys.state.clone(),
-                            reason: format!("unreadable fields: {e}"),
-                        }
-                    }
-                    None => Error::Redis(e),
-                })?;
+        type Fields = (
+            Option<String>,
+            Option<u64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let (schema, version, data, task): Fields = redis::cmd("HMGET")
+            .arg(&keys.state)
+            .arg("schema")
+            .arg("version")
+            .arg("data")
+            .arg("task")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| match corrupt(&keys.state, &e) {
+                Some(c) => c,
+                None if e.kind() == redis::ErrorKind::UnexpectedReturnType => Error::CorruptState {
+                    key: keys.state.clone(),
+                    reason: format!("unreadable fields: {e}"),
+                },
+                None => Error::Redis(e),
+            })?;
         let Some(data) = data else {
             return match (schema, version) {
                 (None, None) => Ok(None),
@@ -258,14 +281,24 @@ impl SessionStore for RedisStore {
                 ),
             });
         }
-        Self::decode_state(&keys.state, &data, version.unwrap_or(0)).map(Some)
+        Self::decode_state(
+            &keys.state,
+            &data,
+            task.as_deref().unwrap_or_default(),
+            version.unwrap_or(0),
+        )
+        .map(Some)
     }
 
     async fn checkpoint(&self, cp: Checkpoint<'_>) -> Result<CheckpointOutcome> {
         let keys = self.keys(&cp.state.task_id);
-        let mut state = cp.state.clone();
-        state.version = cp.expected_version + 1;
-        state.fencing_token = cp.lease.fencing_token;
+        // The task was stored once at create; a checkpoint never rewrites it.
+        let state = SessionState {
+            task: None,
+            version: cp.expected_version + 1,
+            fencing_token: cp.lease.fencing_token,
+            ..cp.state.clone()
+        };
         let ttl_ms = cp
             .archive_ttl
             .map(|d| d.as_millis().max(1) as u64)
@@ -482,7 +515,13 @@ pub fn status_name(status: i32) -> &'static str {
 /// Connects a [`ConnectionManager`] lazily, so the service starts (NOT_SERVING) while
 /// Redis is down and reconnects by itself when it returns.
 pub fn connect_lazy(url: &str) -> std::result::Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
+    connect_lazy_client(redis::Client::open(url)?)
+}
+
+/// Like [`connect_lazy`], for an already-built client (e.g. one with TLS certificates).
+pub fn connect_lazy_client(
+    client: redis::Client,
+) -> std::result::Result<ConnectionManager, redis::RedisError> {
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

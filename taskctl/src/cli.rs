@@ -1,0 +1,242 @@
+//! The command line: flags with environment fallbacks.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use taskrouter_proto::v1::Complexity;
+
+/// Router address when neither `--router` nor `TASKCTL_ROUTER` is given.
+pub const DEFAULT_ROUTER: &str = "http://127.0.0.1:50051";
+/// Executor address when neither `--executor` nor `TASKCTL_EXECUTOR` is given.
+pub const DEFAULT_EXECUTOR: &str = "http://127.0.0.1:50052";
+
+/// Command-line client for the taskrouter router and executor.
+#[derive(Parser, Debug)]
+#[command(
+    name = "taskctl",
+    version,
+    about = "Command-line client for the taskrouter router and executor",
+    after_help = "Exit codes: 0 ok; 1 unreachable endpoint, RPC or runtime error; 2 usage or \
+                  configuration error (also INVALID_ARGUMENT from a service); 3 the task ended \
+                  FAILED or CANCELLED (run, watch)."
+)]
+pub struct Cli {
+    /// Router address.
+    #[arg(long, global = true, help_heading = "Global options", env = "TASKCTL_ROUTER", default_value = DEFAULT_ROUTER)]
+    pub router: String,
+    /// Executor address.
+    #[arg(long, global = true, help_heading = "Global options", env = "TASKCTL_EXECUTOR", default_value = DEFAULT_EXECUTOR)]
+    pub executor: String,
+    /// Deadline for connecting, and for each call that does not wait for a task
+    /// (route, submit, get, cancel, policy). `run` and `watch` wait as long as the task runs.
+    #[arg(long, global = true, help_heading = "Global options", env = "TASKCTL_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+    /// Print JSON (one document; one object per line for `watch`) instead of text.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Ask the router how a task would run, and why.
+    Route(TaskArgs),
+    /// Put a task on the executor's work queue (idempotent per id).
+    Submit(SubmitArgs),
+    /// Run a task in this call and wait for the result.
+    Run(RunArgs),
+    /// Show a task's SessionState.
+    Get(GetArgs),
+    /// Follow a task's progress until it ends.
+    Watch(WatchArgs),
+    /// Ask a task to stop at its next iteration boundary.
+    Cancel(IdArg),
+    /// Show the router's policy in force.
+    Policy,
+    /// Start both services in this process and run the plan's scenarios through them.
+    Demo(DemoArgs),
+}
+
+/// A task, from flags, a file, or both (flags win).
+#[derive(Args, Debug, Default, Clone)]
+pub struct TaskArgs {
+    /// Task id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// What to do, in free text.
+    #[arg(long, conflicts_with = "description_file")]
+    pub description: Option<String>,
+    /// Read the description from a file, or from standard input with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub description_file: Option<PathBuf>,
+    /// How hard the task is.
+    #[arg(long, value_enum)]
+    pub complexity: Option<ComplexityArg>,
+    /// Estimated business value in USD.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub value: Option<f64>,
+    /// A repository the task touches (repeatable).
+    #[arg(long = "repo", value_name = "OWNER/NAME")]
+    pub repos: Vec<String>,
+    /// A label (repeatable), e.g. `--label sim.iterations=4`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Read the task from a JSON or YAML file (`-` for standard input).
+    #[arg(long, short = 'f', value_name = "task.json|task.yaml|-")]
+    pub file: Option<PathBuf>,
+}
+
+/// Complexity on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComplexityArg {
+    /// A small, local change.
+    Low,
+    /// A normal change within one component.
+    Medium,
+    /// A change across components or with design work.
+    High,
+    /// A change where a mistake is costly.
+    Critical,
+}
+
+impl From<ComplexityArg> for Complexity {
+    fn from(c: ComplexityArg) -> Self {
+        match c {
+            ComplexityArg::Low => Complexity::Low,
+            ComplexityArg::Medium => Complexity::Medium,
+            ComplexityArg::High => Complexity::High,
+            ComplexityArg::Critical => Complexity::Critical,
+        }
+    }
+}
+
+/// Flags of `submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The task.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Iteration bound (default: the executor's).
+    #[arg(long)]
+    pub max_iterations: Option<u32>,
+    /// Force the single-agent path whatever the router says.
+    #[arg(long)]
+    pub single_agent: bool,
+}
+
+/// Flags of `run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The task (with `--resume`, `--id` alone is enough).
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Continue an existing task from its saved iteration count.
+    #[arg(long)]
+    pub resume: bool,
+    /// Bound on the task's total iterations (default: the saved bound or the executor's).
+    #[arg(long)]
+    pub max_iterations: Option<u32>,
+    /// Force the single-agent path whatever the router says.
+    #[arg(long)]
+    pub single_agent: bool,
+}
+
+/// Flags of `get`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Task id.
+    pub id: String,
+    /// Also show the most recent iteration records.
+    #[arg(long)]
+    pub iterations: bool,
+    /// How many iteration records `--iterations` shows.
+    #[arg(long, default_value_t = 20, requires = "iterations")]
+    pub limit: u32,
+}
+
+/// Flags of `watch`.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Task id.
+    pub id: String,
+    /// Start after this event sequence number (0 = from the beginning).
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+}
+
+/// A task id.
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// Task id.
+    pub id: String,
+}
+
+/// Flags of `demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Use Redis at this URL instead of the in-memory store.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE with a non-empty key".to_string()),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 10s, 500ms, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("taskctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_repos_and_negative_values_parse() {
+        let cli = parse(&[
+            "route", "--id", "T", "--value", "-1", "--repo", "a/b", "--repo", "c/d", "--label",
+            "k=v=w",
+        ])
+        .unwrap();
+        let Command::Route(t) = cli.command else {
+            panic!("not route")
+        };
+        assert_eq!(t.value, Some(-1.0));
+        assert_eq!(t.repos, vec!["a/b", "c/d"]);
+        assert_eq!(t.labels, vec![("k".to_string(), "v=w".to_string())]);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for args in [
+            vec!["route", "--label", "novalue"],
+            vec!["route", "--complexity", "extreme"],
+            vec!["get"],
+            vec!["--timeout", "0s", "policy"],
+            vec!["route", "--description", "x", "--description-file", "-"],
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Connections to the services, with failures turned into one-line errors.
+
+use crate::error::{CliError, Result, Service, io_cause};
+use std::time::Duration;
+use taskrouter_proto::v1::executor_client::ExecutorClient;
+use taskrouter_proto::v1::router_client::RouterClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// A connected channel and the address it goes to (for error lines).
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// The channel.
+    pub channel: Channel,
+    /// The address as given.
+    pub endpoint: String,
+    /// Which service.
+    pub service: Service,
+}
+
+impl Conn {
+    /// A router client on this connection.
+    pub fn router(&self) -> RouterClient<Channel> {
+        RouterClient::new(self.channel.clone())
+    }
+
+    /// An executor client on this connection.
+    pub fn executor(&self) -> ExecutorClient<Channel> {
+        ExecutorClient::new(self.channel.clone())
+    }
+
+    /// Maps an RPC failure of `method` to a CLI error.
+    pub fn err(&self, method: &'static str) -> impl Fn(tonic::Status) -> CliError + '_ {
+        move |status| CliError::rpc(self.service, &self.endpoint, method, status)
+    }
+}
+
+/// The flag that sets a service's address (named in usage errors).
+fn flag(service: Service) -> &'static str {
+    match service {
+        Service::Router => "--router / TASKCTL_ROUTER",
+        Service::Executor => "--executor / TASKCTL_EXECUTOR",
+    }
+}
+
+/// Connects to `address` within `timeout`; an address without a scheme gets `http://`.
+pub async fn connect(service: Service, address: &str, timeout: Duration) -> Result<Conn> {
+    let address = address.trim();
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    if !url.starts_with("http://") {
+        return Err(CliError::Usage(format!(
+            "{}: {address:?} must be an http:// address (e.g. http://127.0.0.1:50052)",
+            flag(service)
+        )));
+    }
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "{}: {address:?} is not a valid address (e.g. http://127.0.0.1:50052)",
+                flag(service)
+            ))
+        })?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    let unreachable = |cause: String| CliError::Unreachable {
+        service,
+        endpoint: url.clone(),
+        cause,
+    };
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Err(_) => Err(unreachable(format!(
+            "no connection within {}",
+            humantime::format_duration(timeout)
+        ))),
+        Ok(Err(e)) => {
+            let cause = io_cause(&e).unwrap_or_else(|| crate::error::one_line(&e.to_string()));
+            Err(unreachable(cause))
+        }
+        Ok(Ok(channel)) => Ok(Conn {
+            channel,
+            endpoint: url,
+            service,
+        }),
+    }
+}
+
+/// A request with `timeout` as its gRPC deadline.
+pub fn request<T>(msg: T, timeout: Option<Duration>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    req
+}
+
+/// Awaits one unary call of `method`, bounded by `timeout` on the client side too.
+pub async fn unary<T>(
+    conn: &Conn,
+    method: &'static str,
+    timeout: Option<Duration>,
+    call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    let answer = match timeout {
+        Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {} (raise --timeout)",
+                humantime::format_duration(t)
+            )))
+        }),
+        None => call.await,
+    };
+    answer
+        .map(tonic::Response::into_inner)
+        .map_err(conn.err(method))
+}

@@ -1,0 +1,662 @@
+//! Output: JSON built from the proto messages (enum values as their proto names) and
+//! human-readable text. Task descriptions are never printed, only their size.
+
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use taskrouter_proto::v1::{
+    Complexity, ExecutionPath, FallbackCause, FallbackRecord, GetPolicyResponse, IterationRecord,
+    ProgressEvent, ReasonCode, RoutingAnalysis, RoutingDecision, RunResult, SessionState,
+    SpecialistProgress, SpecialistStatus, Task, TaskStatus, TeamPhase, progress_event,
+};
+
+macro_rules! enum_names {
+    ($($fn:ident, $short:ident: $ty:ty, $prefix:literal;)*) => {$(
+        /// The proto name of the value (`UNKNOWN(n)` for a value this build does not know).
+        pub fn $fn(v: i32) -> String {
+            <$ty>::try_from(v)
+                .map(|e| e.as_str_name().to_string())
+                .unwrap_or_else(|_| format!("UNKNOWN({v})"))
+        }
+        /// The proto name without its enum prefix, for humans.
+        pub fn $short(v: i32) -> String {
+            let full = $fn(v);
+            full.strip_prefix($prefix).map(str::to_string).unwrap_or(full)
+        }
+    )*};
+}
+
+enum_names! {
+    status_name, status_short: TaskStatus, "TASK_STATUS_";
+    decision_name, decision_short: RoutingDecision, "ROUTING_DECISION_";
+    path_name, path_short: ExecutionPath, "EXECUTION_PATH_";
+    phase_name, phase_short: TeamPhase, "TEAM_PHASE_";
+    cause_name, cause_short: FallbackCause, "FALLBACK_CAUSE_";
+    reason_name, reason_short: ReasonCode, "REASON_CODE_";
+    complexity_name, complexity_short: Complexity, "COMPLEXITY_";
+    specialist_name, specialist_short: SpecialistStatus, "SPECIALIST_STATUS_";
+}
+
+/// "single-agent" / "multi-agent" for a decision.
+pub fn decision_human(v: i32) -> String {
+    match RoutingDecision::try_from(v) {
+        Ok(RoutingDecision::UseSingleAgent) => "single-agent".into(),
+        Ok(RoutingDecision::UseMultiAgent) => "multi-agent".into(),
+        _ => "-".into(),
+    }
+}
+
+/// "single-agent" / "multi-agent" for a path.
+pub fn path_human(v: i32) -> String {
+    match ExecutionPath::try_from(v) {
+        Ok(ExecutionPath::SingleAgent) => "single-agent".into(),
+        Ok(ExecutionPath::MultiAgent) => "multi-agent".into(),
+        _ => "-".into(),
+    }
+}
+
+/// RFC 3339 time, or null.
+pub fn time_json(ts: &Option<prost_types::Timestamp>) -> Value {
+    match time_text(ts) {
+        Some(t) => Value::String(t),
+        None => Value::Null,
+    }
+}
+
+/// RFC 3339 time (milliseconds), if set and representable.
+pub fn time_text(ts: &Option<prost_types::Timestamp>) -> Option<String> {
+    let ts = (*ts)?;
+    let t = std::time::SystemTime::try_from(ts).ok()?;
+    Some(humantime::format_rfc3339_millis(t).to_string())
+}
+
+/// A task without its description (only its size).
+pub fn task_json(t: &Task) -> Value {
+    let labels: std::collections::BTreeMap<&String, &String> = t.labels.iter().collect();
+    json!({
+        "id": t.id,
+        "description_bytes": t.description.len(),
+        "complexity": complexity_name(t.complexity),
+        "estimated_value_usd": t.estimated_value_usd,
+        "repositories": t.repositories,
+        "labels": labels,
+    })
+}
+
+/// A routing analysis.
+pub fn analysis_json(a: &RoutingAnalysis) -> Value {
+    json!({
+        "decision": decision_name(a.decision),
+        "reasons": a.reasons.iter().map(|r| json!({
+            "code": reason_name(r.code),
+            "message": r.message,
+        })).collect::<Vec<_>>(),
+        "score": a.score,
+        "confidence": a.confidence,
+        "rollout_bucket": a.rollout_bucket,
+        "suggested_roles": a.suggested_roles,
+        "policy_version": a.policy_version,
+        "multi_agent_recommended": a.multi_agent_recommended,
+    })
+}
+
+/// A fallback record, or null.
+pub fn fallback_json(f: &Option<FallbackRecord>) -> Value {
+    match f {
+        None => Value::Null,
+        Some(f) => json!({
+            "cause": cause_name(f.cause),
+            "detail": f.detail,
+            "at": time_json(&f.at),
+            "phase": phase_name(f.phase),
+        }),
+    }
+}
+
+fn specialist_json(sp: &SpecialistProgress) -> Value {
+    json!({
+        "role": sp.role,
+        "status": specialist_name(sp.status),
+        "iterations": sp.iterations,
+        "output": sp.output,
+        "last_error": sp.last_error,
+    })
+}
+
+/// A SessionState (the task's description is reduced to its size).
+pub fn state_json(s: &SessionState) -> Value {
+    json!({
+        "schema_version": s.schema_version,
+        "task_id": s.task_id,
+        "task": s.task.as_ref().map(task_json),
+        "status": status_name(s.status),
+        "path": path_name(s.path),
+        "analysis": s.analysis.as_ref().map(analysis_json),
+        "iteration_count": s.iteration_count,
+        "max_iterations": s.max_iterations,
+        "team_iterations": s.team_iterations,
+        "phase": phase_name(s.phase),
+        "specialists": s.specialists.iter().map(specialist_json).collect::<Vec<_>>(),
+        "fallback": fallback_json(&s.fallback),
+        "cost_usd": s.cost_usd,
+        "tokens_in": s.tokens_in,
+        "tokens_out": s.tokens_out,
+        "created_at": time_json(&s.created_at),
+        "updated_at": time_json(&s.updated_at),
+        "finished_at": time_json(&s.finished_at),
+        "last_error": s.last_error,
+        "version": s.version,
+        "fencing_token": s.fencing_token,
+        "worker_id": s.worker_id,
+        "result": s.result,
+        "cancel_requested": s.cancel_requested,
+        "delivery_count": s.delivery_count,
+        "dead_lettered": s.dead_lettered,
+        "archived": s.archived,
+        "archive_expires_at": time_json(&s.archive_expires_at),
+        "force_single_agent": s.force_single_agent,
+    })
+}
+
+/// One iteration record.
+pub fn iteration_json(r: &IterationRecord) -> Value {
+    json!({
+        "iteration": r.iteration,
+        "role": r.role,
+        "output": r.output,
+        "done": r.done,
+        "cost_usd": r.cost_usd,
+        "tokens_in": r.tokens_in,
+        "tokens_out": r.tokens_out,
+        "at": time_json(&r.at),
+        "worker_id": r.worker_id,
+    })
+}
+
+/// A run result.
+pub fn run_result_json(r: &RunResult) -> Value {
+    json!({
+        "task_id": r.task_id,
+        "status": status_name(r.status),
+        "routing_decision": decision_name(r.routing_decision),
+        "path": path_name(r.path),
+        "iterations_this_run": r.iterations_this_run,
+        "total_iterations": r.total_iterations,
+        "fallback": fallback_json(&r.fallback),
+        "cost_usd": r.cost_usd,
+        "result": r.result,
+        "state": r.state.as_ref().map(state_json),
+    })
+}
+
+/// One progress event: `kind` names the event, the payload sits under the same name.
+pub fn event_json(e: &ProgressEvent) -> Value {
+    use progress_event::Kind;
+    let (kind, payload) = match &e.kind {
+        None => ("unknown", Value::Null),
+        Some(Kind::Submitted(_)) => ("submitted", json!({})),
+        Some(Kind::Routed(r)) => (
+            "routed",
+            json!({
+                "analysis": r.analysis.as_ref().map(analysis_json),
+                "path": path_name(r.path),
+            }),
+        ),
+        Some(Kind::Iteration(i)) => (
+            "iteration",
+            json!({
+                "record": i.record.as_ref().map(iteration_json),
+                "iteration_count": i.iteration_count,
+                "max_iterations": i.max_iterations,
+            }),
+        ),
+        Some(Kind::Phase(p)) => (
+            "phase",
+            json!({ "phase": phase_name(p.phase), "roles": p.roles }),
+        ),
+        Some(Kind::Fallback(f)) => ("fallback", fallback_json(&Some(f.clone()))),
+        Some(Kind::Finished(f)) => (
+            "finished",
+            json!({
+                "status": status_name(f.status),
+                "total_iterations": f.total_iterations,
+                "cost_usd": f.cost_usd,
+                "error": f.error,
+            }),
+        ),
+    };
+    let mut v = json!({
+        "task_id": e.task_id,
+        "sequence": e.sequence,
+        "at": time_json(&e.at),
+        "kind": kind,
+    });
+    if let Value::Object(m) = &mut v {
+        m.insert(kind.to_string(), payload);
+    }
+    v
+}
+
+/// The policy in force.
+pub fn policy_json(p: &GetPolicyResponse) -> Value {
+    let policy = p.policy.as_ref().map(|p| {
+        json!({
+            "multi_agent_enabled": p.multi_agent_enabled,
+            "rollout_percent": p.rollout_percent,
+            "rollout_group": p.rollout_group,
+            "value_threshold_usd": p.value_threshold_usd,
+            "compliance_keywords": p.compliance_keywords,
+            "deployment_keywords": p.deployment_keywords,
+            "cross_repo_keywords": p.cross_repo_keywords,
+            "cross_repo_min_repositories": p.cross_repo_min_repositories,
+            "fallback_decision": decision_name(p.fallback_decision),
+            "max_description_bytes": p.max_description_bytes,
+        })
+    });
+    json!({
+        "version": p.version,
+        "source": p.source,
+        "loaded_at": time_json(&p.loaded_at),
+        "policy": policy,
+    })
+}
+
+/// Reason codes, short, comma-separated.
+pub fn reason_codes(a: &RoutingAnalysis) -> String {
+    let codes: Vec<String> = a.reasons.iter().map(|r| reason_short(r.code)).collect();
+    if codes.is_empty() {
+        "-".into()
+    } else {
+        codes.join(",")
+    }
+}
+
+/// Human text of a routing analysis: the decision and every reason.
+pub fn analysis_text(a: &RoutingAnalysis) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "decision:        {} ({})",
+        decision_human(a.decision),
+        decision_name(a.decision)
+    );
+    let _ = writeln!(out, "reasons:");
+    let width = a
+        .reasons
+        .iter()
+        .map(|r| reason_short(r.code).len())
+        .max()
+        .unwrap_or(0);
+    for r in &a.reasons {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {}",
+            reason_short(r.code),
+            crate::error::one_line(&r.message)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "score:           {:.1} (confidence {:.2}{})",
+        a.score,
+        a.confidence,
+        if a.multi_agent_recommended {
+            ", rules recommend the team path"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "rollout bucket:  {}", a.rollout_bucket);
+    let _ = writeln!(
+        out,
+        "roles:           {}",
+        if a.suggested_roles.is_empty() {
+            "-".to_string()
+        } else {
+            a.suggested_roles.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "policy version:  {}",
+        if a.policy_version.is_empty() {
+            "-"
+        } else {
+            &a.policy_version
+        }
+    );
+    out
+}
+
+fn fallback_text(f: &Option<FallbackRecord>) -> String {
+    match f {
+        None => "-".into(),
+        Some(f) => format!(
+            "{} in phase {}: {}",
+            cause_short(f.cause),
+            phase_short(f.phase),
+            crate::error::one_line(&f.detail)
+        ),
+    }
+}
+
+/// Human text of a SessionState. The description appears as its size only.
+pub fn state_text(s: &SessionState) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "task:            {}", s.task_id);
+    let _ = writeln!(out, "status:          {}", status_short(s.status));
+    if let Some(t) = &s.task {
+        let _ = writeln!(out, "description:     {} bytes", t.description.len());
+        let _ = writeln!(
+            out,
+            "complexity:      {}   value: ${:.2}",
+            complexity_short(t.complexity),
+            t.estimated_value_usd
+        );
+        if !t.repositories.is_empty() {
+            let _ = writeln!(out, "repositories:    {}", t.repositories.join(", "));
+        }
+        if !t.labels.is_empty() {
+            let mut labels: Vec<String> =
+                t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let _ = writeln!(out, "labels:          {}", labels.join(", "));
+        }
+    }
+    match &s.analysis {
+        Some(a) => {
+            let _ = writeln!(
+                out,
+                "decision:        {} ({})",
+                decision_human(a.decision),
+                reason_codes(a)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "decision:        - (not routed yet)");
+        }
+    }
+    let _ = writeln!(out, "path:            {}", path_human(s.path));
+    if s.path == ExecutionPath::MultiAgent as i32 || s.phase != 0 {
+        let _ = writeln!(out, "phase:           {}", phase_short(s.phase));
+    }
+    let _ = writeln!(
+        out,
+        "iterations:      {} of at most {}{}",
+        s.iteration_count,
+        s.max_iterations,
+        if s.team_iterations > 0 {
+            format!(" ({} on the team path)", s.team_iterations)
+        } else {
+            String::new()
+        }
+    );
+    for sp in &s.specialists {
+        let _ = writeln!(
+            out,
+            "  specialist     {} {} after {} iteration(s){}",
+            sp.role,
+            specialist_short(sp.status),
+            sp.iterations,
+            if sp.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", crate::error::one_line(&sp.last_error))
+            }
+        );
+    }
+    let _ = writeln!(out, "fallback:        {}", fallback_text(&s.fallback));
+    let _ = writeln!(
+        out,
+        "cost:            ${:.4} ({} tokens in, {} out)",
+        s.cost_usd, s.tokens_in, s.tokens_out
+    );
+    let times = [
+        ("created:         ", &s.created_at),
+        ("updated:         ", &s.updated_at),
+        ("finished:        ", &s.finished_at),
+    ];
+    for (label, ts) in times {
+        if let Some(t) = time_text(ts) {
+            let _ = writeln!(out, "{label}{t}");
+        }
+    }
+    if s.archived
+        && let Some(t) = time_text(&s.archive_expires_at)
+    {
+        let _ = writeln!(out, "archived until:  {t}");
+    }
+    if s.cancel_requested {
+        let _ = writeln!(out, "cancel:          requested");
+    }
+    if s.dead_lettered {
+        let _ = writeln!(
+            out,
+            "dead-lettered:   after {} deliveries",
+            s.delivery_count
+        );
+    }
+    if !s.last_error.is_empty() {
+        let _ = writeln!(
+            out,
+            "last error:      {}",
+            crate::error::one_line(&s.last_error)
+        );
+    }
+    if !s.result.is_empty() {
+        let _ = writeln!(
+            out,
+            "result:          {}",
+            crate::error::one_line(&s.result)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "checkpoint:      version {}, fencing token {}, worker {}",
+        s.version,
+        s.fencing_token,
+        if s.worker_id.is_empty() {
+            "-"
+        } else {
+            &s.worker_id
+        }
+    );
+    out
+}
+
+/// Human text of iteration records, one per line.
+pub fn iterations_text(records: &[IterationRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "iterations ({} most recent):", records.len());
+    for r in records {
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:<20} {:<5} ${:.4}  {}",
+            r.iteration,
+            r.role,
+            if r.done { "done" } else { "" },
+            r.cost_usd,
+            crate::error::one_line(&r.output)
+        );
+    }
+    out
+}
+
+/// Human text of a run result.
+pub fn run_result_text(r: &RunResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "task:            {}", r.task_id);
+    let _ = writeln!(out, "status:          {}", status_short(r.status));
+    let reasons = r
+        .state
+        .as_ref()
+        .and_then(|s| s.analysis.as_ref())
+        .map(reason_codes)
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "decision:        {} ({reasons})",
+        decision_human(r.routing_decision)
+    );
+    let _ = writeln!(out, "path:            {}", path_human(r.path));
+    let _ = writeln!(
+        out,
+        "iterations:      {} this run, {} in total",
+        r.iterations_this_run, r.total_iterations
+    );
+    let _ = writeln!(out, "fallback:        {}", fallback_text(&r.fallback));
+    let _ = writeln!(out, "cost:            ${:.4}", r.cost_usd);
+    if let Some(s) = &r.state
+        && !s.last_error.is_empty()
+    {
+        let _ = writeln!(
+            out,
+            "last error:      {}",
+            crate::error::one_line(&s.last_error)
+        );
+    }
+    if !r.result.is_empty() {
+        let _ = writeln!(
+            out,
+            "result:          {}",
+            crate::error::one_line(&r.result)
+        );
+    }
+    out
+}
+
+/// Human text of the policy in force.
+pub fn policy_text(p: &GetPolicyResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "version:         {}", p.version);
+    let _ = writeln!(out, "source:          {}", p.source);
+    if let Some(t) = time_text(&p.loaded_at) {
+        let _ = writeln!(out, "loaded at:       {t}");
+    }
+    if let Some(p) = &p.policy {
+        let _ = writeln!(
+            out,
+            "multi-agent:     {} (rollout {}% of group {:?})",
+            if p.multi_agent_enabled {
+                "enabled"
+            } else {
+                "DISABLED"
+            },
+            p.rollout_percent,
+            p.rollout_group
+        );
+        let _ = writeln!(out, "value threshold: ${:.2}", p.value_threshold_usd);
+        let _ = writeln!(
+            out,
+            "cross-repo at:   {} repositories",
+            p.cross_repo_min_repositories
+        );
+        let _ = writeln!(
+            out,
+            "fallback:        {}",
+            decision_human(p.fallback_decision)
+        );
+        let _ = writeln!(out, "max description: {} bytes", p.max_description_bytes);
+        for (name, words) in [
+            ("compliance", &p.compliance_keywords),
+            ("deployment", &p.deployment_keywords),
+            ("cross-repo", &p.cross_repo_keywords),
+        ] {
+            let _ = writeln!(out, "{:<17}{}", format!("{name}:"), words.join(", "));
+        }
+    }
+    out
+}
+
+/// One human line for a progress event, or `None` for events not worth a line.
+pub fn event_line(e: &ProgressEvent) -> Option<String> {
+    use progress_event::Kind;
+    let text = match e.kind.as_ref()? {
+        Kind::Submitted(_) => "submitted".to_string(),
+        Kind::Routed(r) => {
+            let a = r.analysis.clone().unwrap_or_default();
+            let roles = if a.suggested_roles.is_empty() {
+                String::new()
+            } else {
+                format!("; roles: {}", a.suggested_roles.join(", "))
+            };
+            format!(
+                "routed: {} ({}), path {}{roles}",
+                decision_human(a.decision),
+                reason_codes(&a),
+                path_human(r.path)
+            )
+        }
+        Kind::Iteration(i) => {
+            let r = i.record.clone().unwrap_or_default();
+            let who = match r.role.as_str() {
+                "agent" => "agent".to_string(),
+                "lead" => "lead".to_string(),
+                role => format!("specialist {role}"),
+            };
+            format!(
+                "iteration {}/{} ({who} #{}{})",
+                i.iteration_count,
+                i.max_iterations,
+                r.iteration,
+                if r.done { ", done" } else { "" }
+            )
+        }
+        Kind::Phase(p) => {
+            if p.roles.is_empty() {
+                format!("phase {}", phase_short(p.phase))
+            } else {
+                format!("phase {}: {}", phase_short(p.phase), p.roles.join(", "))
+            }
+        }
+        Kind::Fallback(f) => format!("fallback: {}", fallback_text(&Some(f.clone()))),
+        Kind::Finished(f) => {
+            let mut s = format!(
+                "finished {} after {} iteration(s), ${:.4}",
+                status_short(f.status),
+                f.total_iterations,
+                f.cost_usd
+            );
+            if !f.error.is_empty() {
+                let _ = write!(s, ": {}", crate::error::one_line(&f.error));
+            }
+            s
+        }
+    };
+    Some(format!("#{:<4} {text}", e.sequence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_values_use_their_proto_names() {
+        assert_eq!(
+            decision_name(RoutingDecision::UseMultiAgent as i32),
+            "ROUTING_DECISION_USE_MULTI_AGENT"
+        );
+        assert_eq!(status_short(TaskStatus::Completed as i32), "COMPLETED");
+        assert_eq!(reason_short(ReasonCode::CrossRepo as i32), "CROSS_REPO");
+        assert_eq!(status_name(99), "UNKNOWN(99)");
+    }
+
+    #[test]
+    fn descriptions_never_show_only_their_size() {
+        let secret = "patient Jane Doe MRN-4411";
+        let state = SessionState {
+            task_id: "T".into(),
+            task: Some(Task {
+                id: "T".into(),
+                description: secret.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = state_text(&state);
+        assert!(!text.contains("Jane"), "{text}");
+        assert!(text.contains(&format!("{} bytes", secret.len())), "{text}");
+        let json = state_json(&state).to_string();
+        assert!(!json.contains("Jane"), "{json}");
+        assert!(json.contains("\"description_bytes\":25"), "{json}");
+    }
+}
