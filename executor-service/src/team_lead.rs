@@ -48,13 +48,15 @@ impl Default for TeamSettings {
 
 enum SpecialistEnd {
     Done,
+    /// Gave up its agent call because another specialist failed.
+    Abandoned,
     Failed(FallbackCause, String),
     Stopped(PathOutcome),
 }
 
 /// Runs (or resumes) the team path.
 pub async fn run(ctx: &Arc<RunCtx>, session: &Arc<Mutex<ActiveSession>>) -> Result<PathOutcome> {
-    let task = Arc::new(session.lock().await.state.task.clone().unwrap_or_default());
+    let task = session.lock().await.task().clone();
     loop {
         let phase = {
             let s = session.lock().await;
@@ -206,10 +208,18 @@ async fn specialists(
             .collect()
     };
     let limit = Arc::new(Semaphore::new(ctx.team.max_parallel.max(1)));
+    // Set when one specialist fails: the others abandon their agent call at once, but
+    // nothing ever interrupts a checkpoint write, so memory and Redis stay in step.
+    let team_stop = service_kit::Shutdown::new();
     let mut set = JoinSet::new();
     for (idx, role) in pending {
-        let (ctx, session, task, limit) =
-            (ctx.clone(), session.clone(), task.clone(), limit.clone());
+        let (ctx, session, task, limit, team_stop) = (
+            ctx.clone(),
+            session.clone(),
+            task.clone(),
+            limit.clone(),
+            team_stop.clone(),
+        );
         let span =
             tracing::info_span!("team.specialist", task.id = %task.id, specialist.role = %role);
         set.spawn(
@@ -217,55 +227,53 @@ async fn specialists(
                 let Ok(_permit) = limit.acquire_owned().await else {
                     return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(Stop::Shutdown)));
                 };
-                let budget = ctx.team.specialist_timeout;
-                match tokio::time::timeout(budget, specialist(&ctx, &session, &task, idx, &role))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Ok(SpecialistEnd::Failed(
-                        FallbackCause::SpecialistTimeout,
-                        format!("specialist {role} did not finish within {budget:?}"),
-                    )),
-                }
+                let deadline = tokio::time::Instant::now() + ctx.team.specialist_timeout;
+                specialist(&ctx, &session, &task, idx, &role, &team_stop, deadline).await
             }
             .instrument(span),
         );
     }
-    let mut first_problem: Option<SpecialistEnd> = None;
+    let mut failure: Option<(FallbackCause, String)> = None;
+    let mut stopped: Option<PathOutcome> = None;
     while let Some(joined) = set.join_next().await {
         let end = match joined {
             Ok(r) => r?,
-            Err(e) if e.is_cancelled() => continue,
             Err(e) => SpecialistEnd::Failed(
                 FallbackCause::SpecialistFailed,
-                format!("specialist task panicked: {e}"),
+                format!("specialist task ended abnormally: {e}"),
             ),
         };
-        if !matches!(end, SpecialistEnd::Done) && first_problem.is_none() {
-            // One specialist failing sinks the team attempt; stop the others now.
-            set.abort_all();
-            first_problem = Some(end);
-        }
-    }
-    // Iterations cut off by abort_all never reached a checkpoint.
-    session.lock().await.in_flight = 0;
-    match first_problem {
-        Some(SpecialistEnd::Failed(cause, detail)) => {
-            let mut s = session.lock().await;
-            for sp in s.state.specialists.iter_mut() {
-                if sp.status == SpecialistStatus::Running as i32 {
-                    sp.status = SpecialistStatus::Pending as i32;
+        match end {
+            SpecialistEnd::Done | SpecialistEnd::Abandoned => {}
+            SpecialistEnd::Failed(cause, detail) => {
+                if failure.is_none() {
+                    // One specialist failing sinks the team attempt.
+                    team_stop.trigger();
+                    failure = Some((cause, detail));
                 }
             }
-            Ok(Some(PathOutcome::Fallback { cause, detail }))
-        }
-        Some(SpecialistEnd::Stopped(outcome)) => Ok(Some(outcome)),
-        Some(SpecialistEnd::Done) | None => {
-            let mut s = session.lock().await;
-            set_phase(&mut s, TeamPhase::Synthesis, Vec::new()).await?;
-            Ok(None)
+            // The bound, a cancel, shutdown or a lost lease: every specialist sees it at
+            // its next boundary, so the others finish (and checkpoint) what they started.
+            SpecialistEnd::Stopped(outcome) => {
+                stopped.get_or_insert(outcome);
+            }
         }
     }
+    if let Some((cause, detail)) = failure {
+        let mut s = session.lock().await;
+        for sp in s.state.specialists.iter_mut() {
+            if sp.status == SpecialistStatus::Running as i32 {
+                sp.status = SpecialistStatus::Pending as i32;
+            }
+        }
+        return Ok(Some(PathOutcome::Fallback { cause, detail }));
+    }
+    if let Some(outcome) = stopped {
+        return Ok(Some(outcome));
+    }
+    let mut s = session.lock().await;
+    set_phase(&mut s, TeamPhase::Synthesis, Vec::new()).await?;
+    Ok(None)
 }
 
 async fn specialist(
@@ -274,11 +282,16 @@ async fn specialist(
     task: &Arc<Task>,
     idx: usize,
     role: &str,
+    team_stop: &service_kit::Shutdown,
+    deadline: tokio::time::Instant,
 ) -> Result<SpecialistEnd> {
     let mut prior: VecDeque<String> = VecDeque::new();
     loop {
         let iteration = {
             let mut s = session.lock().await;
+            if team_stop.is_triggered() {
+                return Ok(SpecialistEnd::Abandoned);
+            }
             if let Some(o) = boundary_check(ctx, &s) {
                 return Ok(SpecialistEnd::Stopped(o));
             }
@@ -312,9 +325,25 @@ async fn specialist(
             prior_outputs: prior.iter().cloned().collect(),
             context: Vec::new(),
         };
-        let result = ctx.call_agent(input).await;
+        // Only the agent call races the team stop and the deadline: a checkpoint, once
+        // started, always completes.
+        let result = tokio::select! {
+            r = ctx.call_agent(input) => Some(r),
+            _ = team_stop.wait() => None,
+            _ = tokio::time::sleep_until(deadline) => {
+                let mut s = session.lock().await;
+                s.in_flight = s.in_flight.saturating_sub(1);
+                return Ok(SpecialistEnd::Failed(
+                    FallbackCause::SpecialistTimeout,
+                    format!("specialist {role} did not finish within {:?}", ctx.team.specialist_timeout),
+                ));
+            }
+        };
         let mut s = session.lock().await;
         s.in_flight = s.in_flight.saturating_sub(1);
+        let Some(result) = result else {
+            return Ok(SpecialistEnd::Abandoned);
+        };
         let out = match result {
             Ok(out) => out,
             Err(StepError::Stopped(stop)) => {

@@ -466,3 +466,69 @@ async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_un
     assert_eq!(numbers, (1..=15).collect::<Vec<_>>());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_bound() {
+    let (mut h, _r) = with_router(|_| {}).await;
+    for bound in [2u32, 3, 5] {
+        let id = format!("T-BOUND-{bound}");
+        let t = task(
+            &id,
+            "Complex feature with HIPAA compliance",
+            Complexity::High,
+            250.0,
+            &["org/ehr"],
+            &[("sim.specialist_iterations", "2"), ("sim.latency_ms", "30")],
+        );
+        let first = run(&mut h, t, bound).await;
+        assert_eq!(
+            TaskStatus::try_from(first.status).unwrap(),
+            TaskStatus::InProgress,
+            "{id}"
+        );
+        assert_eq!(
+            first.total_iterations, bound,
+            "{id}: in-flight iterations are finished, not cut off"
+        );
+        let log = h
+            .client
+            .get(GetRequest {
+                task_id: id.clone(),
+                include_iterations: true,
+                iteration_limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            log.iterations.len() as u32,
+            bound,
+            "{id}: memory and Redis agree"
+        );
+        assert_eq!(log.state.unwrap().iteration_count, bound);
+        let second = h
+            .client
+            .run(RunRequest {
+                task: Some(Task {
+                    id: id.clone(),
+                    ..Default::default()
+                }),
+                resume: true,
+                max_iterations: 10,
+                use_multi_agent: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap();
+        assert_eq!(
+            TaskStatus::try_from(second.status).unwrap(),
+            TaskStatus::Completed,
+            "{id}"
+        );
+        assert_eq!(second.total_iterations, 10, "{id}");
+        assert_eq!(second.iterations_this_run, 10 - bound, "{id}");
+    }
+    h.stop().await;
+}

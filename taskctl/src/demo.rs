@@ -588,11 +588,6 @@ fn demo_config(router_addr: std::net::SocketAddr, redis_url: &str) -> ExecutorCo
     config.settings.archive_ttl = Duration::from_secs(3600);
     config.settings.shutdown_grace = Duration::from_secs(2);
     config.health_interval = Duration::from_millis(200);
-    // One specialist at a time: with several in flight, the specialist that finds the
-    // 2-iteration bound reached stops the team and cuts off the others' iterations in
-    // flight, so the context-reset scenario's first run would end after 1 or 2
-    // iterations depending on timing. Sequential specialists make it exactly 2.
-    config.settings.team.max_parallel = 1;
     config
 }
 
