@@ -98,6 +98,15 @@ pub fn otlp_requested() -> bool {
 /// gRPC channel is bound to it, and built outside it would silently export nothing.
 /// Later calls in the same process only return a non-exporting guard (tests rely on it).
 pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    init_with_filter(service_name, format, "info")
+}
+
+/// Like [`init`], with `default_filter` as the log filter when `RUST_LOG` is unset.
+pub fn init_with_filter(
+    service_name: &str,
+    format: LogFormat,
+    default_filter: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
@@ -120,7 +129,8 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
     } else {
         None
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

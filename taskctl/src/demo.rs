@@ -220,6 +220,8 @@ impl From<&RunResult> for RunSummary {
 struct Row {
     scenario: &'static str,
     task_id: String,
+    /// W3C trace id every request of the scenario carried.
+    trace_id: String,
     state: Option<SessionState>,
     runs: Vec<RunSummary>,
     failures: Vec<String>,
@@ -326,7 +328,7 @@ fn check(s: &Scenario, row: &Row) -> Vec<String> {
 }
 
 /// Submits a task, follows its progress stream to the Finished event, then reads its state.
-async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration) -> Result<Row> {
+async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration, tp: &str) -> Result<Row> {
     let mut client = conn.executor();
     let id = task.id.clone();
     let req = SubmitRequest {
@@ -335,12 +337,24 @@ async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration) -> Result<
         use_multi_agent: None,
     };
     let t = Some(timeout);
-    unary(conn, "Submit", t, client.submit(request(req, t))).await?;
+    unary(
+        conn,
+        "Submit",
+        t,
+        client.submit(traced(request(req, t), tp)),
+    )
+    .await?;
     let watch = WatchRequest {
         task_id: id.clone(),
         after_sequence: 0,
     };
-    let mut stream = unary(conn, "Watch", t, client.watch(request(watch, None))).await?;
+    let mut stream = unary(
+        conn,
+        "Watch",
+        t,
+        client.watch(traced(request(watch, None), tp)),
+    )
+    .await?;
     while let Some(ev) = stream.message().await.map_err(conn.err("Watch"))? {
         if matches!(ev.kind, Some(progress_event::Kind::Finished(_))) {
             break;
@@ -350,11 +364,12 @@ async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration) -> Result<
         task_id: id.clone(),
         ..Default::default()
     };
-    let state = unary(conn, "Get", t, client.get(request(get, t)))
+    let state = unary(conn, "Get", t, client.get(traced(request(get, t), tp)))
         .await?
         .state;
     Ok(Row {
         scenario: "",
+        trace_id: String::new(),
         task_id: id,
         state,
         runs: Vec::new(),
@@ -363,7 +378,7 @@ async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration) -> Result<
 }
 
 /// The plan's context reset: a run bounded to 2 iterations, then a resumed run bounded to 10.
-async fn reset_then_resume(conn: &Conn, task: Task) -> Result<Row> {
+async fn reset_then_resume(conn: &Conn, task: Task, tp: &str) -> Result<Row> {
     let mut client = conn.executor();
     let id = task.id.clone();
     let mut runs = Vec::new();
@@ -373,7 +388,13 @@ async fn reset_then_resume(conn: &Conn, task: Task) -> Result<Row> {
         max_iterations: 2,
         use_multi_agent: None,
     };
-    let r = unary(conn, "Run", None, client.run(request(first, None))).await?;
+    let r = unary(
+        conn,
+        "Run",
+        None,
+        client.run(traced(request(first, None), tp)),
+    )
+    .await?;
     runs.extend(r.result.as_ref().map(RunSummary::from));
     // After the "reset" only the id comes back.
     let second = RunRequest {
@@ -385,10 +406,17 @@ async fn reset_then_resume(conn: &Conn, task: Task) -> Result<Row> {
         max_iterations: 10,
         use_multi_agent: None,
     };
-    let r = unary(conn, "Run", None, client.run(request(second, None))).await?;
+    let r = unary(
+        conn,
+        "Run",
+        None,
+        client.run(traced(request(second, None), tp)),
+    )
+    .await?;
     runs.extend(r.result.as_ref().map(RunSummary::from));
     Ok(Row {
         scenario: "",
+        trace_id: String::new(),
         task_id: id,
         state: r.result.and_then(|r| r.state),
         runs,
@@ -398,16 +426,22 @@ async fn reset_then_resume(conn: &Conn, task: Task) -> Result<Row> {
 
 async fn play(conn: Conn, s: Scenario, timeout: Duration) -> Row {
     let id = s.task.id.clone();
+    // One trace per scenario: every request carries it, so with OTEL_* set the services'
+    // spans for this task are found under the id printed in the table.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let tp = format!("00-{trace_id}-{span_id}-01");
     let fut = async {
         match s.mode {
-            Mode::Submit => submit_and_watch(&conn, s.task.clone(), timeout).await,
-            Mode::ResetThenResume => reset_then_resume(&conn, s.task.clone()).await,
+            Mode::Submit => submit_and_watch(&conn, s.task.clone(), timeout, &tp).await,
+            Mode::ResetThenResume => reset_then_resume(&conn, s.task.clone(), &tp).await,
         }
     };
     let mut row = match tokio::time::timeout(SCENARIO_DEADLINE, fut).await {
         Ok(Ok(row)) => row,
         Ok(Err(e)) => Row {
             scenario: s.name,
+            trace_id: String::new(),
             task_id: id.clone(),
             state: None,
             runs: Vec::new(),
@@ -420,6 +454,7 @@ async fn play(conn: Conn, s: Scenario, timeout: Duration) -> Row {
         },
         Err(_) => Row {
             scenario: s.name,
+            trace_id: String::new(),
             task_id: id.clone(),
             state: None,
             runs: Vec::new(),
@@ -430,10 +465,19 @@ async fn play(conn: Conn, s: Scenario, timeout: Duration) -> Row {
         },
     };
     row.scenario = s.name;
+    row.trace_id = trace_id;
     if row.failures.is_empty() {
         row.failures = check(&s, &row);
     }
     row
+}
+
+/// `req` with the scenario's W3C trace context attached.
+fn traced<T>(mut req: tonic::Request<T>, traceparent: &str) -> tonic::Request<T> {
+    if let Ok(v) = traceparent.parse() {
+        req.metadata_mut().insert("traceparent", v);
+    }
+    req
 }
 
 fn short_decision(v: i32) -> String {
@@ -475,8 +519,7 @@ fn cells(row: &Row) -> Vec<String> {
         row.state
             .as_ref()
             .map_or("-".into(), |s| render::status_short(s.status)),
-        // Trace ids appear here once tracing is enabled in the services.
-        "-".into(),
+        row.trace_id.clone(),
         if row.failures.is_empty() {
             "ok".into()
         } else {
@@ -541,7 +584,7 @@ fn row_json(row: &Row) -> Value {
         })).collect::<Vec<_>>(),
         "fallback_cause": row.fallback().map(render::cause_name),
         "status": row.state.as_ref().map(|s| render::status_name(s.status)),
-        "trace_id": Value::Null,
+        "trace_id": row.trace_id,
         "ok": row.failures.is_empty(),
         "failures": row.failures,
     })
@@ -702,11 +745,27 @@ fn redis_cause(e: &executor_service::Error) -> String {
 /// `taskctl demo`.
 pub async fn demo(cli: &Cli, args: &DemoArgs) -> Result<Exit> {
     let started = Instant::now();
+    // With OTEL_EXPORTER_OTLP_ENDPOINT set, both in-process services export their spans,
+    // under the trace ids the table prints. Logs stay at warn so the table stays readable.
+    let telemetry = if service_kit::telemetry::otlp_requested() {
+        let t = service_kit::telemetry::init_with_filter(
+            "taskrouter-demo",
+            service_kit::telemetry::LogFormat::Text,
+            "warn",
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        Some(t)
+    } else {
+        None
+    };
     let services = start_services(args, cli.timeout).await?;
     let outcome = run_scenarios(cli, &services).await;
     let (router_addr, executor_addr, store) =
         (services.router_addr, services.executor_addr, services.store);
     services.stop().await;
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
     let (rows, policy_version) = outcome?;
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.failures.is_empty()).collect();
     if cli.json {
@@ -796,6 +855,7 @@ mod tests {
     fn a_mismatch_is_reported_per_expectation() {
         let s = &scenarios()[0];
         let mut row = Row {
+            trace_id: String::new(),
             scenario: s.name,
             task_id: s.task.id.clone(),
             state: Some(SessionState {

@@ -69,7 +69,11 @@ fn check_rows(out: &Output) {
             "{row:#}"
         );
         assert_eq!(row["ok"], true, "{row:#}");
-        assert_eq!(row["trace_id"], Value::Null, "{row:#}");
+        let trace = row["trace_id"].as_str().unwrap_or_default();
+        assert!(
+            trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{row:#}"
+        );
         assert!(!row["reasons"].as_array().unwrap().is_empty(), "{row:#}");
     }
     let by_id = |id: &str| rows.iter().find(|r| r["task_id"] == id).unwrap();
