@@ -410,7 +410,7 @@ impl AutonomousLoop {
                 .await
         };
         session.release().await;
-        result.map(|_| session.state)
+        result.map(|_| session.full_state())
     }
 
     async fn finish(
@@ -549,7 +549,7 @@ impl AutonomousLoop {
         let s = session.lock().await;
         s.release().await;
         match result {
-            Ok(()) => Ok(run_result(&s.state, before)),
+            Ok(()) => Ok(run_result(&s.full_state(), before)),
             Err(e) => Err(e),
         }
     }
@@ -636,7 +636,7 @@ impl AutonomousLoop {
 
     /// Decides the path for a task that has none yet and records it in the state.
     async fn route(&self, s: &mut ActiveSession) -> Routed {
-        let task = s.state.task.clone().unwrap_or_default();
+        let task = s.task().clone();
         let (analysis, source) = if s.state.force_single_agent {
             (
                 single_agent_analysis(

@@ -3,12 +3,18 @@
 
 use crate::agent::AgentArgs;
 use crate::autonomous_loop::Settings;
+use crate::routing::RouterClientArgs;
 use crate::session::CheckpointRetry;
 use crate::team_lead::TeamSettings;
+use redis::IntoConnectionInfo as _;
+use service_kit::security::{ClientSecurity, SecurityError};
 use service_kit::server::ServerArgs;
 use service_kit::telemetry::TelemetryArgs;
+use service_kit::tls::{read_certificates, read_private_key};
 use service_kit::validation::TaskLimits;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Command-line flags of `executor-service`.
@@ -34,9 +40,16 @@ pub struct Args {
     /// Prefix of every Redis key this executor uses.
     #[arg(long, env = "EXECUTOR_KEY_PREFIX", default_value = "taskrouter")]
     pub key_prefix: String,
-    /// Router service address; empty disables routing (every task takes the single path).
+    /// TLS files for a rediss:// URL.
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
+    /// Router service address (http:// or https://); empty disables routing (every task
+    /// takes the single path).
     #[arg(long, env = "ROUTER_ADDR", default_value = "http://127.0.0.1:50051")]
     pub router_addr: String,
+    /// TLS and token of the calls to the router.
+    #[command(flatten)]
+    pub router_client: RouterClientArgs,
     /// Deadline of one Route call; past it the task takes the single path.
     #[arg(long, env = "EXECUTOR_ROUTE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub route_timeout: Duration,
@@ -90,15 +103,19 @@ pub struct Args {
     pub telemetry: TelemetryArgs,
 }
 
-/// Validated executor configuration.
-#[derive(Clone, Debug)]
+/// Validated executor configuration. Its `Debug` masks the Redis password.
+#[derive(Clone)]
 pub struct ExecutorConfig {
     /// Redis URL (may hold a password: never log it).
     pub redis_url: String,
     /// Key prefix.
     pub key_prefix: String,
+    /// Redis TLS material (for rediss:// URLs; empty uses the system roots).
+    pub redis_tls: RedisTls,
     /// Router address, if routing is enabled.
     pub router_addr: Option<String>,
+    /// TLS settings and token of the calls to the router.
+    pub router_security: ClientSecurity,
     /// Route deadline.
     pub route_timeout: Duration,
     /// Engine settings.
@@ -113,13 +130,36 @@ pub struct ExecutorConfig {
     pub health_interval: Duration,
 }
 
+impl fmt::Debug for ExecutorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecutorConfig")
+            .field("redis_url", &service_kit::redact::url(&self.redis_url))
+            .field("redis_tls", &self.redis_tls)
+            .field("key_prefix", &self.key_prefix)
+            .field(
+                "router_addr",
+                &self.router_addr.as_deref().map(service_kit::redact::url),
+            )
+            .field("router_security", &self.router_security)
+            .field("route_timeout", &self.route_timeout)
+            .field("settings", &self.settings)
+            .field("agent", &self.agent)
+            .field("server", &self.server)
+            .field("limits", &self.limits)
+            .field("health_interval", &self.health_interval)
+            .finish()
+    }
+}
+
 impl ExecutorConfig {
     /// Defaults suitable for tests and the demo: simulator agent, no router.
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
             key_prefix: "taskrouter".into(),
+            redis_tls: RedisTls::default(),
             router_addr: None,
+            router_security: ClientSecurity::default(),
             route_timeout: Duration::from_secs(2),
             settings: Settings::default(),
             agent: AgentArgs::simulator(),
@@ -141,16 +181,14 @@ impl Args {
         })
     }
 
-    /// Validates every setting; the error is one line naming the setting.
+    /// Validates every setting, reading the TLS and token files; the error is one line
+    /// naming the setting and never holds a password or token.
     pub fn validate(&self) -> Result<ExecutorConfig, String> {
         self.listen_addr()?;
-        // Never echo the URL: it may carry a password.
-        redis::Client::open(self.redis_url.as_str()).map_err(|e| {
-            format!(
-                "--redis-url / REDIS_URL: not a valid Redis URL ({})",
-                e.category()
-            )
-        })?;
+        let redis_tls = self.redis_tls.load().map_err(|e| e.to_string())?;
+        redis_client(&self.redis_url, &redis_tls)?;
+        self.server.load_security().map_err(|e| e.to_string())?;
+        let router_security = self.router_client.load().map_err(|e| e.to_string())?;
         if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
             return Err(
                 "--key-prefix / EXECUTOR_KEY_PREFIX: must be non-empty without whitespace".into(),
@@ -159,7 +197,10 @@ impl Args {
         let router_addr = match self.router_addr.trim() {
             "" => None,
             addr => {
-                crate::routing::RouterLink::new(addr, self.route_timeout)?;
+                // The endpoint only: a channel would need a running Tokio runtime.
+                router_security
+                    .endpoint(addr)
+                    .map_err(|e| format!("--router-addr / ROUTER_ADDR {e}"))?;
                 Some(addr.to_string())
             }
         };
@@ -221,7 +262,9 @@ impl Args {
         Ok(ExecutorConfig {
             redis_url: self.redis_url.clone(),
             key_prefix: self.key_prefix.clone(),
+            redis_tls,
             router_addr,
+            router_security,
             route_timeout: self.route_timeout,
             settings: Settings {
                 worker_id,
@@ -252,6 +295,119 @@ impl Args {
             health_interval: Duration::from_secs(1),
         })
     }
+}
+
+/// TLS files for `rediss://` connections.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RedisTlsArgs {
+    /// CA certificates (PEM file) the Redis server's certificate must chain to, for a
+    /// rediss:// URL (default: the system roots).
+    #[arg(long, env = "REDIS_TLS_CA", value_name = "PEM")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM file) for a Redis server that requires one; needs
+    /// --redis-tls-key.
+    #[arg(long, env = "REDIS_TLS_CERT", value_name = "PEM")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// Private key of --redis-tls-cert (PEM file).
+    #[arg(long, env = "REDIS_TLS_KEY", value_name = "PEM")]
+    pub redis_tls_key: Option<PathBuf>,
+}
+
+const REDIS_TLS_CA: &str = "--redis-tls-ca / REDIS_TLS_CA";
+const REDIS_TLS_CERT: &str = "--redis-tls-cert / REDIS_TLS_CERT";
+const REDIS_TLS_KEY: &str = "--redis-tls-key / REDIS_TLS_KEY";
+
+impl RedisTlsArgs {
+    /// Reads and checks the files.
+    pub fn load(&self) -> Result<RedisTls, SecurityError> {
+        let root_cert = match &self.redis_tls_ca {
+            Some(path) => Some(read_certificates(path, REDIS_TLS_CA)?),
+            None => None,
+        };
+        let client = match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SecurityError::Config(format!(
+                    "{REDIS_TLS_KEY}: required with {REDIS_TLS_CERT}"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(SecurityError::Config(format!(
+                    "{REDIS_TLS_CERT}: required with {REDIS_TLS_KEY}"
+                )));
+            }
+            (Some(c), Some(k)) => Some((
+                read_certificates(c, REDIS_TLS_CERT)?,
+                read_private_key(k, REDIS_TLS_KEY)?,
+            )),
+        };
+        Ok(RedisTls { root_cert, client })
+    }
+}
+
+/// Loaded Redis TLS material (PEM); empty means the system roots and no client certificate.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    root_cert: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+// By hand: the derived Debug would print the client key.
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.root_cert.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// Whether a CA or client certificate is configured.
+    pub fn is_configured(&self) -> bool {
+        self.root_cert.is_some() || self.client.is_some()
+    }
+}
+
+/// A Redis client for `url` (`redis://` or `rediss://`, with or without a password) and
+/// `tls`. The error is one line naming the setting and never echoes the URL.
+pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, String> {
+    const SETTING: &str = "--redis-url / REDIS_URL";
+    let info = url
+        .into_connection_info()
+        .map_err(|e| format!("{SETTING}: not a valid Redis URL ({})", e.category()))?;
+    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if !is_tls {
+        if tls.is_configured() {
+            return Err(format!(
+                "{REDIS_TLS_CA}: TLS files are given but {SETTING} is not rediss://"
+            ));
+        }
+        return redis::Client::open(info)
+            .map_err(|e| format!("{SETTING}: not usable ({})", e.category()));
+    }
+    // redis-rs builds its rustls config from the process-wide provider.
+    service_kit::tls::install_crypto_provider();
+    if !tls.is_configured() {
+        return redis::Client::open(info)
+            .map_err(|e| format!("{SETTING}: not usable ({})", e.category()));
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.root_cert.clone(),
+    };
+    redis::Client::build_with_tls(info, certificates).map_err(|e| {
+        format!(
+            "{REDIS_TLS_CA} / {REDIS_TLS_CERT}: unusable for {SETTING} ({})",
+            service_kit::redact::passwords_in(&e.to_string())
+        )
+    })
 }
 
 fn default_worker_id() -> String {
@@ -293,6 +449,59 @@ mod tests {
             assert!(err.contains(name), "{args:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn rediss_urls_with_passwords_parse() {
+        let cfg = parse(&["--redis-url", "rediss://app:s3cret@redis.internal:6380/0"])
+            .validate()
+            .unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let c = redis_client(&cfg.redis_url, &cfg.redis_tls).unwrap();
+        assert!(matches!(
+            c.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ));
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked() {
+        let dir = std::env::temp_dir();
+        let ca = dir.join(format!("missing-ca-{}.pem", std::process::id()));
+        let err = parse(&["--redis-tls-ca", ca.to_str().unwrap()])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.starts_with("--redis-tls-ca / REDIS_TLS_CA: cannot read"),
+            "{err}"
+        );
+        let err = parse(&["--redis-tls-cert", "/c.pem"])
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("--redis-tls-key"), "{err}");
+    }
+
+    #[test]
+    fn router_tls_settings_need_https() {
+        let err = parse(&["--router-tls-domain", "router.internal"])
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("--router-addr"), "{err}");
+        assert!(err.contains("use https://"), "{err}");
+        let err = parse(&["--router-tls-cert", "/c.pem"])
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("--router-tls-key"), "{err}");
+        let err = parse(&[
+            "--agent-tls-key",
+            "/k.pem",
+            "--agent=remote",
+            "--agent-endpoint",
+            "https://a:1",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.starts_with("--agent-tls-cert"), "{err}");
     }
 
     #[test]

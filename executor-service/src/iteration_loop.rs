@@ -7,7 +7,6 @@ use crate::error::Result;
 use crate::session::ActiveSession;
 use crate::session::active::now;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use taskrouter_proto::v1::{AgentStep, IterationDone, IterationRecord, progress_event};
 use tokio::sync::Mutex;
 
@@ -21,10 +20,7 @@ const PRIOR_OUTPUTS: usize = 5;
 pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOutcome> {
     let (task, task_id) = {
         let s = session.lock().await;
-        (
-            Arc::new(s.state.task.clone().unwrap_or_default()),
-            s.state.task_id.clone(),
-        )
+        (s.task().clone(), s.state.task_id.clone())
     };
     let mut prior: VecDeque<String> = ctx
         .store

@@ -34,7 +34,9 @@ pub const SERVICE_NAME: &str = "taskrouter.v1.Executor";
 
 /// The engine over Redis built from `config`.
 pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<AutonomousLoop>> {
-    let conn = session::redis_store::connect_lazy(&config.redis_url).map_err(|e| {
+    let client =
+        config::redis_client(&config.redis_url, &config.redis_tls).map_err(Error::Config)?;
+    let conn = session::redis_store::connect_lazy_client(client).map_err(|e| {
         Error::Config(format!(
             "--redis-url / REDIS_URL: cannot use it ({})",
             e.category()
@@ -43,7 +45,10 @@ pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<A
     let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(conn.clone(), &config.key_prefix));
     let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::new(conn, &config.key_prefix));
     let router = match &config.router_addr {
-        Some(addr) => Some(RouterLink::new(addr, config.route_timeout).map_err(Error::Config)?),
+        Some(addr) => Some(
+            RouterLink::with_security(addr, config.route_timeout, &config.router_security)
+                .map_err(Error::Config)?,
+        ),
         None => None,
     };
     let agent = build_agent(&config.agent).map_err(Error::Config)?;
@@ -77,6 +82,11 @@ pub async fn serve_engine(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<()> {
+    // TLS files and the token are read before anything serves.
+    let mut builder = config
+        .server
+        .builder()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let (reporter, health) = service_kit::server::health();
     reporter
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
@@ -90,18 +100,17 @@ pub async fn serve_engine(
         engine.clone(),
         reporter.clone(),
         config.health_interval,
+        redis_hint(&config.redis_url),
         shutdown.clone(),
     ));
     let mut workers = engine.spawn_workers_if_enabled();
     let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
-    let router = config
-        .server
-        .builder()
+    let router = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(service_kit::server::Observed::new(ExecutorServer::new(svc)));
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, "executor listening");
+    tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, security = %config.server.security_summary(), "executor listening");
     let server = tokio::spawn(service_kit::server::serve(
         router,
         listener,
@@ -126,23 +135,40 @@ pub async fn serve_engine(
     Ok(())
 }
 
+/// What to check first when the store does not answer. A `rediss://` URL pointed at a
+/// plaintext port makes the server wait for a command line that never comes, so the
+/// error is only a timeout.
+fn redis_hint(url: &str) -> &'static str {
+    if url
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("rediss://")
+    {
+        "check that the Redis port speaks TLS (rediss://), and the CA with --redis-tls-ca"
+    } else {
+        "check that Redis is up at --redis-url and the password is right"
+    }
+}
+
 /// Keeps health in step with the store: SERVING while it answers, NOT_SERVING while not.
 async fn health_monitor(
     engine: Arc<AutonomousLoop>,
     reporter: HealthReporter,
     every: std::time::Duration,
+    hint: &'static str,
     shutdown: Shutdown,
 ) {
     let mut group_ready = false;
     let mut last: Option<bool> = None;
     while !shutdown.is_triggered() {
-        let mut ok = engine.store().ping().await.is_ok();
-        if ok && !group_ready {
+        let mut problem = engine.store().ping().await.err();
+        if problem.is_none() && !group_ready {
             match engine.queue().ensure_group().await {
                 Ok(()) => group_ready = true,
-                Err(_) => ok = false,
+                Err(e) => problem = Some(e),
             }
         }
+        let ok = problem.is_none();
         if ok && let Ok(depth) = engine.queue().depth().await {
             telemetry::queue_depth(depth.length, depth.pending);
         }
@@ -154,10 +180,14 @@ async fn health_monitor(
             };
             reporter.set_service_status(SERVICE_NAME, status).await;
             reporter.set_service_status("", status).await;
-            if ok {
-                tracing::info!("store reachable; serving");
-            } else {
-                tracing::warn!("store unreachable; NOT_SERVING until it answers");
+            match &problem {
+                None => tracing::info!("store reachable; serving"),
+                // Redis errors do not carry the URL today; redacted in case one ever does.
+                Some(e) => tracing::warn!(
+                    error = %service_kit::redact::passwords_in(&e.to_string()),
+                    hint,
+                    "store unreachable; NOT_SERVING until it answers"
+                ),
             }
             last = Some(ok);
         }

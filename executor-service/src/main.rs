@@ -7,7 +7,18 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap adds a usage hint on further lines; keep the one line that names the flag.
+            let rendered = e.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or_default().trim_end());
+            return ExitCode::from(2);
+        }
+    };
+    service_kit::tls::install_crypto_provider();
+    deny_same_user_inspection();
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -27,7 +38,10 @@ async fn main() -> ExitCode {
             "config ok (agent {:?}, {} workers, router {})",
             args.agent.agent,
             config.settings.concurrency,
-            config.router_addr.as_deref().unwrap_or("disabled")
+            config
+                .router_addr
+                .as_deref()
+                .map_or("disabled".into(), service_kit::redact::url)
         );
         return ExitCode::SUCCESS;
     }
@@ -77,5 +91,18 @@ async fn run(
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes this process non-dumpable: its `/proc/<pid>/environ`, memory and file
+/// descriptors are then out of reach of other processes of the same user, such as a
+/// command agent, which would otherwise read `REDIS_URL` and tokens from there. Also
+/// disables core dumps, which would hold task descriptions. Children are unaffected
+/// (exec resets the flag).
+fn deny_same_user_inspection() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
 }

@@ -3,41 +3,109 @@
 //! reason recorded.
 
 use crate::error::{Error, Result};
-use service_kit::trace_context::InjectFn;
+use service_kit::auth::{BearerToken, ClientInterceptor};
+use service_kit::security::{ClientSecurity, Secret, SecurityError};
+use service_kit::tls::ClientTlsFiles;
+use std::path::PathBuf;
 use std::time::Duration;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{
     ReasonCode, RouteRequest, RoutingAnalysis, RoutingDecision, RoutingReason, Task,
 };
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
+
+/// Environment variable holding the token sent to the router (the file flag is preferred).
+pub const ROUTER_AUTH_TOKEN_ENV: &str = "EXECUTOR_ROUTER_AUTH_TOKEN";
+
+/// TLS and token flags of the executor's calls to the router.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RouterClientArgs {
+    /// CA certificates (PEM file) the router's certificate must chain to, for an https://
+    /// --router-addr (default: the system roots).
+    #[arg(long, env = "EXECUTOR_ROUTER_TLS_CA", value_name = "PEM")]
+    pub router_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM file) presented to the router (mutual TLS); needs
+    /// --router-tls-key.
+    #[arg(long, env = "EXECUTOR_ROUTER_TLS_CERT", value_name = "PEM")]
+    pub router_tls_cert: Option<PathBuf>,
+    /// Private key of --router-tls-cert (PEM file).
+    #[arg(long, env = "EXECUTOR_ROUTER_TLS_KEY", value_name = "PEM")]
+    pub router_tls_key: Option<PathBuf>,
+    /// Name the router's certificate must carry (default: the host of --router-addr).
+    #[arg(long, env = "EXECUTOR_ROUTER_TLS_DOMAIN", value_name = "NAME")]
+    pub router_tls_domain: Option<String>,
+    /// File holding the bearer token sent to the router; the token may instead be set in
+    /// EXECUTOR_ROUTER_AUTH_TOKEN.
+    #[arg(long, env = "EXECUTOR_ROUTER_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub router_auth_token_file: Option<PathBuf>,
+    /// The token itself, from EXECUTOR_ROUTER_AUTH_TOKEN (environment only).
+    #[arg(skip = Secret::from_env(ROUTER_AUTH_TOKEN_ENV))]
+    pub router_auth_token: Option<Secret>,
+}
+
+impl RouterClientArgs {
+    /// Reads and checks the files; the error is one line naming the setting.
+    pub fn load(&self) -> std::result::Result<ClientSecurity, SecurityError> {
+        let tls = ClientTlsFiles {
+            ca: self.router_tls_ca.clone(),
+            cert: self.router_tls_cert.clone(),
+            key: self.router_tls_key.clone(),
+            domain: self.router_tls_domain.clone(),
+        }
+        .load("--router-", "EXECUTOR_ROUTER_")?;
+        let token = BearerToken::resolve(
+            self.router_auth_token_file.as_deref(),
+            "--router-auth-token-file / EXECUTOR_ROUTER_AUTH_TOKEN_FILE",
+            self.router_auth_token.as_ref(),
+            ROUTER_AUTH_TOKEN_ENV,
+        )?;
+        Ok(ClientSecurity { tls, token })
+    }
+}
 
 /// A lazily connected router client.
 #[derive(Clone, Debug)]
 pub struct RouterLink {
-    client: RouterClient<InterceptedService<Channel, InjectFn>>,
+    client: RouterClient<InterceptedService<Channel, ClientInterceptor>>,
     timeout: Duration,
     host: String,
     port: u16,
 }
 
 impl RouterLink {
-    /// A client for `addr` (e.g. `http://router:50051`); connects on first use.
+    /// A plaintext client (or system-root TLS for `https://`) for `addr`, e.g.
+    /// `http://router:50051`, without a token; connects on first use.
     pub fn new(addr: &str, timeout: Duration) -> std::result::Result<Self, String> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| format!("--router-addr {addr:?}: not a valid URI: {e}"))?
+        Self::with_security(addr, timeout, &ClientSecurity::default())
+    }
+
+    /// A client for `addr` with `security`'s TLS settings and token; connects on first
+    /// use. The error is one line naming `--router-addr`.
+    pub fn with_security(
+        addr: &str,
+        timeout: Duration,
+        security: &ClientSecurity,
+    ) -> std::result::Result<Self, String> {
+        let endpoint = security
+            .endpoint(addr)
+            .map_err(|e| format!("--router-addr / ROUTER_ADDR {e}"))?
             .connect_timeout(timeout.max(Duration::from_millis(100)))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         let uri = endpoint.uri().clone();
-        let inject: InjectFn = service_kit::trace_context::inject;
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
         Ok(Self {
-            client: RouterClient::with_interceptor(endpoint.connect_lazy(), inject),
+            client: RouterClient::with_interceptor(endpoint.connect_lazy(), security.interceptor()),
             timeout,
             host: uri.host().unwrap_or_default().to_string(),
-            port: uri.port_u16().unwrap_or(80),
+            port: uri.port_u16().unwrap_or(default_port),
         })
     }
 

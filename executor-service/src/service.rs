@@ -92,9 +92,10 @@ impl Executor for ExecutorService {
         async {
             let req = request.into_inner();
             let mut v = Violations::new();
+            let mut id_only = false;
             if let Some(task) = require_task(&mut v, &req.task) {
                 // Resuming needs only the id; anything more must still be valid.
-                let id_only = req.resume
+                id_only = req.resume
                     && task.description.is_empty()
                     && task.complexity == Complexity::Unspecified as i32;
                 if id_only {
@@ -106,6 +107,10 @@ impl Executor for ExecutorService {
             check_bound(&mut v, req.max_iterations);
             v.into_result()?;
             let task = req.task.unwrap_or_default();
+            if id_only {
+                // An id alone can only resume: it must not create an empty, unvalidated task.
+                self.engine.get(&task.id).await?;
+            }
             let opts = RunOptions {
                 resume: req.resume,
                 max_iterations: req.max_iterations,

@@ -36,6 +36,9 @@ pub enum Error {
     /// A request failed validation; every problem is listed.
     #[error("invalid request: {}", describe(.0))]
     InvalidRequest(Violations),
+    /// A TLS or authentication setting is unusable (one line naming it).
+    #[error("{0}")]
+    Config(String),
     /// The gRPC server could not run.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -60,9 +63,10 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidRequest(_) => Code::InvalidArgument,
-            Error::PolicyRead { .. } | Error::PolicyParse { .. } | Error::PolicyInvalid { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::PolicyRead { .. }
+            | Error::PolicyParse { .. }
+            | Error::PolicyInvalid { .. }
+            | Error::Config(_) => Code::FailedPrecondition,
             Error::Transport(_) | Error::Startup(_) | Error::Internal(_) => Code::Internal,
         }
     }

@@ -42,6 +42,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    // TLS files and the token are read first: a bad one must not look like a live server.
+    let security = config
+        .server
+        .load_security()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let (health, health_service) = service_kit::server::health();
     // Not ready until the policy is in force.
     health
@@ -70,7 +75,10 @@ pub async fn serve(
         shutdown.clone(),
     );
 
-    let mut builder = config.server.builder();
+    let mut builder = config
+        .server
+        .builder_with(security)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
@@ -99,6 +107,7 @@ pub async fn serve(
     tracing::info!(
         policy.version = %store.current().engine.version(),
         policy.source = %store.source(),
+        security = %config.server.security_summary(),
         "router ready"
     );
 

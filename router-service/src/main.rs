@@ -2,7 +2,7 @@
 //! and runs [`router_service::serve`] until SIGTERM/SIGINT.
 //!
 //! Exit codes: 0 after a clean shutdown (or a passing `--check-config`), 2 for invalid
-//! configuration (a flag, env var or the policy file), 1 when the environment refuses
+//! configuration (a flag, env var, the policy file, a TLS or token file), 1 when the environment refuses
 //! (the address cannot be bound, the metrics endpoint cannot start, the server fails).
 
 use clap::Parser;
@@ -54,6 +54,10 @@ async fn run(args: Args) -> ExitCode {
         Ok(store) => store.current().engine.version().to_string(),
         Err(e) => return fail(CONFIG_ERROR, &policy_flag(&e)),
     };
+    service_kit::tls::install_crypto_provider();
+    if let Err(e) = args.server.load_security() {
+        return fail(CONFIG_ERROR, &e.to_string());
+    }
     if args.check_config {
         println!("config ok (policy version {version})");
         return ExitCode::SUCCESS;
@@ -87,6 +91,7 @@ async fn run(args: Args) -> ExitCode {
             e
             @ (Error::PolicyRead { .. } | Error::PolicyParse { .. } | Error::PolicyInvalid { .. }),
         ) => fail(CONFIG_ERROR, &policy_flag(&e)),
+        Err(e @ Error::Config(_)) => fail(CONFIG_ERROR, &e.to_string()),
         Err(e) => fail(RUNTIME_ERROR, &e.to_string()),
     }
 }

@@ -2,10 +2,20 @@
 //! health, reflection and the serve loop over an already-bound listener.
 
 use crate::Shutdown;
+use crate::auth::{AuthLayer, BearerToken, ServerAuthArgs};
+use crate::security::SecurityError;
+use crate::tls::ServerTlsArgs;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::ServerTlsConfig;
+use tower_layer::{Identity, Stack};
+
+/// The server builder [`ServerArgs::builder`] returns: tonic's, with the auth layer.
+pub type SecuredServer = Server<Stack<AuthLayer, Identity>>;
+/// A [`SecuredServer`] with its services added, ready for [`serve`].
+pub type SecuredRouter = tonic::transport::server::Router<Stack<AuthLayer, Identity>>;
 
 pub use tonic_health::ServingStatus;
 pub use tonic_health::server::HealthReporter;
@@ -29,6 +39,21 @@ pub struct ServerArgs {
     /// they are closed.
     #[arg(long, env = "TASKROUTER_DRAIN_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// TLS (and mutual TLS) of the gRPC port.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// Bearer-token authentication of the gRPC port.
+    #[command(flatten)]
+    pub auth: ServerAuthArgs,
+}
+
+/// The TLS config and token a server runs with, read from the files once.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSecurity {
+    /// TLS config; `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Token every call but health must present; `None` disables authentication.
+    pub token: Option<BearerToken>,
 }
 
 impl Default for ServerArgs {
@@ -38,15 +63,44 @@ impl Default for ServerArgs {
             concurrency_limit_per_connection: 256,
             max_connection_age: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(15),
+            tls: ServerTlsArgs::default(),
+            auth: ServerAuthArgs::default(),
         }
     }
 }
 
 impl ServerArgs {
-    /// A tonic server builder with these settings, HTTP/2 keepalive and one span per
+    /// Reads and checks the TLS files and the token; the error is one line naming the
+    /// setting. Run it before binding (and for `--check-config`).
+    pub fn load_security(&self) -> Result<ServerSecurity, SecurityError> {
+        Ok(ServerSecurity {
+            tls: self.tls.load()?,
+            token: self.auth.load()?,
+        })
+    }
+
+    /// `plaintext`, `tls` or `mtls`, plus whether a token is required: for the startup log.
+    pub fn security_summary(&self) -> String {
+        let auth = if self.auth.auth_token_file.is_some() || self.auth.auth_token.is_some() {
+            "token"
+        } else {
+            "none"
+        };
+        format!("transport={} auth={auth}", self.tls.mode())
+    }
+
+    /// A tonic server builder with these settings, TLS when configured, the bearer-token
+    /// check in front of every service but health, HTTP/2 keepalive and one span per
     /// request named `package.Service/Method` (RPC semantic conventions), parented on
-    /// the caller's W3C trace context. Request bodies are never recorded.
-    pub fn builder(&self) -> Server {
+    /// the caller's W3C trace context. Request bodies are never recorded. Reads the TLS
+    /// and token files.
+    pub fn builder(&self) -> Result<SecuredServer, SecurityError> {
+        let security = self.load_security()?;
+        self.builder_with(security)
+    }
+
+    /// Like [`Self::builder`], with already-loaded security settings.
+    pub fn builder_with(&self, security: ServerSecurity) -> Result<SecuredServer, SecurityError> {
         let mut b = Server::builder()
             .concurrency_limit_per_connection(self.concurrency_limit_per_connection.max(1))
             .load_shed(true)
@@ -58,7 +112,16 @@ impl ServerArgs {
         if !self.request_timeout.is_zero() {
             b = b.timeout(self.request_timeout);
         }
-        b
+        if let Some(tls) = security.tls {
+            crate::tls::install_crypto_provider();
+            b = b.tls_config(tls).map_err(|e| {
+                SecurityError::Config(format!(
+                    "--tls-cert / --tls-key: unusable ({})",
+                    crate::tls::error_chain(&e)
+                ))
+            })?;
+        }
+        Ok(b.layer(AuthLayer::new(security.token)))
     }
 }
 
@@ -219,7 +282,7 @@ pub fn reflection(
 /// Serves `router` on an already-bound listener until `shutdown` fires, then stops
 /// accepting connections and lets in-flight calls finish for up to `drain_timeout`.
 pub async fn serve(
-    router: tonic::transport::server::Router,
+    router: SecuredRouter,
     listener: TcpListener,
     shutdown: Shutdown,
     drain_timeout: Duration,

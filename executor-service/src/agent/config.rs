@@ -5,6 +5,9 @@ use super::{
     CommandAgent, CommandConfig, CommandConfigError, RemoteAgent, RetryPolicy, SharedAgent,
     SimulatedAgent,
 };
+use service_kit::auth::BearerToken;
+use service_kit::security::{ClientSecurity, Secret, SecurityError};
+use service_kit::tls::ClientTlsFiles;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +73,59 @@ pub struct AgentArgs {
     /// Latency of each simulated iteration (--agent=simulator).
     #[arg(long, env = "EXECUTOR_SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub sim_latency: Duration,
+
+    /// TLS and token of the remote agent's calls.
+    #[command(flatten)]
+    pub client: AgentClientArgs,
+}
+
+/// Environment variable holding the token sent to a remote agent.
+pub const AGENT_AUTH_TOKEN_ENV: &str = "EXECUTOR_AGENT_AUTH_TOKEN";
+
+/// TLS and token flags of the calls to a remote agent (--agent=remote).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct AgentClientArgs {
+    /// CA certificates (PEM file) the agent's certificate must chain to, for an https://
+    /// --agent-endpoint (default: the system roots).
+    #[arg(long, env = "EXECUTOR_AGENT_TLS_CA", value_name = "PEM")]
+    pub agent_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM file) presented to the agent (mutual TLS); needs
+    /// --agent-tls-key.
+    #[arg(long, env = "EXECUTOR_AGENT_TLS_CERT", value_name = "PEM")]
+    pub agent_tls_cert: Option<PathBuf>,
+    /// Private key of --agent-tls-cert (PEM file).
+    #[arg(long, env = "EXECUTOR_AGENT_TLS_KEY", value_name = "PEM")]
+    pub agent_tls_key: Option<PathBuf>,
+    /// Name the agent's certificate must carry (default: the host of --agent-endpoint).
+    #[arg(long, env = "EXECUTOR_AGENT_TLS_DOMAIN", value_name = "NAME")]
+    pub agent_tls_domain: Option<String>,
+    /// File holding the bearer token sent to the agent; the token may instead be set in
+    /// EXECUTOR_AGENT_AUTH_TOKEN.
+    #[arg(long, env = "EXECUTOR_AGENT_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub agent_auth_token_file: Option<PathBuf>,
+    /// The token itself, from EXECUTOR_AGENT_AUTH_TOKEN (environment only).
+    #[arg(skip = Secret::from_env(AGENT_AUTH_TOKEN_ENV))]
+    pub agent_auth_token: Option<Secret>,
+}
+
+impl AgentClientArgs {
+    /// Reads and checks the files; the error is one line naming the setting.
+    pub fn load(&self) -> Result<ClientSecurity, SecurityError> {
+        let tls = ClientTlsFiles {
+            ca: self.agent_tls_ca.clone(),
+            cert: self.agent_tls_cert.clone(),
+            key: self.agent_tls_key.clone(),
+            domain: self.agent_tls_domain.clone(),
+        }
+        .load("--agent-", "EXECUTOR_AGENT_")?;
+        let token = BearerToken::resolve(
+            self.agent_auth_token_file.as_deref(),
+            "--agent-auth-token-file / EXECUTOR_AGENT_AUTH_TOKEN_FILE",
+            self.agent_auth_token.as_ref(),
+            AGENT_AUTH_TOKEN_ENV,
+        )?;
+        Ok(ClientSecurity { tls, token })
+    }
 }
 
 impl AgentArgs {
@@ -85,6 +141,7 @@ impl AgentArgs {
             agent_timeout: Duration::from_secs(300),
             agent_retries: 2,
             sim_latency: Duration::ZERO,
+            client: AgentClientArgs::default(),
         }
     }
 
@@ -143,7 +200,8 @@ pub fn build_agent(args: &AgentArgs) -> Result<SharedAgent, String> {
                 .agent_endpoint
                 .as_deref()
                 .ok_or("--agent-endpoint is required when --agent=remote")?;
-            let agent = RemoteAgent::new(endpoint, args.agent_timeout)
+            let security = args.client.load().map_err(|e| e.to_string())?;
+            let agent = RemoteAgent::with_security(endpoint, args.agent_timeout, &security)
                 .map_err(|e| format!("--agent-endpoint {e}"))?;
             Ok(Arc::new(agent))
         }

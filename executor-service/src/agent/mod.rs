@@ -9,7 +9,7 @@ pub mod retry;
 pub mod simulator;
 
 pub use command::{CommandAgent, CommandConfig, CommandConfigError};
-pub use config::{AgentArgs, AgentKind, build_agent};
+pub use config::{AgentArgs, AgentClientArgs, AgentKind, build_agent};
 pub use remote::RemoteAgent;
 pub use retry::{RetryOutcome, RetryPolicy, run_with_retry};
 pub use simulator::SimulatedAgent;

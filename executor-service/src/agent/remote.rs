@@ -3,6 +3,8 @@
 
 use super::{Agent, IterationInput, IterationOutput, check_cost};
 use crate::error::{Error, Result};
+use service_kit::auth::ClientInterceptor;
+use service_kit::security::ClientSecurity;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::agent_client::AgentClient;
@@ -24,30 +26,35 @@ pub struct RemoteAgent {
     /// Created on first use, so construction needs no runtime and no reachable server.
     channel: OnceLock<Channel>,
     timeout: Duration,
+    /// Trace context and, when configured, the bearer token.
+    interceptor: ClientInterceptor,
 }
 
 impl RemoteAgent {
-    /// An agent for `url` (`http://host:port`); connects lazily. The error is one line.
+    /// An agent for `url` (`http://host:port`, or `https://` trusting the system roots),
+    /// without a token; connects lazily. The error is one line.
     pub fn new(url: &str, timeout: Duration) -> std::result::Result<Self, String> {
+        Self::with_security(url, timeout, &ClientSecurity::default())
+    }
+
+    /// An agent for `url` with `security`'s TLS settings and token; connects lazily. The
+    /// error is one line.
+    pub fn with_security(
+        url: &str,
+        timeout: Duration,
+        security: &ClientSecurity,
+    ) -> std::result::Result<Self, String> {
         if timeout.is_zero() {
             return Err("timeout must be greater than zero".to_owned());
         }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("{url}: not a valid URL ({e})"))?;
-        match endpoint.uri().scheme_str() {
-            Some("http") => {}
-            // The transport is built without TLS support.
-            Some(other) => return Err(format!("{url}: unsupported scheme {other:?} (use http)")),
-            None => return Err(format!("{url}: missing scheme (use http://host:port)")),
-        }
-        if endpoint.uri().host().is_none_or(str::is_empty) {
-            return Err(format!("{url}: missing host"));
-        }
-        let endpoint = endpoint.connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT));
+        let endpoint = security
+            .endpoint(url)?
+            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT));
         Ok(Self {
             endpoint,
             channel: OnceLock::new(),
             timeout,
+            interceptor: security.interceptor(),
         })
     }
 
@@ -63,19 +70,15 @@ impl RemoteAgent {
 
     fn client(
         &self,
-    ) -> AgentClient<
-        tonic::service::interceptor::InterceptedService<
-            Channel,
-            service_kit::trace_context::InjectFn,
-        >,
-    > {
+    ) -> AgentClient<tonic::service::interceptor::InterceptedService<Channel, ClientInterceptor>>
+    {
         let channel = self
             .channel
             .get_or_init(|| self.endpoint.connect_lazy())
             .clone();
         // The agent sees the iteration's trace context, so its own spans join the task's trace.
-        let inject: service_kit::trace_context::InjectFn = service_kit::trace_context::inject;
-        AgentClient::with_interceptor(channel, inject).max_decoding_message_size(MAX_RESPONSE_BYTES)
+        AgentClient::with_interceptor(channel, self.interceptor.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 }
 
@@ -177,7 +180,7 @@ mod tests {
         let t = Duration::from_secs(1);
         assert!(RemoteAgent::new("http://127.0.0.1:50051", t).is_ok());
         assert!(RemoteAgent::new("http://agent.default.svc:8080", t).is_ok());
-        for bad in ["", "127.0.0.1:50051", "https://x:1", "ftp://x", "http://"] {
+        for bad in ["", "127.0.0.1:50051", "ftp://x", "http://"] {
             let err = RemoteAgent::new(bad, t).unwrap_err();
             assert!(!err.contains('\n'), "{err}");
         }

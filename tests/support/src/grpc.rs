@@ -10,10 +10,18 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// Polls `grpc.health.v1.Health/Check` for `service` ("" = whole server) until it reports
 /// `SERVING`; false if `timeout` passes first.
 pub async fn wait_for_grpc_serving(addr: SocketAddr, service: &str, timeout: Duration) -> bool {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("valid endpoint URI");
+    wait_for_grpc_serving_at(endpoint, service, timeout).await
+}
+
+/// Like [`wait_for_grpc_serving`], through a caller-built endpoint (e.g. one with TLS).
+pub async fn wait_for_grpc_serving_at(
+    endpoint: Endpoint,
+    service: &str,
+    timeout: Duration,
+) -> bool {
     let deadline = Instant::now() + timeout;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid endpoint URI")
-        .connect_timeout(Duration::from_millis(500));
+    let endpoint = endpoint.connect_timeout(Duration::from_millis(500));
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = async {

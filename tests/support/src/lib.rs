@@ -4,6 +4,7 @@
 //!   temporary data directory (never the machine's shared 6379).
 //! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`]: network helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
+//! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
 //!
 //! Every child is started from one dedicated, never-exiting spawner thread with
 //! `PR_SET_PDEATHSIG = SIGKILL` (Linux). The kernel sends that signal when the *thread* that
@@ -19,11 +20,13 @@ mod ports;
 mod process;
 mod redis_server;
 mod spawn;
+mod tls;
 
-pub use grpc::wait_for_grpc_serving;
+pub use grpc::{wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};
 pub use redis_server::{RedisOptions, RedisServer};
+pub use tls::TestPki;
 
 use std::path::Path;
 
