@@ -1,13 +1,19 @@
 //! Whole-word, ASCII case-insensitive keyword search over task descriptions, in one
 //! linear pass.
 //!
-//! One Aho-Corasick automaton holds every keyword of every category. Overlapping search
-//! reports every occurrence of every keyword, so a match that fails the whole-word check
-//! (`api key` inside `xapi key`) cannot hide a later one that passes (`key rotation`), which
-//! leftmost non-overlapping search would skip. Time is linear in the description length
-//! (for a fixed policy) and the search stops once every category has a match.
+//! The description is ASCII-lowercased once (byte offsets are unchanged) and searched
+//! case-sensitively for the lowercased keywords, which lets the automaton use its SIMD
+//! prefilter: ordinary prose is scanned several times faster than with case-insensitive
+//! matching. The search is leftmost-longest; every other keyword that matches at the same
+//! position is a prefix of the longest one, so those are checked from a precomputed list,
+//! and the search resumes one byte after each match start. Together this reports every
+//! occurrence the old overlapping search did, so a match that fails the whole-word check
+//! (`api key` inside `xapi key`) cannot hide a later one that passes (`key rotation`).
+//! A candidate that starts inside a word skips to the end of that word, where the next
+//! whole word can begin. Work is linear in the description length for a fixed policy, and
+//! the search stops once every category has a match.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 
 /// Keyword categories, one per keyword rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +43,25 @@ impl Found {
     }
 }
 
+/// One keyword of the automaton.
+#[derive(Clone, Debug)]
+struct Keyword {
+    category: Category,
+    /// Index in its category's list.
+    index: usize,
+    /// Length in bytes.
+    len: usize,
+    /// Other keywords that are prefixes of this one (shortest first): they match wherever
+    /// this one does.
+    prefixes: Vec<usize>,
+}
+
 /// A compiled keyword matcher.
 #[derive(Clone, Debug)]
 pub struct KeywordMatcher {
     automaton: AhoCorasick,
-    /// Pattern id -> (category, index in that category's list).
-    patterns: Vec<(Category, usize)>,
+    /// Pattern id -> keyword.
+    keywords: Vec<Keyword>,
 }
 
 impl KeywordMatcher {
@@ -52,48 +71,74 @@ impl KeywordMatcher {
         deployment: &[String],
         cross_repo: &[String],
     ) -> Result<Self, aho_corasick::BuildError> {
-        let mut words: Vec<&str> = Vec::new();
-        let mut patterns = Vec::new();
+        let mut words: Vec<String> = Vec::new();
+        let mut keywords = Vec::new();
         for (category, list) in [
             (Category::Compliance, compliance),
             (Category::Deployment, deployment),
             (Category::CrossRepo, cross_repo),
         ] {
-            for (i, w) in list.iter().enumerate() {
-                words.push(w.as_str());
-                patterns.push((category, i));
+            for (index, w) in list.iter().enumerate() {
+                let lower = w.to_ascii_lowercase();
+                keywords.push(Keyword {
+                    category,
+                    index,
+                    len: lower.len(),
+                    prefixes: Vec::new(),
+                });
+                words.push(lower);
             }
         }
+        for (i, kw) in keywords.iter_mut().enumerate() {
+            let mut prefixes: Vec<usize> = (0..words.len())
+                .filter(|&j| j != i && words[i].starts_with(words[j].as_str()))
+                .collect();
+            prefixes.sort_by_key(|&j| (words[j].len(), j));
+            kw.prefixes = prefixes;
+        }
         let automaton = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            // Overlapping search needs standard semantics.
-            .match_kind(MatchKind::Standard)
-            .build(words)?;
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&words)?;
         Ok(Self {
             automaton,
-            patterns,
+            keywords,
         })
     }
 
     /// Finds the first whole-word keyword of each category in `text`.
     pub fn scan(&self, text: &str) -> Found {
         let mut found = Found::default();
-        let Ok(matches) = self.automaton.try_find_overlapping_iter(text) else {
-            // Only fails for anchored searches, which this never asks for.
-            return found;
-        };
-        for m in matches {
-            let Some(&(category, index)) = self.patterns.get(m.pattern().as_usize()) else {
-                continue;
+        let lower = text.to_ascii_lowercase();
+        let hay = lower.as_bytes();
+        let mut pos = 0;
+        while pos < hay.len() {
+            let Some(m) = self.automaton.find(Input::new(hay).span(pos..hay.len())) else {
+                break;
             };
-            let slot = &mut found.0[category as usize];
-            if slot.is_some() || !is_whole_word(text, m.start(), m.end()) {
+            let start = m.start();
+            if !starts_word(text, start) {
+                pos = end_of_word(text, start);
                 continue;
             }
-            *slot = Some(index);
+            let Some(longest) = self.keywords.get(m.pattern().as_usize()) else {
+                break;
+            };
+            // Shorter keywords first: the order an overlapping search reports them in.
+            for kw in longest
+                .prefixes
+                .iter()
+                .filter_map(|&j| self.keywords.get(j))
+                .chain(std::iter::once(longest))
+            {
+                let slot = &mut found.0[kw.category as usize];
+                if slot.is_none() && ends_word(text, start + kw.len) {
+                    *slot = Some(kw.index);
+                }
+            }
             if found.complete() {
                 break;
             }
+            pos = start + 1;
         }
         found
     }
@@ -104,14 +149,38 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// Whether `text[start..end]` is not glued to a word character on either side.
-fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
-    if !text.is_char_boundary(start) || !text.is_char_boundary(end) {
-        return false;
+/// Whether a whole word can start at byte `at`.
+fn starts_word(text: &str, at: usize) -> bool {
+    text.is_char_boundary(at)
+        && !text
+            .get(..at)
+            .and_then(|s| s.chars().next_back())
+            .is_some_and(is_word_char)
+}
+
+/// Whether a whole word can end at byte `at`.
+fn ends_word(text: &str, at: usize) -> bool {
+    text.is_char_boundary(at)
+        && !text
+            .get(at..)
+            .and_then(|s| s.chars().next())
+            .is_some_and(is_word_char)
+}
+
+/// The first byte at or after `at` where a new word can start: past the word `at` is in.
+fn end_of_word(text: &str, at: usize) -> usize {
+    let mut i = at;
+    while i < text.len() && !text.is_char_boundary(i) {
+        i += 1;
     }
-    let before = text.get(..start).and_then(|s| s.chars().next_back());
-    let after = text.get(end..).and_then(|s| s.chars().next());
-    !before.is_some_and(is_word_char) && !after.is_some_and(is_word_char)
+    match text.get(i..) {
+        Some(rest) => rest
+            .char_indices()
+            .find(|&(_, c)| !is_word_char(c))
+            .map_or(text.len(), |(k, _)| i + k)
+            .max(at + 1),
+        None => text.len(),
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +235,66 @@ mod tests {
         let m = matcher();
         assert_eq!(m.scan("éphi").get(Category::Compliance), None);
         assert_eq!(m.scan("“PHI” — yes").get(Category::Compliance), Some(0));
+    }
+
+    #[test]
+    fn a_shorter_keyword_at_the_same_position_still_counts() {
+        // "api key" is glued to "s"; "api" (a prefix keyword) is a whole word there.
+        let m = KeywordMatcher::new(
+            &list(&["api", "api key"]),
+            &list(&["api keys rollout"]),
+            &[],
+        )
+        .unwrap();
+        let f = m.scan("rotate the api keys now");
+        assert_eq!(f.get(Category::Compliance), Some(0));
+        assert_eq!(f.get(Category::Deployment), None);
+        let f = m.scan("the api keys rollout");
+        assert_eq!(f.get(Category::Deployment), Some(0));
+        assert_eq!(f.get(Category::Compliance), Some(0));
+    }
+
+    #[test]
+    fn scanning_agrees_with_a_brute_force_whole_word_search() {
+        let words = [
+            "phi",
+            "api key",
+            "key rotation",
+            "deploy",
+            "deployment",
+            "prod",
+            "a",
+        ];
+        let m = KeywordMatcher::new(&list(&words), &[], &[]).unwrap();
+        let texts = [
+            "phishing api keyrotation key rotation",
+            "redeployable productive prod",
+            "xapi key rotation, then deploy",
+            "deploymentdeploy deployment",
+            "a",
+            "éa a_ _a ba ab a.",
+            "",
+        ];
+        for t in texts {
+            let lower = t.to_ascii_lowercase();
+            // Brute force: earliest (start, then shortest) whole-word occurrence.
+            let mut best: Option<(usize, usize, usize)> = None;
+            for (i, w) in words.iter().enumerate() {
+                for (at, _) in lower.match_indices(w) {
+                    if starts_word(t, at) && ends_word(t, at + w.len()) {
+                        let cand = (at + w.len(), at, i);
+                        if best.is_none_or(|b| cand < b) {
+                            best = Some(cand);
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                m.scan(t).get(Category::Compliance),
+                best.map(|b| b.2),
+                "{t:?}"
+            );
+        }
     }
 
     #[test]
