@@ -45,6 +45,9 @@ if [ -x tests/deploy/validate.sh ]; then
   bash tests/deploy/validate.sh
 fi
 
+step "supply chain: licenses, bans, sources (cargo deny)"
+bash tests/security/deny.sh
+
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
 

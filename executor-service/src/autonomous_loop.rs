@@ -359,7 +359,17 @@ impl AutonomousLoop {
                 tracing::info!(task_id = %id, "task submitted");
                 Ok((state, true))
             }
-            CreateOutcome::Existing(state) => Ok((state, false)),
+            CreateOutcome::Existing(state) => {
+                // A crash between storing a task and queueing it would leave it PENDING
+                // forever, and the caller's retry lands here: a task nobody has started
+                // is queued again. A duplicate entry is harmless (it is acknowledged once
+                // the task is final).
+                if status_of(&state) == TaskStatus::Pending {
+                    self.queue.enqueue(&id, traceparent).await?;
+                    self.wake.notify_one();
+                }
+                Ok((state, false))
+            }
         }
     }
 

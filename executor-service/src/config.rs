@@ -188,6 +188,7 @@ impl Args {
         let redis_tls = self.redis_tls.load().map_err(|e| e.to_string())?;
         redis_client(&self.redis_url, &redis_tls)?;
         self.server.load_security().map_err(|e| e.to_string())?;
+        self.server.health_addr().map_err(|e| e.to_string())?;
         let router_security = self.router_client.load().map_err(|e| e.to_string())?;
         if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
             return Err(

@@ -22,14 +22,19 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
         let s = session.lock().await;
         (s.task().clone(), s.state.task_id.clone())
     };
-    let mut prior: VecDeque<String> = ctx
+    let records: Vec<_> = ctx
         .store
         .iterations(&task_id, PRIOR_OUTPUTS * 4)
         .await?
         .into_iter()
         .filter(|r| r.role == AGENT_ROLE)
-        .map(|r| r.output)
         .collect();
+    // The agent already reported done, but the run stopped (a crash, a lost lease)
+    // before the task was marked complete: it is complete, without another iteration.
+    if records.last().is_some_and(|r| r.done) {
+        return Ok(PathOutcome::Completed);
+    }
+    let mut prior: VecDeque<String> = records.into_iter().map(|r| r.output).collect();
     while prior.len() > PRIOR_OUTPUTS {
         prior.pop_front();
     }

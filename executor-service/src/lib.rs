@@ -64,7 +64,8 @@ pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<A
 }
 
 /// Serves the executor on `listener` until `shutdown` fires: the gRPC API, health,
-/// reflection and the queue workers. On shutdown health turns NOT_SERVING first, the
+/// reflection and the queue workers (and, with `--health-listen`, health alone in
+/// plaintext on that port). On shutdown health turns NOT_SERVING first, the
 /// workers checkpoint and release their leases, then in-flight calls drain.
 pub async fn serve(
     config: ExecutorConfig,
@@ -96,6 +97,12 @@ pub async fn serve_engine(
         .await;
     let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    // Bound before the workers start, so a failure leaves nothing running.
+    let health_port = config
+        .server
+        .start_health_port(health.clone())
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
     let monitor = tokio::spawn(health_monitor(
         engine.clone(),
         reporter.clone(),
@@ -108,7 +115,9 @@ pub async fn serve_engine(
     let router = builder
         .add_service(health)
         .add_service(reflection)
-        .add_service(service_kit::server::Observed::new(ExecutorServer::new(svc)));
+        .add_service(service_kit::server::Observed::new(
+            service_kit::validation::OversizeIsResourceExhausted::new(ExecutorServer::new(svc)),
+        ));
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, security = %config.server.security_summary(), "executor listening");
     let server = tokio::spawn(service_kit::server::serve(
@@ -130,6 +139,10 @@ pub async fn serve_engine(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+    }
+    // Kept up (NOT_SERVING) while the workers and the main port wound down.
+    if let Some(port) = health_port {
+        port.stop().await;
     }
     tracing::info!("executor stopped");
     Ok(())

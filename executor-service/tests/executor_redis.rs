@@ -269,6 +269,192 @@ async fn corrupted_state_is_a_clear_error_kept_for_inspection_and_other_tasks_st
     h.stop().await;
 }
 
+/// The executor's Redis store under the harness's key prefix.
+async fn store_of(h: &Harness) -> executor_service::session::RedisStore {
+    executor_service::session::RedisStore::new(h.redis.connection_manager().await, "trtest")
+}
+
+/// The state `Submit` creates for `task`.
+fn pending_state(task: &Task) -> taskrouter_proto::v1::SessionState {
+    taskrouter_proto::v1::SessionState {
+        schema_version: taskrouter_proto::SESSION_SCHEMA_VERSION,
+        task_id: task.id.clone(),
+        task: Some(task.clone()),
+        status: TaskStatus::Pending as i32,
+        max_iterations: 50,
+        ..Default::default()
+    }
+}
+
+fn submitted_event(id: &str) -> taskrouter_proto::v1::ProgressEvent {
+    taskrouter_proto::v1::ProgressEvent {
+        task_id: id.into(),
+        kind: Some(progress_event::Kind::Submitted(
+            taskrouter_proto::v1::Submitted {},
+        )),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_submit_retried_after_a_crash_before_queueing_still_runs_the_task() {
+    use executor_service::session::SessionStore as _;
+    let mut h = Harness::start(|_| {}).await;
+    let task = sim_task("T-HALF-SUBMITTED", Complexity::Low, 3, &[]);
+    // What a crash between storing the task and queueing it leaves behind.
+    store_of(&h)
+        .await
+        .create(&pending_state(&task), &submitted_event(&task.id))
+        .await
+        .unwrap();
+    let r = h
+        .client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.created, "the retry finds the stored task");
+    let s = wait_final(&mut h.client, &task.id, Duration::from_secs(15)).await;
+    assert_eq!(status(s.status), TaskStatus::Completed);
+    assert_eq!(s.iteration_count, 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without_another_iteration()
+{
+    use executor_service::lease::Lease;
+    use executor_service::session::{Checkpoint, SessionStore as _};
+    let mut h = Harness::start(|c| c.settings.concurrency = 0).await;
+    let task = sim_task("T-DONE-UNFINISHED", Complexity::Low, 2, &[]);
+    let store = store_of(&h).await;
+    store
+        .create(&pending_state(&task), &submitted_event(&task.id))
+        .await
+        .unwrap();
+    // A worker ran both iterations (the second reported done) and crashed before
+    // marking the task complete.
+    let lease: Lease = store
+        .acquire_lease(&task.id, "crashed-worker:1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut state = pending_state(&task);
+    state.status = TaskStatus::InProgress as i32;
+    let mut version = 1;
+    for n in 1..=2u32 {
+        state.iteration_count = n;
+        let record = taskrouter_proto::v1::IterationRecord {
+            iteration: n,
+            role: "agent".into(),
+            output: format!("sim agent iteration {n}/2"),
+            done: n == 2,
+            worker_id: "crashed-worker".into(),
+            ..Default::default()
+        };
+        version = store
+            .checkpoint(Checkpoint {
+                state: &state,
+                expected_version: version,
+                lease: &lease,
+                iteration: Some(&record),
+                events: &[],
+                archive_ttl: None,
+            })
+            .await
+            .unwrap()
+            .version;
+    }
+    store.release_lease(&lease).await.unwrap();
+
+    let r = h
+        .client
+        .run(RunRequest {
+            task: Some(Task {
+                id: task.id.clone(),
+                ..Default::default()
+            }),
+            resume: true,
+            max_iterations: 0,
+            use_multi_agent: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert_eq!(status(r.status), TaskStatus::Completed);
+    assert_eq!(
+        r.iterations_this_run, 0,
+        "no iteration after the agent said done"
+    );
+    assert_eq!(r.total_iterations, 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_forever() {
+    let mut h = Harness::start(|_| {}).await;
+    let mut conn = h.redis.connection().await;
+    // A `schema` that is not UTF-8 and a `version` that is not a number.
+    let _: () = redis::cmd("HSET")
+        .arg(h.state_key("BAD-BYTES"))
+        .arg("schema")
+        .arg(vec![0x80u8])
+        .arg("version")
+        .arg("-1")
+        .arg("data")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = h
+        .client
+        .get(GetRequest {
+            task_id: "BAD-BYTES".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    let _: String = redis::cmd("XADD")
+        .arg("trtest:queue")
+        .arg("*")
+        .arg("task_id")
+        .arg("BAD-BYTES")
+        .arg("traceparent")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead: u64 = redis::cmd("XLEN")
+            .arg("trtest:deadletter")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if dead == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unreadable task was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("trtest:queue")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "nothing is left to be redelivered");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn cancel_stops_a_running_task_at_the_next_boundary() {
     let mut h = Harness::start(|_| {}).await;

@@ -20,6 +20,7 @@ pub use rollout::rollout_bucket;
 pub use service::RouterService;
 
 use service_kit::Shutdown;
+use service_kit::health_port::HealthPortError;
 use service_kit::server::ServingStatus;
 use std::sync::Arc;
 use taskrouter_proto::v1::router_server::RouterServer;
@@ -34,7 +35,8 @@ const MAX_DECODING_MESSAGE_BYTES: usize =
     policy::MAX_DESCRIPTION_BYTES_CEILING as usize + 1024 * 1024;
 
 /// Serves the router on `listener` until `shutdown` fires, then reports NOT_SERVING,
-/// stops accepting connections and lets in-flight calls finish.
+/// stops accepting connections and lets in-flight calls finish. With `--health-listen`,
+/// health is also served in plaintext on that port until the main server has stopped.
 ///
 /// Fails before serving if the policy cannot be loaded.
 pub async fn serve(
@@ -64,9 +66,22 @@ pub async fn serve(
     let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
     let router_service = service_kit::server::Observed::new(
-        RouterServer::new(RouterService::new(store.clone()))
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+        service_kit::validation::OversizeIsResourceExhausted::new(
+            RouterServer::new(RouterService::new(store.clone()))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+        ),
     );
+
+    // Binds before anything else is spawned; the drop of `health_port` on an early
+    // return stops it.
+    let health_port = config
+        .server
+        .start_health_port(health_service.clone())
+        .await
+        .map_err(|e| match e {
+            HealthPortError::Addr(_) => Error::Config(e.to_string()),
+            HealthPortError::Bind { .. } => Error::Startup(e.to_string()),
+        })?;
 
     let reloader = reload::spawn_reloader(
         store.clone(),
@@ -113,6 +128,10 @@ pub async fn serve(
 
     let result =
         service_kit::server::serve(router, listener, drain, config.server.drain_timeout).await;
+    // The health port reports NOT_SERVING for as long as the main port drains.
+    if let Some(port) = health_port {
+        port.stop().await;
+    }
     watcher.abort();
     reloader.abort();
     result.map_err(Error::from)

@@ -58,6 +58,9 @@ async fn run(args: Args) -> ExitCode {
     if let Err(e) = args.server.load_security() {
         return fail(CONFIG_ERROR, &e.to_string());
     }
+    if let Err(e) = args.server.health_addr() {
+        return fail(CONFIG_ERROR, &e.to_string());
+    }
     if args.check_config {
         println!("config ok (policy version {version})");
         return ExitCode::SUCCESS;

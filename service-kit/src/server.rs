@@ -1,13 +1,15 @@
 //! The gRPC server settings both services share, and the pieces every server mounts:
-//! health, reflection and the serve loop over an already-bound listener.
+//! health (optionally also on a plaintext health-only port), reflection and the serve
+//! loop over an already-bound listener.
 
 use crate::Shutdown;
 use crate::auth::{AuthLayer, BearerToken, ServerAuthArgs};
+use crate::health_port::{HealthPort, HealthPortError};
 use crate::security::SecurityError;
 use crate::tls::ServerTlsArgs;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::ServerTlsConfig;
 use tower_layer::{Identity, Stack};
@@ -45,6 +47,11 @@ pub struct ServerArgs {
     /// Bearer-token authentication of the gRPC port.
     #[command(flatten)]
     pub auth: ServerAuthArgs,
+    /// Address of a second port serving only grpc.health.v1.Health, in plaintext and
+    /// without a token, with the same statuses as the gRPC port: for probes that cannot
+    /// speak TLS (Kubernetes' gRPC probes). Empty (the default) disables it.
+    #[arg(long, env = "TASKROUTER_HEALTH_LISTEN", default_value = "")]
+    pub health_listen: String,
 }
 
 /// The TLS config and token a server runs with, read from the files once.
@@ -65,6 +72,7 @@ impl Default for ServerArgs {
             drain_timeout: Duration::from_secs(15),
             tls: ServerTlsArgs::default(),
             auth: ServerAuthArgs::default(),
+            health_listen: String::new(),
         }
     }
 }
@@ -77,6 +85,24 @@ impl ServerArgs {
             tls: self.tls.load()?,
             token: self.auth.load()?,
         })
+    }
+
+    /// The `--health-listen` address; `None` when the health-only port is off.
+    pub fn health_addr(&self) -> Result<Option<SocketAddr>, HealthPortError> {
+        crate::health_port::parse_addr(&self.health_listen)
+    }
+
+    /// Binds `--health-listen`, if set, and serves `health` there (plaintext, no token,
+    /// nothing else; see [`crate::health_port`]). Pass the health service mounted on the
+    /// main port, so both report the same statuses; stop the port after the main server.
+    pub async fn start_health_port<S: tonic_health::pb::health_server::Health>(
+        &self,
+        health: tonic_health::pb::health_server::HealthServer<S>,
+    ) -> Result<Option<HealthPort>, HealthPortError> {
+        match self.health_addr()? {
+            Some(addr) => HealthPort::bind(addr, health).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `plaintext`, `tls` or `mtls`, plus whether a token is required: for the startup log.
@@ -287,7 +313,9 @@ pub async fn serve(
     shutdown: Shutdown,
     drain_timeout: Duration,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener);
+    // Tonic applies the builder's `tcp_nodelay` only to listeners it binds itself; an
+    // accepted socket with Nagle on holds small responses back ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let waiter = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move { waiter.wait().await });
     tokio::pin!(server);

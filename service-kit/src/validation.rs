@@ -327,7 +327,9 @@ mod tests {
         assert!(is_oversize(&Status::out_of_range(
             "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes"
         )));
-        assert!(!is_oversize(&Status::out_of_range("iteration 7 is out of range")));
+        assert!(!is_oversize(&Status::out_of_range(
+            "iteration 7 is out of range"
+        )));
         assert!(!is_oversize(&Status::internal(
             "decoded message length too large"
         )));

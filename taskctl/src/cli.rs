@@ -34,6 +34,10 @@ pub struct Cli {
     /// Print JSON (one document; one object per line for `watch`) instead of text.
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
+    /// Whether `--router` / `TASKCTL_ROUTER` was given rather than defaulted (`bench
+    /// route` starts its own router otherwise).
+    #[arg(skip)]
+    pub router_given: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -58,6 +62,8 @@ pub enum Command {
     Policy,
     /// Start both services in this process and run the plan's scenarios through them.
     Demo(DemoArgs),
+    /// Measure throughput and latency over loopback gRPC (route, baseline, execute, redis).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// A task, from flags, a file, or both (flags win).

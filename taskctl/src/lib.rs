@@ -5,8 +5,9 @@
 //! Exit codes: 0 ok; 1 unreachable endpoint, RPC or runtime error; 2 usage or
 //! configuration error (including INVALID_ARGUMENT from a service); 3 the task ended
 //! FAILED or CANCELLED (`run`, `watch`); the demo exits 1 when a scenario did not end
-//! as expected.
+//! as expected, and `bench` when any request failed or a task did not complete.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -15,7 +16,6 @@ pub mod error;
 pub mod input;
 pub mod render;
 
-use clap::Parser;
 use cli::{Cli, Command};
 use error::{CliError, Exit};
 use std::io::Write;
@@ -59,12 +59,26 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Cancel(a) => commands::cancel(&cli, a).await,
         Command::Policy => commands::policy(&cli).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
+        Command::Bench(a) => bench::run(&cli, a).await,
     }
+}
+
+/// Parses the command line, noting whether `--router` was given (flag or environment).
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.router_given = matches!(
+        matches.value_source("router"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    Ok(cli)
 }
 
 /// The whole program: parse, run, print the error if any, and return the exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout with 0; usage errors to stderr with 2.

@@ -133,7 +133,11 @@ impl RedisStore {
         &self.prefix
     }
 
-    fn decode_state(key: &str, data: &[u8], task: &[u8], version: u64) -> Result<SessionState> {
+    /// Decodes a stored state the way loading does: `data` (protobuf `SessionState`) and
+    /// `task` (protobuf `Task`, empty when absent) of the hash at `key`, with its schema
+    /// check. Anything unreadable is `Error::CorruptState` naming `key`, never a panic.
+    /// Public so fuzzers can reach the decode path without a Redis server.
+    pub fn decode_state(key: &str, data: &[u8], task: &[u8], version: u64) -> Result<SessionState> {
         let mut state = SessionState::decode(data).map_err(|e| Error::CorruptState {
             key: key.to_string(),
             reason: format!("not a SessionState protobuf: {e}"),
@@ -237,9 +241,11 @@ impl SessionStore for RedisStore {
     async fn load(&self, task_id: &str) -> Result<Option<SessionState>> {
         let keys = self.keys(task_id);
         let mut conn = self.conn.clone();
+        // Every field as raw bytes: a `schema` that is not text or a `version` that is
+        // not a number is a corrupt record (DATA_LOSS), not a failed Redis call.
         type Fields = (
-            Option<String>,
-            Option<u64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
         );
@@ -251,14 +257,20 @@ impl SessionStore for RedisStore {
             .arg("task")
             .query_async(&mut conn)
             .await
-            .map_err(|e| match corrupt(&keys.state, &e) {
-                Some(c) => c,
-                None if e.kind() == redis::ErrorKind::UnexpectedReturnType => Error::CorruptState {
-                    key: keys.state.clone(),
-                    reason: format!("unreadable fields: {e}"),
-                },
-                None => Error::Redis(e),
-            })?;
+            .map_err(map_err(&keys.state))?;
+        let schema = schema.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let version = match version {
+            None => None,
+            Some(raw) => Some(
+                std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| Error::CorruptState {
+                        key: keys.state.clone(),
+                        reason: "the `version` field is not a number".into(),
+                    })?,
+            ),
+        };
         let Some(data) = data else {
             return match (schema, version) {
                 (None, None) => Ok(None),

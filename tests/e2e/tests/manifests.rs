@@ -6,12 +6,21 @@
 //!
 //! * each router/executor container's command, args and env are accepted by the real binary
 //!   (`--check-config`), with Secrets and fieldRefs replaced by placeholders and ConfigMap
-//!   volumes materialised at their mount paths;
+//!   and Secret volumes materialised at their mount paths (Secret files hold the Secret's
+//!   data when the overlay has it, otherwise plausible stand-ins: a token, or a real
+//!   certificate, key and CA generated for the run); every Secret file a setting names
+//!   really reaches the binary (junk in it fails `--check-config`);
 //! * the policy ConfigMap is accepted by the router and mounted as a directory;
-//! * container ports, probe ports, Service target ports and the listen addresses agree, and
-//!   the addresses one component uses to reach another name a real Service port;
-//! * readiness probes ask for the services' health names, and the executor's liveness probe
-//!   does not depend on Redis;
+//! * container ports, probe ports, Service target ports and the listen addresses agree
+//!   (the health port included), and the addresses one component uses to reach another
+//!   name a real Service port;
+//! * readiness probes ask for the services' health names, the executor's liveness probe
+//!   does not depend on Redis, gRPC probes of a TLS port go to the plaintext health port,
+//!   and NetworkPolicies admit the probes from any source (the kubelet is on the node);
+//! * both services require the bearer token from a Secret file, the executor presents the
+//!   router's token and, when the router serves TLS, dials `https://` trusting a CA from a
+//!   Secret and checking a name of the router's Service; every Secret the overlay does not
+//!   create is one docs/OPERATIONS.md tells the operator to create;
 //! * every workload has resource requests and limits and a restricted security context;
 //! * the executor's termination grace period covers its preStop sleep and shutdown grace.
 
@@ -26,6 +35,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Placeholder for every Secret value: URL-safe, since the executor splices the Redis
 /// password into `REDIS_URL`.
 const SECRET_PLACEHOLDER: &str = "placeholder-secret";
+
+/// Stand-in for a Secret-backed token file: as long as a real token.
+const PLACEHOLDER_TOKEN: &str = "placeholder-token-0123456789abcdef0123456789abcdef";
 
 /// UID of the distroless `nonroot` user the service image runs as.
 const SERVICE_UID: i64 = 65532;
@@ -380,14 +392,155 @@ fn config_map_mounts<'a>(workload: &'a Value, container: &'a Value) -> Vec<(Stri
         .collect()
 }
 
+/// A Secret volume as one container mounts it.
+struct SecretMount {
+    mount: String,
+    secret: String,
+    /// `items` of the volume: key -> path under the mount; `None` projects every key.
+    items: Option<Vec<(String, String)>>,
+    sub_path: bool,
+    read_only: bool,
+    optional: bool,
+}
+
+fn secret_mounts(workload: &Value, container: &Value) -> Vec<SecretMount> {
+    let spec = pod_spec(workload);
+    seq(container, &["volumeMounts"])
+        .filter_map(|m| {
+            let volume = str_at(m, &["name"])?;
+            let vol = seq(spec, &["volumes"]).find(|v| str_at(v, &["name"]) == Some(volume))?;
+            let secret = at(vol, &["secret"])?;
+            let items = at(secret, &["items"]).map(|_| {
+                seq(secret, &["items"])
+                    .filter_map(|i| {
+                        Some((
+                            str_at(i, &["key"])?.to_string(),
+                            str_at(i, &["path"])?.to_string(),
+                        ))
+                    })
+                    .collect()
+            });
+            Some(SecretMount {
+                mount: str_at(m, &["mountPath"])?.trim_end_matches('/').to_string(),
+                secret: str_at(secret, &["secretName"])?.to_string(),
+                items,
+                sub_path: at(m, &["subPath"]).is_some(),
+                read_only: at(m, &["readOnly"]).and_then(Value::as_bool) == Some(true),
+                optional: at(secret, &["optional"]).and_then(Value::as_bool) == Some(true),
+            })
+        })
+        .collect()
+}
+
+/// A setting as the binary sees it: `--flag=value` / `--flag value` in the args, else the
+/// environment variable.
+fn setting(
+    env: &BTreeMap<String, String>,
+    container: &Value,
+    flag: &str,
+    var: &str,
+) -> Option<String> {
+    let args: Vec<&str> = seq(container, &["args"])
+        .filter_map(Value::as_str)
+        .collect();
+    let from_args = args.iter().enumerate().find_map(|(i, a)| {
+        if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+            return Some(expand(v, env));
+        }
+        (*a == flag).then(|| args.get(i + 1).map(|v| expand(v, env)))?
+    });
+    from_args
+        .or_else(|| env.get(var).cloned())
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The Secret (name, key) behind a file path in the container, if it is one.
+fn secret_file_source(workload: &Value, container: &Value, path: &str) -> Option<(String, String)> {
+    secret_mounts(workload, container)
+        .into_iter()
+        .find_map(|m| {
+            let rel = path.strip_prefix(&format!("{}/", m.mount))?;
+            let key = match &m.items {
+                None => rel.to_string(),
+                Some(items) => items.iter().find(|(_, p)| p == rel)?.0.clone(),
+            };
+            Some((m.secret, key))
+        })
+}
+
+/// A Secret's data from the overlay (base64 `data` decoded, `stringData` as is).
+fn secret_data(overlay: &Overlay, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let secret = overlay.object("Secret", name)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in at(secret, &["data"])
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+    {
+        out.insert(k.as_str()?.to_string(), base64_decode(v.as_str()?)?);
+    }
+    for (k, v) in at(secret, &["stringData"])
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+    {
+        out.insert(k.as_str()?.to_string(), v.as_str()?.as_bytes().to_vec());
+    }
+    Some(out)
+}
+
+/// Standard base64 with padding, as Kubernetes stores Secret data.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Stand-in content of a Secret file the overlay does not hold, by its key: the TLS
+/// Secret's files are real PEM (the binaries parse them), anything else is a token.
+fn placeholder_secret_file(key: &str, pki: &test_support::TestPki) -> Result<Vec<u8>, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    match key {
+        "ca.crt" => read(&pki.ca),
+        "tls.crt" => read(&pki.server_cert),
+        "tls.key" => read(&pki.server_key),
+        k if k.ends_with(".key") => read(&pki.server_key),
+        k if k.ends_with(".crt") || k.ends_with(".pem") => read(&pki.server_cert),
+        _ => Ok(format!("{PLACEHOLDER_TOKEN}\n").into_bytes()),
+    }
+}
+
 /// A container's command line and environment, ready to run on this machine: ConfigMap
-/// volumes are written to a temporary directory and paths under their mount points
-/// rewritten to it.
+/// and Secret volumes are written to a temporary directory and paths under their mount
+/// points rewritten to it.
 struct Invocation {
     program: PathBuf,
     args: Vec<String>,
     env: BTreeMap<String, String>,
+    /// Local copies of the Secret files that a setting names.
+    secret_files: Vec<PathBuf>,
     _scratch: tempfile::TempDir,
+    _pki: test_support::TestPki,
 }
 
 fn invocation(
@@ -411,6 +564,60 @@ fn invocation(
             std::fs::write(dir.join(key), value).map_err(|e| e.to_string())?;
         }
         rewrites.push((mount, dir.to_string_lossy().into_owned()));
+    }
+    // Secret files: the overlay's data when it has the Secret, else stand-ins for the
+    // files the settings name (prod's Secrets are created out of band).
+    let pki = test_support::TestPki::generate();
+    let raw_env = container_env(overlay, workload, container)?;
+    let raw_args: Vec<String> = seq(container, &["command"])
+        .chain(seq(container, &["args"]))
+        .filter_map(Value::as_str)
+        .map(|a| expand(a, &raw_env))
+        .collect();
+    let named_paths: Vec<&str> = raw_env
+        .values()
+        .map(String::as_str)
+        .chain(
+            raw_args
+                .iter()
+                .map(|a| a.split_once('=').map_or(a.as_str(), |(_, v)| v)),
+        )
+        .collect();
+    let mut secret_files = Vec::new();
+    for (i, m) in secret_mounts(workload, container).into_iter().enumerate() {
+        let dir = scratch.path().join(format!("secret{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let data = secret_data(overlay, &m.secret);
+        let mut named: Vec<&str> = named_paths
+            .iter()
+            .filter_map(|p| p.strip_prefix(&format!("{}/", m.mount)))
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        // (key, path under the mount) of every file the volume would hold.
+        let files: Vec<(String, String)> = match (&m.items, &data) {
+            (Some(items), _) => items.clone(),
+            (None, Some(data)) => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            (None, None) => named
+                .iter()
+                .map(|k| (k.to_string(), k.to_string()))
+                .collect(),
+        };
+        for (key, rel) in files {
+            let content = match &data {
+                Some(data) => match data.get(&key) {
+                    Some(bytes) => bytes.clone(),
+                    None => continue,
+                },
+                None => placeholder_secret_file(&key, &pki)?,
+            };
+            let path = dir.join(&rel);
+            std::fs::write(&path, content).map_err(|e| e.to_string())?;
+            if named.contains(&rel.as_str()) {
+                secret_files.push(path);
+            }
+        }
+        rewrites.push((m.mount, dir.to_string_lossy().into_owned()));
     }
     // Longest mount path first, so nested mounts win.
     rewrites.sort_by_key(|(mount, _)| std::cmp::Reverse(mount.len()));
@@ -460,7 +667,9 @@ fn invocation(
         program: test_support::binary_path(binary),
         args,
         env,
+        secret_files,
         _scratch: scratch,
+        _pki: pki,
     })
 }
 
@@ -574,6 +783,25 @@ fn service_containers_pass_check_config() {
                         "{label}: a bad TASKROUTER_METRICS_LISTEN was not rejected: {}",
                         describe(&out)
                     ));
+                }
+
+                // Likewise every Secret file a setting names: junk in it must be refused,
+                // or the file is mounted but never read. The token file at least is one.
+                if inv.secret_files.is_empty() {
+                    failures.push(format!("{label}: no setting names a Secret file"));
+                }
+                for file in &inv.secret_files {
+                    let saved = std::fs::read(file).expect("read secret file");
+                    std::fs::write(file, "x\n").expect("write junk");
+                    let out = run(&inv.program, &args, &inv.env);
+                    std::fs::write(file, saved).expect("restore secret file");
+                    if out.status.code() != Some(2) {
+                        failures.push(format!(
+                            "{label}: junk in {} was not rejected: {}",
+                            file.file_name().unwrap_or_default().to_string_lossy(),
+                            describe(&out)
+                        ));
+                    }
                 }
             }
         }
@@ -710,6 +938,18 @@ fn ports_probes_services_and_addresses_agree() {
                         ports.get("metrics")
                     ));
                 }
+                // The health port, when on, is the `health` container port and not the
+                // gRPC one (the binary would fail to bind it twice).
+                let health = setting(&env, c, "--health-listen", "TASKROUTER_HEALTH_LISTEN")
+                    .map(|a| port_of(&a));
+                match (health, ports.get("health").copied()) {
+                    (None, None) => {}
+                    (Some(h), declared) if h.is_some() && h == declared && h != listen => {}
+                    (h, declared) => err(format!(
+                        "{label}: TASKROUTER_HEALTH_LISTEN port {:?} differs from the `health` container port {declared:?} (or equals the gRPC port)",
+                        h.flatten()
+                    )),
+                }
                 let scrape_port = annotations
                     .and_then(|a| str_at(a, &["prometheus.io/port"]))
                     .and_then(|p| p.parse::<i64>().ok());
@@ -819,6 +1059,24 @@ fn probes_use_the_health_service_names() {
             if liveness.is_none() {
                 failures.push(format!("{label}: no liveness probe"));
             }
+            // The kubelet's gRPC probes speak neither TLS nor tokens: with TLS on the
+            // gRPC port they must go to the plaintext health port.
+            let env = container_env(o, w, c).unwrap_or_default();
+            if setting(&env, c, "--tls-cert", "TASKROUTER_TLS_CERT").is_some() {
+                let health = setting(&env, c, "--health-listen", "TASKROUTER_HEALTH_LISTEN")
+                    .and_then(|a| port_of(&a));
+                for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                    let Some(port) = at(c, &[probe, "grpc", "port"]) else {
+                        continue;
+                    };
+                    if health.is_none() || port.as_i64() != health {
+                        failures.push(format!(
+                            "{label}: {probe} is a gRPC probe of port {:?}, but the gRPC port serves TLS; probe the --health-listen port ({health:?})",
+                            port.as_i64()
+                        ));
+                    }
+                }
+            }
             // The executor reports both its service and "" NOT_SERVING while Redis is
             // down; a liveness probe on either would restart every executor in an outage.
             if binary == "executor-service"
@@ -834,6 +1092,261 @@ fn probes_use_the_health_service_names() {
         }
     }
     assert_no_failures("health probes", failures);
+}
+
+/// Whether `policy` selects pods labelled `labels` (an empty selector selects every pod).
+/// `matchExpressions` are not evaluated: such a policy is assumed to select the pod, so
+/// it cannot hide a restriction from the check.
+fn policy_selects(policy: &Value, labels: &Value) -> bool {
+    let selector = at(policy, &["spec", "podSelector"]);
+    if at(policy, &["spec", "podSelector", "matchExpressions"]).is_some() {
+        return true;
+    }
+    match selector
+        .and_then(|s| at(s, &["matchLabels"]))
+        .and_then(Value::as_mapping)
+    {
+        None => true,
+        Some(m) if m.is_empty() => true,
+        Some(m) => m.iter().all(|(k, v)| labels.get(k) == Some(v)),
+    }
+}
+
+fn restricts_ingress(policy: &Value) -> bool {
+    match at(policy, &["spec", "policyTypes"]) {
+        Some(types) => types
+            .as_sequence()
+            .is_some_and(|t| t.iter().any(|t| t.as_str() == Some("Ingress"))),
+        None => true,
+    }
+}
+
+/// Whether an ingress rule lets any source reach the container port `name`/`number`.
+fn admits_any_source(rule: &Value, name: &str, number: i64) -> bool {
+    let from_anywhere = seq(rule, &["from"]).next().is_none();
+    let ports: Vec<&Value> = seq(rule, &["ports"]).collect();
+    let port_ok = ports.is_empty()
+        || ports.iter().any(|p| {
+            let tcp = str_at(p, &["protocol"]).is_none_or(|proto| proto == "TCP");
+            let matches = match at(p, &["port"]) {
+                None => true,
+                Some(Value::String(s)) => s == name,
+                Some(Value::Number(n)) => n.as_i64() == Some(number),
+                Some(_) => false,
+            };
+            tcp && matches
+        });
+    from_anywhere && port_ok
+}
+
+#[test]
+fn network_policies_admit_the_kubelet_probes() {
+    let mut failures = Vec::new();
+    for o in overlays() {
+        let policies: Vec<&Value> = o.objects("NetworkPolicy").collect();
+        for binary in ["router-service", "executor-service"] {
+            let Some((w, c)) = o.workload_running(binary) else {
+                continue;
+            };
+            let labels = at(w, &["spec", "template", "metadata", "labels"])
+                .cloned()
+                .unwrap_or(Value::Null);
+            let ingress: Vec<&Value> = policies
+                .iter()
+                .copied()
+                .filter(|p| policy_selects(p, &labels) && restricts_ingress(p))
+                .collect();
+            let ports = container_ports(c);
+            for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                for kind in ["grpc", "tcpSocket", "httpGet"] {
+                    let Some(port) = at(c, &[probe, kind, "port"]) else {
+                        continue;
+                    };
+                    let Some(number) = resolve_port(port, &ports) else {
+                        continue; // reported by ports_probes_services_and_addresses_agree
+                    };
+                    let name = ports
+                        .iter()
+                        .find(|(_, n)| **n == number)
+                        .map_or("", |(name, _)| name.as_str());
+                    // The kubelet probes from the node's address, which no pod or
+                    // namespace selector matches.
+                    let admitted = ingress.is_empty()
+                        || ingress.iter().any(|p| {
+                            seq(p, &["spec", "ingress"]).any(|r| admits_any_source(r, name, number))
+                        });
+                    if !admitted {
+                        failures.push(format!(
+                            "{}: {}: no NetworkPolicy lets the kubelet reach the {probe} port {name:?} ({number})",
+                            o.name,
+                            name_of(w)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert_no_failures("probes and NetworkPolicies", failures);
+}
+
+#[test]
+fn secrets_are_files_and_the_executor_presents_the_routers_credentials() {
+    let operations =
+        std::fs::read_to_string(test_support::workspace_root().join("docs/OPERATIONS.md"))
+            .expect("docs/OPERATIONS.md");
+    let mut failures = Vec::new();
+    for o in overlays() {
+        let (Some((rw, rc)), Some((ew, ec))) = (
+            o.workload_running("router-service"),
+            o.workload_running("executor-service"),
+        ) else {
+            continue;
+        };
+        let mut err = |msg: String| failures.push(format!("{}: {msg}", o.name));
+        let router_env = container_env(o, rw, rc).unwrap_or_default();
+        let executor_env = container_env(o, ew, ec).unwrap_or_default();
+
+        // Both require the token, from a Secret file (not an environment variable).
+        let mut tokens = Vec::new();
+        for (w, c, env) in [(rw, rc, &router_env), (ew, ec, &executor_env)] {
+            if env.contains_key("TASKROUTER_AUTH_TOKEN") {
+                err(format!(
+                    "{}: the token is an env var; mount it as a file",
+                    name_of(w)
+                ));
+            }
+            let file = setting(env, c, "--auth-token-file", "TASKROUTER_AUTH_TOKEN_FILE");
+            match file.as_deref().and_then(|f| secret_file_source(w, c, f)) {
+                Some(source) => tokens.push(source),
+                None => err(format!(
+                    "{}: --auth-token-file ({file:?}) is not a file of a mounted Secret",
+                    name_of(w)
+                )),
+            }
+        }
+        let presented = setting(
+            &executor_env,
+            ec,
+            "--router-auth-token-file",
+            "EXECUTOR_ROUTER_AUTH_TOKEN_FILE",
+        );
+        let presented_source = presented
+            .as_deref()
+            .and_then(|f| secret_file_source(ew, ec, f));
+        if presented_source.is_none() || presented_source.as_ref() != tokens.first() {
+            err(format!(
+                "the executor's --router-auth-token-file ({presented:?} -> {presented_source:?}) is not the router's token ({:?})",
+                tokens.first()
+            ));
+        }
+
+        // TLS: the executor dials https:// exactly when the router serves TLS, trusting a
+        // CA from a Secret and checking a name the router's Service really has.
+        let router_tls = setting(&router_env, rc, "--tls-cert", "TASKROUTER_TLS_CERT").is_some();
+        let addr = setting(&executor_env, ec, "--router-addr", "ROUTER_ADDR").unwrap_or_default();
+        let https = addr.starts_with("https://");
+        if router_tls != https {
+            err(format!(
+                "the router serves {}, but the executor dials {addr:?}",
+                if router_tls { "TLS" } else { "plaintext" }
+            ));
+        }
+        let namespace = str_at(rw, &["metadata", "namespace"]).unwrap_or("default");
+        if https {
+            let ca = setting(
+                &executor_env,
+                ec,
+                "--router-tls-ca",
+                "EXECUTOR_ROUTER_TLS_CA",
+            );
+            if ca
+                .as_deref()
+                .and_then(|f| secret_file_source(ew, ec, f))
+                .is_none()
+            {
+                err(format!(
+                    "the executor's --router-tls-ca ({ca:?}) is not a file of a mounted Secret"
+                ));
+            }
+            let domain = setting(
+                &executor_env,
+                ec,
+                "--router-tls-domain",
+                "EXECUTOR_ROUTER_TLS_DOMAIN",
+            )
+            .or_else(|| host_port(&addr).map(|(h, _)| h))
+            .unwrap_or_default();
+            let labels: Vec<&str> = domain.split('.').collect();
+            let router_labels = at(rw, &["spec", "template", "metadata", "labels"])
+                .cloned()
+                .unwrap_or(Value::Null);
+            let service_ok = o.object("Service", labels[0]).is_some_and(|svc| {
+                let selector = at(svc, &["spec", "selector"])
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                labels_match(&selector, &router_labels)
+            });
+            let namespace_ok = labels.len() == 1 || labels[1] == namespace;
+            let suffix_ok = labels.len() <= 2
+                || labels[2..] == ["svc"]
+                || labels[2..] == ["svc", "cluster", "local"];
+            if !(service_ok && namespace_ok && suffix_ok) {
+                err(format!(
+                    "the executor checks the router's certificate for {domain:?}, which is not a name of a router Service in namespace {namespace}"
+                ));
+            }
+        }
+        for (w, c, env) in [(rw, rc, &router_env), (ew, ec, &executor_env)] {
+            for (flag, var) in [
+                ("--tls-cert", "TASKROUTER_TLS_CERT"),
+                ("--tls-key", "TASKROUTER_TLS_KEY"),
+            ] {
+                if let Some(file) = setting(env, c, flag, var)
+                    && secret_file_source(w, c, &file).is_none()
+                {
+                    err(format!(
+                        "{}: {flag} ({file}) is not a file of a mounted Secret",
+                        name_of(w)
+                    ));
+                }
+            }
+            for m in secret_mounts(w, c) {
+                if m.sub_path || !m.read_only || m.optional {
+                    err(format!(
+                        "{}: Secret {} must be mounted read-only as a directory and not optional",
+                        name_of(w),
+                        m.secret
+                    ));
+                }
+            }
+        }
+
+        // Every Secret the overlay does not create is one the operator is told to create.
+        let mut referenced: Vec<String> = Vec::new();
+        for w in o.workloads() {
+            for c in containers(w) {
+                referenced.extend(secret_mounts(w, c).into_iter().map(|m| m.secret));
+                referenced.extend(
+                    seq(c, &["env"])
+                        .filter_map(|e| str_at(e, &["valueFrom", "secretKeyRef", "name"]))
+                        .map(str::to_string),
+                );
+            }
+        }
+        referenced.sort();
+        referenced.dedup();
+        for name in referenced {
+            let documented = operations
+                .lines()
+                .any(|l| l.contains("create secret") && l.split_whitespace().any(|w| w == name));
+            if o.object("Secret", &name).is_none() && !documented {
+                err(format!(
+                    "Secret {name} is neither in the overlay nor created by a `kubectl create secret` line in docs/OPERATIONS.md"
+                ));
+            }
+        }
+    }
+    assert_no_failures("Secrets, tokens and TLS wiring", failures);
 }
 
 #[test]
@@ -1020,4 +1533,10 @@ fn helpers_behave_like_the_kubelet_and_the_binaries() {
         host_port("http://router-headless:50051"),
         Some(("router-headless".to_string(), 50051))
     );
+    assert_eq!(
+        base64_decode("ZGV2LW9ubHktdG9rZW4=").as_deref(),
+        Some(&b"dev-only-token"[..])
+    );
+    assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+    assert_eq!(base64_decode("not base64!"), None);
 }

@@ -44,7 +44,10 @@ fn every_flag_and_environment_variable_of_both_services_is_in_the_readme() {
     let mut missing = Vec::new();
     for binary in ["router-service", "executor-service"] {
         let opts = options(&help(binary));
-        assert!(opts.len() > 10, "{binary}: parsed too few options: {opts:?}");
+        assert!(
+            opts.len() > 10,
+            "{binary}: parsed too few options: {opts:?}"
+        );
         for (flag, env) in opts {
             if !readme.contains(&format!("`{flag}`")) {
                 missing.push(format!("{binary} {flag}"));
@@ -56,5 +59,8 @@ fn every_flag_and_environment_variable_of_both_services_is_in_the_readme() {
             }
         }
     }
-    assert!(missing.is_empty(), "README configuration table lacks: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "README configuration table lacks: {missing:#?}"
+    );
 }
