@@ -34,6 +34,9 @@ pub struct Cli {
     /// Print JSON (one document; one object per line for `watch`) instead of text.
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
+    /// TLS and bearer token for both services.
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// Whether `--router` / `TASKCTL_ROUTER` was given rather than defaulted (`bench
     /// route` starts its own router otherwise).
     #[arg(skip)]
@@ -41,6 +44,82 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// TLS and token settings for calls to the services (both use the same ones).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SecurityArgs {
+    /// CA certificates (PEM) the services' certificates must chain to, for https://
+    /// addresses (default: the system roots).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TASKCTL_TLS_CA",
+        value_name = "PEM"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for services that require mutual TLS; needs --tls-key.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TASKCTL_TLS_CERT",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TASKCTL_TLS_KEY",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Name the services' certificates must carry (default: the address's host).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TASKCTL_TLS_DOMAIN",
+        value_name = "NAME"
+    )]
+    pub tls_domain: Option<String>,
+    /// File holding the bearer token to send; the token may instead be set in TASKCTL_TOKEN.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TASKCTL_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// Loads the files (and `TASKCTL_TOKEN`); errors name the setting.
+    pub fn load(&self) -> Result<service_kit::security::ClientSecurity, String> {
+        use service_kit::auth::BearerToken;
+        use service_kit::security::{ClientSecurity, Secret};
+        let tls = service_kit::tls::ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            domain: self.tls_domain.clone(),
+        }
+        .load("--", "TASKCTL_")
+        .map_err(|e| e.to_string())?;
+        let env = Secret::from_env("TASKCTL_TOKEN");
+        let token = BearerToken::resolve(
+            self.token_file.as_deref(),
+            "--token-file / TASKCTL_TOKEN_FILE",
+            env.as_ref(),
+            "TASKCTL_TOKEN",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(ClientSecurity { tls, token })
+    }
 }
 
 /// The commands.

@@ -1,16 +1,24 @@
 //! Connections to the services, with failures turned into one-line errors.
 
 use crate::error::{CliError, Result, Service, io_cause};
+use service_kit::auth::ClientInterceptor;
+use service_kit::security::ClientSecurity;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::router_client::RouterClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A channel that sends the token (if any) and the trace context on every call.
+pub type Authed = InterceptedService<Channel, ClientInterceptor>;
 
 /// A connected channel and the address it goes to (for error lines).
 #[derive(Clone, Debug)]
 pub struct Conn {
     /// The channel.
     pub channel: Channel,
+    /// Adds the bearer token and trace context to each call.
+    pub interceptor: ClientInterceptor,
     /// The address as given.
     pub endpoint: String,
     /// Which service.
@@ -19,13 +27,13 @@ pub struct Conn {
 
 impl Conn {
     /// A router client on this connection.
-    pub fn router(&self) -> RouterClient<Channel> {
-        RouterClient::new(self.channel.clone())
+    pub fn router(&self) -> RouterClient<Authed> {
+        RouterClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
     /// An executor client on this connection.
-    pub fn executor(&self) -> ExecutorClient<Channel> {
-        ExecutorClient::new(self.channel.clone())
+    pub fn executor(&self) -> ExecutorClient<Authed> {
+        ExecutorClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
     /// Maps an RPC failure of `method` to a CLI error.
@@ -42,27 +50,29 @@ fn flag(service: Service) -> &'static str {
     }
 }
 
-/// Connects to `address` within `timeout`; an address without a scheme gets `http://`.
-pub async fn connect(service: Service, address: &str, timeout: Duration) -> Result<Conn> {
+/// Connects to `address` within `timeout`; an address without a scheme gets `http://`,
+/// and `https://` needs the TLS settings in `security` (or trusts the system roots).
+pub async fn connect(
+    service: Service,
+    address: &str,
+    timeout: Duration,
+    security: &ClientSecurity,
+) -> Result<Conn> {
     let address = address.trim();
     let url = if address.contains("://") {
         address.to_string()
     } else {
         format!("http://{address}")
     };
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(CliError::Usage(format!(
-            "{}: {address:?} must be an http:// address (e.g. http://127.0.0.1:50052)",
+            "{}: {address:?} must be an http:// or https:// address (e.g. http://127.0.0.1:50052)",
             flag(service)
         )));
     }
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|_| {
-            CliError::Usage(format!(
-                "{}: {address:?} is not a valid address (e.g. http://127.0.0.1:50052)",
-                flag(service)
-            ))
-        })?
+    let endpoint = security
+        .endpoint(&url)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", flag(service))))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
     let unreachable = |cause: String| CliError::Unreachable {
@@ -81,6 +91,7 @@ pub async fn connect(service: Service, address: &str, timeout: Duration) -> Resu
         }
         Ok(Ok(channel)) => Ok(Conn {
             channel,
+            interceptor: security.interceptor(),
             endpoint: url,
             service,
         }),

@@ -800,6 +800,7 @@ async fn run_scenarios(cli: &Cli, services: &Services) -> Result<(Vec<Row>, Stri
         Service::Router,
         &format!("http://{}", services.router_addr),
         cli.timeout,
+        &Default::default(),
     )
     .await?;
     let t = Some(cli.timeout);
@@ -814,6 +815,7 @@ async fn run_scenarios(cli: &Cli, services: &Services) -> Result<(Vec<Row>, Stri
         Service::Executor,
         &format!("http://{}", services.executor_addr),
         cli.timeout,
+        &Default::default(),
     )
     .await?;
     let mut set = tokio::task::JoinSet::new();
