@@ -48,11 +48,12 @@ fi
 step "supply chain: licenses, bans, sources (cargo deny)"
 bash tests/security/deny.sh
 
-step "tests"
-cargo nextest run --workspace --locked --no-fail-fast --profile ci
-
 step "doc tests"
 cargo test --workspace --doc --locked
 
 step "benchmarks: each runs once in test mode (smoke; numbers are not asserted)"
 cargo test --workspace --benches --locked
+
+step "tests (last, so its summary closes the log)"
+cargo nextest run --workspace --locked --no-fail-fast --profile ci
+
