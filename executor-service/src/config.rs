@@ -507,8 +507,11 @@ mod tests {
 
     #[test]
     fn a_redis_password_never_appears_in_errors() {
-        let err = parse(&["--redis-url", "redis://:hunter2@/x y"]).validate();
-        if let Err(e) = err {
+        for url in ["redis://:hunter2@/x y", "http://:hunter2@127.0.0.1:6379/"] {
+            let e = parse(&["--redis-url", url])
+                .validate()
+                .expect_err("an unusable Redis URL is a config error");
+            assert!(e.contains("--redis-url"), "{e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
     }

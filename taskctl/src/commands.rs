@@ -32,7 +32,7 @@ fn is_final(status: i32) -> bool {
 /// `taskctl route`.
 pub async fn route(cli: &Cli, args: &TaskArgs) -> Result<Exit> {
     let task = build_task(args)?;
-    let conn = connect(Service::Router, &cli.router, cli.timeout, &security(cli)?).await?;
+    let conn = router(cli).await?;
     let t = Some(cli.timeout);
     let mut client = conn.router();
     let resp = unary(
@@ -56,13 +56,7 @@ pub async fn route(cli: &Cli, args: &TaskArgs) -> Result<Exit> {
 /// `taskctl submit`.
 pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<Exit> {
     let task = build_task(&args.task)?;
-    let conn = connect(
-        Service::Executor,
-        &cli.executor,
-        cli.timeout,
-        &security(cli)?,
-    )
-    .await?;
+    let conn = executor(cli).await?;
     let t = Some(cli.timeout);
     let mut client = conn.executor();
     let req = SubmitRequest {
@@ -98,13 +92,7 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<Exit> {
 /// `taskctl run`: waits for the run to finish or reach its bound.
 pub async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
     let task = build_task(&args.task)?;
-    let conn = connect(
-        Service::Executor,
-        &cli.executor,
-        cli.timeout,
-        &security(cli)?,
-    )
-    .await?;
+    let conn = executor(cli).await?;
     let mut client = conn.executor();
     let req = RunRequest {
         task: Some(task),
@@ -126,13 +114,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
 
 /// `taskctl get`.
 pub async fn get(cli: &Cli, args: &GetArgs) -> Result<Exit> {
-    let conn = connect(
-        Service::Executor,
-        &cli.executor,
-        cli.timeout,
-        &security(cli)?,
-    )
-    .await?;
+    let conn = executor(cli).await?;
     let t = Some(cli.timeout);
     let mut client = conn.executor();
     let req = GetRequest {
@@ -165,13 +147,7 @@ pub async fn get(cli: &Cli, args: &GetArgs) -> Result<Exit> {
 
 /// `taskctl cancel`.
 pub async fn cancel(cli: &Cli, args: &IdArg) -> Result<Exit> {
-    let conn = connect(
-        Service::Executor,
-        &cli.executor,
-        cli.timeout,
-        &security(cli)?,
-    )
-    .await?;
+    let conn = executor(cli).await?;
     let t = Some(cli.timeout);
     let mut client = conn.executor();
     let req = CancelRequest {
@@ -200,7 +176,7 @@ pub async fn cancel(cli: &Cli, args: &IdArg) -> Result<Exit> {
 
 /// `taskctl policy`.
 pub async fn policy(cli: &Cli) -> Result<Exit> {
-    let conn = connect(Service::Router, &cli.router, cli.timeout, &security(cli)?).await?;
+    let conn = router(cli).await?;
     let t = Some(cli.timeout);
     let mut client = conn.router();
     let resp = unary(
@@ -242,13 +218,7 @@ fn progress_bar(len: u32, pos: u32) -> ProgressBar {
 
 /// `taskctl watch`: follows the task until it ends.
 pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<Exit> {
-    let conn = connect(
-        Service::Executor,
-        &cli.executor,
-        cli.timeout,
-        &security(cli)?,
-    )
-    .await?;
+    let conn = executor(cli).await?;
     let t = Some(cli.timeout);
     let mut client = conn.executor();
     let get = GetRequest {
@@ -356,7 +326,14 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<Exit> {
     )))
 }
 
-/// The TLS and token settings given on the command line.
-fn security(cli: &Cli) -> Result<service_kit::security::ClientSecurity> {
-    cli.security.load().map_err(CliError::Usage)
+/// A connection to the router with the command line's address, timeout, TLS and token.
+async fn router(cli: &Cli) -> Result<crate::client::Conn> {
+    let security = cli.security.load().map_err(CliError::Usage)?;
+    connect(Service::Router, &cli.router, cli.timeout, &security).await
+}
+
+/// A connection to the executor with the command line's address, timeout, TLS and token.
+async fn executor(cli: &Cli) -> Result<crate::client::Conn> {
+    let security = cli.security.load().map_err(CliError::Usage)?;
+    connect(Service::Executor, &cli.executor, cli.timeout, &security).await
 }
