@@ -92,6 +92,10 @@ pub struct Args {
     /// Parse and validate the configuration, print one line and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Rebuild the `List` indexes from the task keys in Redis, print how many tasks were
+    /// indexed and exit (safe while executors run).
+    #[arg(long)]
+    pub rebuild_indexes: bool,
     /// Agent backend.
     #[command(flatten)]
     pub agent: AgentArgs,

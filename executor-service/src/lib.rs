@@ -10,6 +10,7 @@ pub mod lease;
 pub mod queue;
 pub mod routing;
 pub mod session;
+pub mod task_list;
 pub mod team_lead;
 pub mod telemetry;
 

@@ -53,9 +53,34 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    let code = run(args, config, metrics).await;
+    let code = if args.rebuild_indexes {
+        rebuild_indexes(&config).await
+    } else {
+        run(args, config, metrics).await
+    };
     telemetry.shutdown();
     code
+}
+
+/// `--rebuild-indexes`: one pass over the task keys, then exit.
+async fn rebuild_indexes(config: &executor_service::config::ExecutorConfig) -> ExitCode {
+    let engine = match executor_service::build_engine(config, Shutdown::new()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match engine.store().rebuild_indexes().await {
+        Ok(n) => {
+            println!("indexes rebuilt: {n} tasks");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: rebuilding the indexes failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_server::Executor;
 use taskrouter_proto::v1::{
-    CancelRequest, CancelResponse, Complexity, GetRequest, GetResponse, ProgressEvent, RunRequest,
+    CancelRequest, CancelResponse, Complexity, GetRequest, GetResponse, ListIterationsRequest,
+    ListIterationsResponse, ListTasksRequest, ListTasksResponse, ProgressEvent, RunRequest,
     RunResponse, SubmitRequest, SubmitResponse, Task, TaskStatus, WatchRequest, progress_event,
 };
 use tokio_stream::Stream;
@@ -241,5 +242,23 @@ impl Executor for ExecutorService {
             Ok(Response::new(CancelResponse { state: Some(state) }))
         }
         .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let store = self.engine.store();
+        let resp = crate::task_list::list(store.as_ref(), request.get_ref()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_iterations(
+        &self,
+        request: Request<ListIterationsRequest>,
+    ) -> Result<Response<ListIterationsResponse>, Status> {
+        let store = self.engine.store();
+        let resp = crate::task_list::list_iterations(store.as_ref(), request.get_ref()).await?;
+        Ok(Response::new(resp))
     }
 }

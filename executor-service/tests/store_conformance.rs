@@ -4,12 +4,14 @@
 use executor_service::Error;
 use executor_service::lease::Lease;
 use executor_service::queue::WorkQueue;
-use executor_service::session::{Checkpoint, CreateOutcome, SessionStore};
+use executor_service::session::{
+    Checkpoint, CreateOutcome, Cursor, ListPage, ListQuery, SessionStore, TaskFilter,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    Finished, IterationRecord, ProgressEvent, SessionState, Submitted, Task, TaskStatus,
-    progress_event,
+    ExecutionPath, Finished, IterationRecord, ProgressEvent, ReasonCode, RoutingAnalysis,
+    RoutingReason, SessionState, Submitted, Task, TaskStatus, progress_event,
 };
 
 /// What a backend provides to the suite; `_guard` keeps its resources alive.
@@ -342,6 +344,321 @@ pub async fn queue_delivers_each_entry_once_and_reclaims_idle_ones(b: Backend) {
     assert_eq!(depth.length, 0);
 }
 
+fn at_ms(ms: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: ms / 1000,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+/// Creates `id` and checkpoints it to `status`, last updated at `updated_ms`.
+async fn stored_as(
+    b: &Backend,
+    id: &str,
+    status: TaskStatus,
+    updated_ms: i64,
+    tenant: &str,
+    multi: bool,
+) {
+    let mut s = state(id);
+    s.created_at = at_ms(updated_ms - 500);
+    s.updated_at = s.created_at;
+    if let Some(t) = s.task.as_mut() {
+        t.labels.insert("tenant".into(), tenant.into());
+    }
+    let CreateOutcome::Created(mut s) = b.store.create(&s, &submitted(id)).await.unwrap() else {
+        panic!("{id} existed");
+    };
+    let l = lease(b, id, "w", 5_000).await.unwrap();
+    s.status = status as i32;
+    s.updated_at = at_ms(updated_ms);
+    s.task = None;
+    s.path = if multi {
+        ExecutionPath::MultiAgent
+    } else {
+        ExecutionPath::SingleAgent
+    } as i32;
+    s.analysis = Some(RoutingAnalysis {
+        decision: if multi { 2 } else { 1 },
+        reasons: vec![RoutingReason {
+            code: if multi {
+                ReasonCode::HighComplexity
+            } else {
+                ReasonCode::SimpleTask
+            } as i32,
+            message: "m".into(),
+        }],
+        policy_version: if multi { "p2" } else { "p1" }.into(),
+        ..Default::default()
+    });
+    write(b, &s, 1, &l).await.unwrap();
+}
+
+fn query(filter: TaskFilter, page_size: usize, after: Option<Cursor>) -> ListQuery {
+    ListQuery {
+        filter,
+        page_size,
+        after,
+    }
+}
+
+fn ids(p: &ListPage) -> Vec<&str> {
+    p.tasks.iter().map(|t| t.state.task_id.as_str()).collect()
+}
+
+fn count(p: &ListPage, s: TaskStatus) -> u64 {
+    p.counts
+        .iter()
+        .find(|(st, _)| *st == s)
+        .map_or(0, |(_, n)| *n)
+}
+
+pub async fn list_pages_in_update_order_with_exact_counts(b: Backend) {
+    use TaskStatus::*;
+    // Same update time for L-3 and L-4: the id breaks the tie, and no page repeats or
+    // skips one.
+    for (i, (id, st, at)) in [
+        ("L-1", InProgress, 1_000),
+        ("L-2", Completed, 2_000),
+        ("L-3", InProgress, 3_000),
+        ("L-4", InProgress, 3_000),
+        ("L-5", Failed, 5_000),
+        ("L-6", InProgress, 6_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        stored_as(&b, id, st, 1_700_000_000_000 + at, "acme", i % 2 == 0).await;
+    }
+    let all = b
+        .store
+        .list(&query(TaskFilter::default(), 10, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&all), ["L-6", "L-5", "L-4", "L-3", "L-2", "L-1"]);
+    assert!(all.next.is_none());
+    assert_eq!(count(&all, InProgress), 4);
+    assert_eq!(count(&all, Completed), 1);
+    assert_eq!(count(&all, Failed), 1);
+    assert_eq!(count(&all, Pending), 0);
+    assert!(all.tasks.iter().all(|t| t.tenant == "acme"));
+    assert!(all.tasks.iter().all(|t| t.state.task.is_none()));
+
+    let running = TaskFilter {
+        statuses: vec![InProgress],
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b
+            .store
+            .list(&query(running.clone(), 1, after))
+            .await
+            .unwrap();
+        assert_eq!(page.counts, vec![(InProgress, 4)]);
+        seen.extend(ids(&page).into_iter().map(String::from));
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["L-6", "L-4", "L-3", "L-1"]);
+
+    // A transition is listed at once: L-1 finishes and leaves the running set.
+    let mut s = b.store.load("L-1").await.unwrap().unwrap();
+    // The lease "w" took in `stored_as` (the first, so fencing token 1).
+    let l = Lease {
+        task_id: "L-1".into(),
+        owner: "w".into(),
+        fencing_token: 1,
+        ttl: Duration::from_secs(5),
+    };
+    s.status = Completed as i32;
+    s.updated_at = at_ms(1_700_000_009_000);
+    write(&b, &s, 2, &l).await.unwrap();
+    let page = b
+        .store
+        .list(&query(running.clone(), 10, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["L-6", "L-4", "L-3"]);
+    let done = b
+        .store
+        .list(&query(
+            TaskFilter {
+                statuses: vec![Completed],
+                ..Default::default()
+            },
+            10,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&done), ["L-1", "L-2"]);
+}
+
+pub async fn list_filters_combine(b: Backend) {
+    use TaskStatus::*;
+    stored_as(&b, "F-1", InProgress, 1_700_000_001_000, "acme", true).await;
+    stored_as(&b, "F-2", InProgress, 1_700_000_002_000, "globex", true).await;
+    stored_as(&b, "F-3", Completed, 1_700_000_003_000, "acme", false).await;
+    stored_as(&b, "F-4", InProgress, 1_700_000_004_000, "acme", false).await;
+    let list = |f: TaskFilter| {
+        let store = b.store.clone();
+        async move { store.list(&query(f, 10, None)).await.unwrap() }
+    };
+    let acme = list(TaskFilter {
+        tenant: Some("acme".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&acme), ["F-4", "F-3", "F-1"]);
+    assert_eq!(count(&acme, InProgress), 2);
+    assert_eq!(count(&acme, Completed), 1);
+    let multi_acme_running = list(TaskFilter {
+        tenant: Some("acme".into()),
+        path: Some(ExecutionPath::MultiAgent),
+        statuses: vec![InProgress],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&multi_acme_running), ["F-1"]);
+    assert_eq!(multi_acme_running.counts, vec![(InProgress, 1)]);
+    let simple = list(TaskFilter {
+        reason: Some(ReasonCode::SimpleTask),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&simple), ["F-4", "F-3"]);
+    let p2 = list(TaskFilter {
+        policy_version: Some("p2".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&p2), ["F-2", "F-1"]);
+    let window = list(TaskFilter {
+        updated_from_ms: Some(1_700_000_002_000),
+        updated_to_ms: Some(1_700_000_004_000),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&window), ["F-3", "F-2"]);
+    assert_eq!(count(&window, InProgress), 1);
+    let created = list(TaskFilter {
+        created_from_ms: Some(1_700_000_003_000),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&created), ["F-4"]);
+    let nobody = list(TaskFilter {
+        tenant: Some("initech".into()),
+        ..Default::default()
+    })
+    .await;
+    assert!(nobody.tasks.is_empty());
+    assert_eq!(nobody.counts.iter().map(|(_, n)| n).sum::<u64>(), 0);
+}
+
+pub async fn archived_tasks_leave_the_list_when_they_expire(b: Backend) {
+    let s = created(&b, "X-1").await;
+    let l = lease(&b, "X-1", "w", 5_000).await.unwrap();
+    let mut done = s.clone();
+    done.status = TaskStatus::Completed as i32;
+    b.store
+        .checkpoint(Checkpoint {
+            state: &done,
+            expected_version: 1,
+            lease: &l,
+            iteration: None,
+            events: &[],
+            archive_ttl: Some(Duration::from_millis(300)),
+        })
+        .await
+        .unwrap();
+    let all = TaskFilter::default();
+    let page = b.store.list(&query(all.clone(), 10, None)).await.unwrap();
+    assert_eq!(ids(&page), ["X-1"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let page = b.store.list(&query(all, 10, None)).await.unwrap();
+    assert!(page.tasks.is_empty(), "{page:?}");
+    assert_eq!(count(&page, TaskStatus::Completed), 0);
+}
+
+pub async fn the_iteration_log_reads_whole_in_pages(b: Backend) {
+    let s = created(&b, "P-1").await;
+    let l = lease(&b, "P-1", "w", 5_000).await.unwrap();
+    let mut version = 1;
+    for n in 1..=25 {
+        version = b
+            .store
+            .checkpoint(Checkpoint {
+                state: &s,
+                expected_version: version,
+                lease: &l,
+                iteration: Some(&record(n)),
+                events: &[],
+                archive_ttl: None,
+            })
+            .await
+            .unwrap()
+            .version;
+    }
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (page, total) = b.store.iterations_page("P-1", offset, 10).await.unwrap();
+        assert_eq!(total, 25);
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len() as u64;
+        got.extend(page.into_iter().map(|r| r.iteration));
+    }
+    assert_eq!(got, (1..=25).collect::<Vec<_>>());
+    let (none, total) = b.store.iterations_page("nope", 0, 10).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(total, 0);
+}
+
+pub async fn rebuilding_the_indexes_keeps_the_listing(b: Backend) {
+    stored_as(
+        &b,
+        "R-1",
+        TaskStatus::InProgress,
+        1_700_000_001_000,
+        "acme",
+        true,
+    )
+    .await;
+    stored_as(&b, "R-2", TaskStatus::Failed, 1_700_000_002_000, "", false).await;
+    let before = b
+        .store
+        .list(&query(TaskFilter::default(), 10, None))
+        .await
+        .unwrap();
+    assert_eq!(b.store.rebuild_indexes().await.unwrap(), 2);
+    let after = b
+        .store
+        .list(&query(TaskFilter::default(), 10, None))
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    let acme = b
+        .store
+        .list(&query(
+            TaskFilter {
+                tenant: Some("acme".into()),
+                ..Default::default()
+            },
+            10,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&acme), ["R-1"]);
+}
+
 pub async fn redis_backend() -> Backend {
     let redis = test_support::RedisServer::start();
     let conn = redis.connection_manager().await;
@@ -384,9 +701,66 @@ macro_rules! conformance_suite {
             case!(a_cancel_request_is_reported_by_the_next_checkpoint);
             case!(archiving_expires_the_task_after_its_ttl);
             case!(queue_delivers_each_entry_once_and_reclaims_idle_ones);
+            case!(list_pages_in_update_order_with_exact_counts);
+            case!(list_filters_combine);
+            case!(archived_tasks_leave_the_list_when_they_expire);
+            case!(the_iteration_log_reads_whole_in_pages);
+            case!(rebuilding_the_indexes_keeps_the_listing);
         }
     };
 }
 
 conformance_suite!(redis, super::redis_backend);
 conformance_suite!(memory, super::memory_backend);
+
+/// The Redis index survives losing its keys: the rebuild restores it from the tasks.
+#[tokio::test]
+async fn redis_rebuild_restores_a_lost_index() {
+    let b = redis_backend().await;
+    stored_as(
+        &b,
+        "D-1",
+        TaskStatus::InProgress,
+        1_700_000_001_000,
+        "acme",
+        true,
+    )
+    .await;
+    let redis = b
+        ._guard
+        .downcast_ref::<test_support::RedisServer>()
+        .expect("redis backend");
+    let mut conn = redis.connection_manager().await;
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("conf:{index}:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.ends_with(":all")), "{keys:?}");
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let lost = b
+        .store
+        .list(&query(TaskFilter::default(), 10, None))
+        .await
+        .unwrap();
+    assert!(lost.tasks.is_empty());
+    assert_eq!(b.store.rebuild_indexes().await.unwrap(), 1);
+    let back = b
+        .store
+        .list(&query(
+            TaskFilter {
+                tenant: Some("acme".into()),
+                statuses: vec![TaskStatus::InProgress],
+                ..Default::default()
+            },
+            10,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&back), ["D-1"]);
+}

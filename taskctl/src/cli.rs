@@ -137,6 +137,10 @@ pub enum Command {
     Watch(WatchArgs),
     /// Ask a task to stop at its next iteration boundary.
     Cancel(IdArg),
+    /// List tasks, last updated first, with counts per status (never descriptions).
+    List(ListArgs),
+    /// Live view: counts by status and the running tasks, refreshed in place (q quits).
+    Top(TopArgs),
     /// Show the router's policy in force.
     Policy,
     /// Start both services in this process and run the plan's scenarios through them.
@@ -257,6 +261,133 @@ pub struct WatchArgs {
 pub struct IdArg {
     /// Task id.
     pub id: String,
+}
+
+/// A status for `--status`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusArg {
+    /// Accepted, not started.
+    Pending,
+    /// Started.
+    InProgress,
+    /// Finished.
+    Completed,
+    /// Gave up.
+    Failed,
+    /// Stopped by Cancel.
+    Cancelled,
+}
+
+impl From<StatusArg> for taskrouter_proto::v1::TaskStatus {
+    fn from(s: StatusArg) -> Self {
+        use taskrouter_proto::v1::TaskStatus as S;
+        match s {
+            StatusArg::Pending => S::Pending,
+            StatusArg::InProgress => S::InProgress,
+            StatusArg::Completed => S::Completed,
+            StatusArg::Failed => S::Failed,
+            StatusArg::Cancelled => S::Cancelled,
+        }
+    }
+}
+
+/// An execution path for `--path`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathArg {
+    /// One agent.
+    Single,
+    /// The team.
+    Multi,
+}
+
+/// The filter flags shared by `list` and `top`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only these statuses (repeatable).
+    #[arg(long = "status", value_enum)]
+    pub statuses: Vec<StatusArg>,
+    /// Only this execution path.
+    #[arg(long, value_enum)]
+    pub path: Option<PathArg>,
+    /// Only tasks with this routing reason, e.g. `high-complexity` or `REASON_CODE_CROSS_REPO`.
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<taskrouter_proto::v1::ReasonCode>,
+    /// Only tasks with this `tenant` label.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only tasks routed by this policy version.
+    #[arg(long)]
+    pub policy_version: Option<String>,
+    /// Created at or after: RFC 3339 (`2026-11-28T12:00:00Z`) or an age (`2h` = two hours ago).
+    #[arg(long, value_parser = parse_when, value_name = "TIME|AGE")]
+    pub created_after: Option<std::time::SystemTime>,
+    /// Created before (RFC 3339 or an age).
+    #[arg(long, value_parser = parse_when, value_name = "TIME|AGE")]
+    pub created_before: Option<std::time::SystemTime>,
+    /// Updated at or after (RFC 3339 or an age).
+    #[arg(long, value_parser = parse_when, value_name = "TIME|AGE")]
+    pub updated_after: Option<std::time::SystemTime>,
+    /// Updated before (RFC 3339 or an age).
+    #[arg(long, value_parser = parse_when, value_name = "TIME|AGE")]
+    pub updated_before: Option<std::time::SystemTime>,
+}
+
+/// Flags of `list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Which tasks.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Tasks per page (at most 1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Continue from a previous page (the token `list` printed).
+    #[arg(long, conflicts_with = "all")]
+    pub page_token: Option<String>,
+    /// Follow every page to the end.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Flags of `top`.
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// Which tasks the counts cover (running tasks are always listed).
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh interval.
+    #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+    pub interval: Duration,
+    /// Running tasks shown.
+    #[arg(long, default_value_t = 20)]
+    pub rows: u32,
+    /// Stop after this many refreshes (0 = until q or Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub iterations: u64,
+}
+
+fn parse_reason(s: &str) -> Result<taskrouter_proto::v1::ReasonCode, String> {
+    let upper = s.trim().to_ascii_uppercase().replace('-', "_");
+    let full = if upper.starts_with("REASON_CODE_") {
+        upper
+    } else {
+        format!("REASON_CODE_{upper}")
+    };
+    match taskrouter_proto::v1::ReasonCode::from_str_name(&full) {
+        Some(r) if r != taskrouter_proto::v1::ReasonCode::Unspecified => Ok(r),
+        _ => Err("not a reason code (e.g. high-complexity, cross-repo, simple-task)".into()),
+    }
+}
+
+fn parse_when(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|_| "expected an RFC 3339 time or an age such as 30m or 2h".to_string())?;
+    std::time::SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| "age reaches before the epoch".to_string())
 }
 
 /// Flags of `demo`.

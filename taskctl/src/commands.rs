@@ -333,7 +333,7 @@ async fn router(cli: &Cli) -> Result<crate::client::Conn> {
 }
 
 /// A connection to the executor with the command line's address, timeout, TLS and token.
-async fn executor(cli: &Cli) -> Result<crate::client::Conn> {
+pub(crate) async fn executor(cli: &Cli) -> Result<crate::client::Conn> {
     let security = cli.security.load().map_err(CliError::Usage)?;
     connect(Service::Executor, &cli.executor, cli.timeout, &security).await
 }

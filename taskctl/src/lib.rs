@@ -14,7 +14,9 @@ pub mod commands;
 pub mod demo;
 pub mod error;
 pub mod input;
+pub mod listing;
 pub mod render;
+pub mod terminal;
 
 use cli::{Cli, Command};
 use error::{CliError, Exit};
@@ -57,6 +59,8 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Get(a) => commands::get(&cli, a).await,
         Command::Watch(a) => commands::watch(&cli, a).await,
         Command::Cancel(a) => commands::cancel(&cli, a).await,
+        Command::List(a) => listing::list(&cli, a).await,
+        Command::Top(a) => listing::top(&cli, a).await,
         Command::Policy => commands::policy(&cli).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
         Command::Bench(a) => bench::run(&cli, a).await,

@@ -7,6 +7,7 @@
 //! never use it for real work. Expiry is checked lazily against [`Instant`]s, as each
 //! key is touched, plus an occasional sweep so expired tasks do not pile up.
 
+use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
 use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
@@ -149,6 +150,8 @@ impl Inner {
 pub struct MemoryStore {
     prefix: String,
     inner: Mutex<Inner>,
+    /// Signs page tokens; nothing outlives the process, so neither do tokens.
+    token_key: [u8; 32],
 }
 
 impl Default for MemoryStore {
@@ -163,6 +166,7 @@ impl MemoryStore {
         Self {
             prefix: "memory".to_string(),
             inner: Mutex::new(Inner::default()),
+            token_key: rand::random(),
         }
     }
 
@@ -342,6 +346,103 @@ impl SessionStore for MemoryStore {
         };
         let start = log.len().saturating_sub(limit.max(1));
         Ok(log[start..].to_vec())
+    }
+
+    async fn iterations_page(
+        &self,
+        task_id: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<IterationRecord>, u64)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(log) = inner
+            .tasks
+            .get_mut(task_id)
+            .and_then(|t| live(&mut t.log, now))
+        else {
+            return Ok((Vec::new(), 0));
+        };
+        let page = log
+            .iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit.max(1))
+            .cloned()
+            .collect();
+        Ok((page, log.len() as u64))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        // No index: a scan of every task, which is what the demo's handful needs.
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut matching: Vec<(IndexEntry, SessionState)> = Vec::new();
+        for task in inner.tasks.values_mut() {
+            let Some(hash) = live(&mut task.state, now) else {
+                continue;
+            };
+            let mut state = hash.state.clone();
+            state.version = hash.version;
+            let entry = IndexEntry::of(&state);
+            if query.filter.matches(&entry) {
+                state.task = None;
+                matching.push((entry, state));
+            }
+        }
+        let counts = query
+            .filter
+            .counted_statuses()
+            .into_iter()
+            .map(|st| {
+                let n = matching
+                    .iter()
+                    .filter(|(e, _)| e.s == st.as_str_name())
+                    .count();
+                (st, n as u64)
+            })
+            .collect();
+        matching.retain(|(e, s)| {
+            query
+                .after
+                .as_ref()
+                .is_none_or(|c| c.precedes(e.u, &s.task_id))
+        });
+        matching.sort_by(|(a, sa), (b, sb)| (b.u, &sb.task_id).cmp(&(a.u, &sa.task_id)));
+        let more = matching.len() > query.page_size;
+        matching.truncate(query.page_size);
+        let next = more
+            .then(|| matching.last())
+            .flatten()
+            .map(|(e, s)| Cursor {
+                updated_ms: e.u,
+                task_id: s.task_id.clone(),
+            });
+        Ok(ListPage {
+            tasks: matching
+                .into_iter()
+                .map(|(e, state)| ListedTask {
+                    state,
+                    tenant: e.t.unwrap_or_default(),
+                })
+                .collect(),
+            next,
+            counts,
+        })
+    }
+
+    async fn rebuild_indexes(&self) -> Result<u64> {
+        // Listing scans the tasks themselves: nothing to rebuild.
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(inner
+            .tasks
+            .values_mut()
+            .filter_map(|t| live(&mut t.state, now))
+            .count() as u64)
+    }
+
+    async fn page_token_key(&self) -> Result<Vec<u8>> {
+        Ok(self.token_key.to_vec())
     }
 
     async fn events_after(

@@ -9,15 +9,21 @@
 //! - `<prefix>:{id}:lease` — owner token of the worker running the task (with expiry);
 //! - `<prefix>:{id}:fence` — counter incremented on every lease acquisition;
 //! - `<prefix>:{id}:cancel` — present once Cancel was requested.
+//!
+//! The secondary indexes `List` reads live under `<prefix>:{index}:` (see [`redis_index`]).
 
 pub mod active;
+pub mod listing;
 pub mod memory;
+pub mod redis_index;
 pub mod redis_store;
 
 use crate::error::Result;
 use crate::lease::Lease;
 use std::time::Duration;
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState};
+
+pub use listing::{Cursor, ListPage, ListQuery, ListedTask, TaskFilter};
 
 pub use active::{ActiveSession, CheckpointRetry};
 pub use memory::MemoryStore;
@@ -115,6 +121,25 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// The most recent `limit` iteration records, oldest first.
     async fn iterations(&self, task_id: &str, limit: usize) -> Result<Vec<IterationRecord>>;
+
+    /// Up to `limit` iteration records starting at 0-based `offset`, oldest first, and
+    /// the number of records in the log.
+    async fn iterations_page(
+        &self,
+        task_id: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<IterationRecord>, u64)>;
+
+    /// One page of the tasks matching `query.filter`, last updated first, with counts
+    /// per status over every page. Reads the secondary indexes: exact and immediate.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// Rebuilds the secondary indexes from the task keys; returns the tasks indexed.
+    async fn rebuild_indexes(&self) -> Result<u64>;
+
+    /// The secret that signs page tokens (the same for every replica on this store).
+    async fn page_token_key(&self) -> Result<Vec<u8>>;
 
     /// Events after `cursor` (`None` = from the beginning), at most `limit`.
     async fn events_after(

@@ -2,13 +2,17 @@
 //! trip), not WATCH/MULTI: on a shared multiplexed connection other tasks' commands
 //! would interleave with a WATCH.
 
+use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
+use super::redis_index::{
+    FilterArgs, INDEX_LUA, LIST, PRUNE_PER_WRITE, REINDEX, decode_entry, index_prefix,
+};
 use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
 use prost::Message;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, TaskStatus};
@@ -16,47 +20,52 @@ use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, T
 /// Events kept per task stream (approximate trim).
 const EVENTS_MAXLEN: u64 = 10_000;
 
-/// KEYS: state, events. ARGV: schema, status, data, event, events_maxlen, task.
+/// KEYS: state, events, index entry hash. ARGV: schema, status, data, event, events_maxlen,
+/// task, index entry JSON, task id.
 /// Returns `{1}` when created, `{0, data, version, task}` when it already existed.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{INDEX_LUA}
 local existing = redis.call('HMGET', KEYS[1], 'data', 'version', 'task')
 if existing[1] then
-  return {0, existing[1], existing[2] or '0', existing[3] or ''}
+  return {{0, existing[1], existing[2] or '0', existing[3] or ''}}
 end
 redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'version', 1, 'fence', 0, 'status', ARGV[2], 'evseq', 1, 'data', ARGV[3], 'task', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'seq', 1, 'ev', ARGV[4])
-return {1}
-"#,
-    )
+local e = cjson.decode(ARGV[7])
+e.v = 1
+e.x = 0
+ix_put(string.sub(KEYS[3], 1, -6), ARGV[8], e)
+return {{1}}
+"#
+    ))
 });
 
-/// KEYS: state, log, events, lease, fence, cancel.
+/// KEYS: state, log, events, lease, fence, cancel, index entry hash.
 /// ARGV: expected_version, fencing_token, owner, data, status, log_entry, archive_ttl_ms,
-///       schema, events_maxlen, event...
+///       schema, events_maxlen, index entry JSON, task id, event...
 /// Returns `{version, cancel}` on success; `{-1, current}` version mismatch;
 /// `{-2, current}` lease not held; `{-3, current}` stale fencing token.
 static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{INDEX_LUA}
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then
-  return {-2, cur}
+  return {{-2, cur}}
 end
 local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if tonumber(ARGV[2]) < fence then
-  return {-3, cur}
+  return {{-3, cur}}
 end
 if cur ~= tonumber(ARGV[1]) then
-  return {-1, cur}
+  return {{-1, cur}}
 end
 local ver = cur + 1
 redis.call('HSET', KEYS[1], 'schema', ARGV[8], 'version', ver, 'fence', ARGV[2], 'status', ARGV[5], 'data', ARGV[4])
 if ARGV[6] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[6])
 end
-for i = 10, #ARGV do
+for i = 12, #ARGV do
   local seq = redis.call('HINCRBY', KEYS[1], 'evseq', 1)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'ev', ARGV[i])
 end
@@ -66,9 +75,17 @@ if ttl > 0 then
     if i ~= 4 then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
 end
-return {ver, redis.call('EXISTS', KEYS[6])}
-"#,
-    )
+local pfx = string.sub(KEYS[7], 1, -6)
+local now = ix_now()
+local e = cjson.decode(ARGV[10])
+e.v = ver
+e.x = 0
+if ttl > 0 then e.x = now + ttl end
+ix_put(pfx, ARGV[11], e)
+ix_prune(pfx, now, {PRUNE_PER_WRITE})
+return {{ver, redis.call('EXISTS', KEYS[6])}}
+"#
+    ))
 });
 
 /// KEYS: lease, fence. ARGV: owner, ttl_ms. Returns the fencing token, or 0 if held by another.
@@ -112,15 +129,62 @@ return 0
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
+    /// `<prefix>:{index}:`.
+    index: String,
+    /// The page-token key, read once.
+    token_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }
 
 impl RedisStore {
     /// A store using `conn` with keys under `prefix`.
     pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
         Self {
             conn,
-            prefix: prefix.into(),
+            index: index_prefix(&prefix),
+            prefix,
+            token_key: Arc::default(),
         }
+    }
+
+    /// The hash of index entries (the key every index script declares).
+    fn index_entry_key(&self) -> String {
+        format!("{}entry", self.index)
+    }
+
+    /// Re-indexes the tasks behind `state_keys` (`<prefix>:{id}:state`); returns how many
+    /// still exist.
+    async fn reindex_keys(&self, state_keys: &[String]) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let mut indexed = 0;
+        for key in state_keys {
+            let Some(id) = key
+                .strip_prefix(&format!("{}:{{", self.prefix))
+                .and_then(|k| k.strip_suffix("}:state"))
+            else {
+                continue;
+            };
+            let state = match self.load(id).await {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(Error::CorruptState { key, .. }) => {
+                    // Kept for inspection, out of the listing.
+                    tracing::warn!(key = %key, "unreadable state left out of the indexes");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let done: i64 = REINDEX
+                .key(key)
+                .key(self.index_entry_key())
+                .arg(id)
+                .arg(IndexEntry::of(&state).to_json())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_err(key))?;
+            indexed += u64::from(done == 1);
+        }
+        Ok(indexed)
     }
 
     /// The keys of `task_id`.
@@ -210,12 +274,15 @@ impl SessionStore for RedisStore {
         let reply: Vec<Value> = CREATE
             .key(&keys.state)
             .key(&keys.events)
+            .key(self.index_entry_key())
             .arg(SESSION_SCHEMA_VERSION)
             .arg(status_name(stored.status))
             .arg(body.encode_to_vec())
             .arg(event.encode_to_vec())
             .arg(EVENTS_MAXLEN)
             .arg(task_bytes)
+            .arg(IndexEntry::of(&stored).to_json())
+            .arg(&stored.task_id)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err(&keys.state))?;
@@ -322,6 +389,7 @@ impl SessionStore for RedisStore {
             .key(&keys.lease)
             .key(&keys.fence)
             .key(&keys.cancel)
+            .key(self.index_entry_key())
             .arg(cp.expected_version)
             .arg(cp.lease.fencing_token)
             .arg(&cp.lease.owner)
@@ -330,7 +398,9 @@ impl SessionStore for RedisStore {
             .arg(cp.iteration.map(|r| r.encode_to_vec()).unwrap_or_default())
             .arg(ttl_ms)
             .arg(SESSION_SCHEMA_VERSION)
-            .arg(EVENTS_MAXLEN);
+            .arg(EVENTS_MAXLEN)
+            .arg(IndexEntry::of(cp.state).to_json())
+            .arg(&cp.state.task_id);
         for ev in cp.events {
             inv.arg(ev.encode_to_vec());
         }
@@ -382,6 +452,186 @@ impl SessionStore for RedisStore {
                 })
             })
             .collect()
+    }
+
+    async fn iterations_page(
+        &self,
+        task_id: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<IterationRecord>, u64)> {
+        let keys = self.keys(task_id);
+        let mut conn = self.conn.clone();
+        let end = offset.saturating_add(limit.max(1) as u64 - 1);
+        let (raw, total): (Vec<Vec<u8>>, u64) = redis::pipe()
+            .atomic()
+            .cmd("LRANGE")
+            .arg(&keys.log)
+            .arg(offset.min(i64::MAX as u64))
+            .arg(end.min(i64::MAX as u64))
+            .cmd("LLEN")
+            .arg(&keys.log)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.log))?;
+        let records = raw
+            .iter()
+            .map(|b| {
+                IterationRecord::decode(b.as_slice()).map_err(|e| Error::CorruptState {
+                    key: keys.log.clone(),
+                    reason: format!("not an IterationRecord protobuf: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((records, total))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        let entry_key = self.index_entry_key();
+        let (filter, page_size, cursor_score, cursor_id) = FilterArgs::script_args(query);
+        let mut conn = self.conn.clone();
+        let (counts, items, more): (Vec<Value>, Vec<Vec<u8>>, i64) = LIST
+            .key(&entry_key)
+            .arg(filter)
+            .arg(page_size)
+            .arg(cursor_score)
+            .arg(cursor_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&entry_key))?;
+        let counts = counts
+            .chunks(2)
+            .filter_map(|pair| {
+                let name = std::str::from_utf8(pair.first().and_then(as_bytes)?).ok()?;
+                let status = TaskStatus::from_str_name(name)?;
+                Some((status, as_i64(pair.get(1)?)?.max(0) as u64))
+            })
+            .collect();
+        let listed: Vec<(String, IndexEntry)> = items
+            .chunks(2)
+            .filter_map(|pair| {
+                let id = String::from_utf8(pair.first()?.clone()).ok()?;
+                Some((id, decode_entry(pair.get(1)?).unwrap_or_default()))
+            })
+            .collect();
+        // The states of the page in one round trip (a pipeline: on a cluster each
+        // read goes to its own slot).
+        let mut pipe = redis::pipe();
+        for (id, _) in &listed {
+            pipe.cmd("HMGET")
+                .arg(self.keys(id).state)
+                .arg("data")
+                .arg("version");
+        }
+        let states: Vec<(Option<Vec<u8>>, Option<u64>)> = if listed.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await.map_err(Error::Redis)?
+        };
+        let mut tasks = Vec::with_capacity(listed.len());
+        for ((id, entry), (data, version)) in listed.iter().zip(states) {
+            // Gone between the index read and this one (expired): not listed.
+            let Some(data) = data else { continue };
+            let key = self.keys(id).state;
+            let state = Self::decode_state(&key, &data, &[], version.unwrap_or(0))?;
+            tasks.push(ListedTask {
+                state,
+                tenant: entry.t.clone().unwrap_or_default(),
+            });
+        }
+        let next = (more == 1)
+            .then(|| listed.last())
+            .flatten()
+            .map(|(id, e)| Cursor {
+                updated_ms: e.u,
+                task_id: id.clone(),
+            });
+        Ok(ListPage {
+            tasks,
+            next,
+            counts,
+        })
+    }
+
+    async fn rebuild_indexes(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        // Drop the index (not the token key), then index every task. A write racing
+        // with this re-indexes its own task; REINDEX never replaces a newer entry.
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.index))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::Redis)?;
+            let doomed: Vec<&String> = keys.iter().filter(|k| !k.ends_with(":token-key")).collect();
+            if !doomed.is_empty() {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(doomed)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Error::Redis)?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut indexed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:{{*}}:state", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("hash")
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::Redis)?;
+            indexed += self.reindex_keys(&keys).await?;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(indexed)
+    }
+
+    async fn page_token_key(&self) -> Result<Vec<u8>> {
+        let key = self
+            .token_key
+            .get_or_try_init(|| async {
+                let mut conn = self.conn.clone();
+                let name = format!("{}token-key", self.index);
+                let fresh: [u8; 32] = rand::random();
+                // The first replica's key wins; every replica signs with it.
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&name)
+                    .arg(fresh.as_slice())
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Error::Redis)?;
+                let stored: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(map_err(&name))?;
+                stored
+                    .filter(|k| k.len() >= 16)
+                    .ok_or_else(|| Error::CorruptState {
+                        key: name,
+                        reason: "the page-token key is missing or too short".into(),
+                    })
+            })
+            .await?;
+        Ok(key.clone())
     }
 
     async fn events_after(

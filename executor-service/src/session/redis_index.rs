@@ -1,0 +1,311 @@
+//! Secondary indexes of the Redis store: what `List` reads.
+//!
+//! Layout (every key shares the hash tag `{index}`, so on Redis Cluster the whole index
+//! lives in one slot, next to nothing else):
+//! - `<prefix>:{index}:entry` — hash: task id -> [`IndexEntry`] JSON (what the task is
+//!   indexed under, so an update can remove the old memberships);
+//! - `<prefix>:{index}:all` — sorted set of every task id, scored by update time (ms);
+//! - `<prefix>:{index}:st:<STATUS>`, `path:<PATH>`, `reason:<CODE>`, `tenant:<label>`,
+//!   `policy:<version>` — the same, per attribute value;
+//! - `<prefix>:{index}:expiry` — archived task ids scored by their expiry time, so
+//!   expired tasks leave every index (pruned by each List and a few per checkpoint);
+//! - `<prefix>:{index}:token-key` — random key that signs page tokens (shared by replicas).
+//!
+//! The create and checkpoint scripts update the index in the same script as the state
+//! (one atomic step on standalone Redis: a change is listed before the write returns).
+//! On Redis Cluster a script cannot span the task's slot and the index slot; there the
+//! index update is [`REINDEX`] sent right after the state write (same call, so still
+//! visible before the RPC returns) and the rebuild repairs what a crash in between leaves.
+
+use super::listing::{Cursor, IndexEntry, ListQuery, TaskFilter};
+use std::sync::LazyLock;
+
+/// Lua helpers shared by every script that touches the index. `pfx` is the index key
+/// prefix (`<prefix>:{index}:`).
+pub const INDEX_LUA: &str = r#"
+local function ix_del(pfx, id, e)
+  redis.call('ZREM', pfx .. 'all', id)
+  redis.call('ZREM', pfx .. 'st:' .. e.s, id)
+  if e.p ~= '' then redis.call('ZREM', pfx .. 'path:' .. e.p, id) end
+  for r in string.gmatch(e.r, '[^,]+') do redis.call('ZREM', pfx .. 'reason:' .. r, id) end
+  if e.t and e.t ~= '' then redis.call('ZREM', pfx .. 'tenant:' .. e.t, id) end
+  if e.y ~= '' then redis.call('ZREM', pfx .. 'policy:' .. e.y, id) end
+  redis.call('ZREM', pfx .. 'expiry', id)
+  redis.call('HDEL', pfx .. 'entry', id)
+end
+local function ix_put(pfx, id, e)
+  local raw = redis.call('HGET', pfx .. 'entry', id)
+  if raw then
+    local o = cjson.decode(raw)
+    if tonumber(o.v) > tonumber(e.v) then return 0 end
+    if e.t == nil then e.t = o.t end
+    ix_del(pfx, id, o)
+  end
+  if e.t == nil then e.t = '' end
+  redis.call('ZADD', pfx .. 'all', e.u, id)
+  redis.call('ZADD', pfx .. 'st:' .. e.s, e.u, id)
+  if e.p ~= '' then redis.call('ZADD', pfx .. 'path:' .. e.p, e.u, id) end
+  for r in string.gmatch(e.r, '[^,]+') do redis.call('ZADD', pfx .. 'reason:' .. r, e.u, id) end
+  if e.t ~= '' then redis.call('ZADD', pfx .. 'tenant:' .. e.t, e.u, id) end
+  if e.y ~= '' then redis.call('ZADD', pfx .. 'policy:' .. e.y, e.u, id) end
+  if e.x > 0 then redis.call('ZADD', pfx .. 'expiry', e.x, id) end
+  redis.call('HSET', pfx .. 'entry', id, cjson.encode(e))
+  return 1
+end
+local function ix_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ix_prune(pfx, now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', pfx .. 'expiry', '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    local raw = redis.call('HGET', pfx .. 'entry', id)
+    if raw then ix_del(pfx, id, cjson.decode(raw)) else redis.call('ZREM', pfx .. 'expiry', id) end
+  end
+  return #ids
+end
+"#;
+
+/// Expired entries a checkpoint prunes in passing (List prunes more).
+pub const PRUNE_PER_WRITE: u32 = 16;
+/// Expired entries one List prunes before it counts.
+pub const PRUNE_PER_LIST: u32 = 10_000;
+
+/// KEYS: state, index entry hash. ARGV: task id, entry JSON.
+/// Re-indexes one task from its stored version and expiry, or drops it when its state is
+/// gone. Used by the rebuild (and by a cluster deployment after each state write).
+pub static REINDEX: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r#"{INDEX_LUA}
+local pfx = string.sub(KEYS[2], 1, -6)
+local id = ARGV[1]
+local e = cjson.decode(ARGV[2])
+local ver = redis.call('HGET', KEYS[1], 'version')
+if not ver then
+  local raw = redis.call('HGET', KEYS[2], id)
+  if raw then ix_del(pfx, id, cjson.decode(raw)) end
+  return 0
+end
+e.v = tonumber(ver)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then e.x = ix_now() + ttl else e.x = 0 end
+return ix_put(pfx, id, e)
+"#
+    ))
+});
+
+/// KEYS: index entry hash. ARGV: filter JSON ([`FilterArgs`]), page size, cursor score
+/// (empty for the first page), cursor id.
+/// Returns `{counts, items, more}`: `counts` alternates status name and count (for the
+/// counted statuses), `items` alternates task id and entry JSON (listing order).
+pub static LIST: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r#"{INDEX_LUA}
+local pfx = string.sub(KEYS[1], 1, -6)
+local f = cjson.decode(ARGV[1])
+local page = tonumber(ARGV[2])
+local cs = nil
+if ARGV[3] ~= '' then cs = tonumber(ARGV[3]) end
+local cid = ARGV[4]
+local now = ix_now()
+ix_prune(pfx, now, {PRUNE_PER_LIST})
+local statuses = {{}}
+for s in string.gmatch(f.st, '[^,]+') do statuses[#statuses + 1] = s end
+local counted = {{}}
+for s in string.gmatch(f.cs, '[^,]+') do counted[#counted + 1] = s end
+local min = '-inf'
+if f.ua then min = tostring(f.ua) end
+local max = '+inf'
+if f.ub then max = '(' .. tostring(f.ub) end
+local hi = max
+if cs and (not f.ub or cs < f.ub) then hi = tostring(cs) end
+
+-- The smallest candidate set drives the walk; everything else is checked per entry.
+local attrs = {{}}
+if f.p then attrs[#attrs + 1] = 'path:' .. f.p end
+if f.r then attrs[#attrs + 1] = 'reason:' .. f.r end
+if f.t then attrs[#attrs + 1] = 'tenant:' .. f.t end
+if f.y then attrs[#attrs + 1] = 'policy:' .. f.y end
+local driver, dsize = nil, nil
+for _, k in ipairs(attrs) do
+  local n = redis.call('ZCARD', pfx .. k)
+  if not dsize or n < dsize then driver, dsize = {{k}}, n end
+end
+if #statuses > 0 then
+  local n = 0
+  for _, s in ipairs(statuses) do n = n + redis.call('ZCARD', pfx .. 'st:' .. s) end
+  if not dsize or n <= dsize then
+    driver = {{}}
+    for _, s in ipairs(statuses) do driver[#driver + 1] = 'st:' .. s end
+  end
+end
+if not driver then driver = {{'all'}} end
+local simple = #attrs == 0 and not f.ca and not f.cb
+
+local function matches(e)
+  if e.x and e.x > 0 and e.x <= now then return false end
+  if #statuses > 0 then
+    local ok = false
+    for _, s in ipairs(statuses) do if s == e.s then ok = true end end
+    if not ok then return false end
+  end
+  if f.p and f.p ~= e.p then return false end
+  if f.r then
+    local ok = false
+    for r in string.gmatch(e.r, '[^,]+') do if r == f.r then ok = true end end
+    if not ok then return false end
+  end
+  if f.t and f.t ~= e.t then return false end
+  if f.y and f.y ~= e.y then return false end
+  if f.ca and e.c < f.ca then return false end
+  if f.cb and e.c >= f.cb then return false end
+  return true
+end
+
+local function after_cursor(sc, id)
+  return not cs or sc < cs or (sc == cs and id < cid)
+end
+
+local items = {{}}
+local counts = {{}}
+for _, s in ipairs(counted) do counts[s] = 0 end
+local batch = 512
+if simple then
+  for _, s in ipairs(counted) do counts[s] = redis.call('ZCOUNT', pfx .. 'st:' .. s, min, max) end
+  for _, key in ipairs(driver) do
+    local got, off = 0, 0
+    while got <= page do
+      local r = redis.call('ZREVRANGEBYSCORE', pfx .. key, hi, min, 'WITHSCORES', 'LIMIT', off, batch)
+      for i = 1, #r, 2 do
+        local sc = tonumber(r[i + 1])
+        if after_cursor(sc, r[i]) and got <= page then
+          items[#items + 1] = {{sc, r[i]}}
+          got = got + 1
+        end
+      end
+      if #r < batch * 2 then break end
+      off = off + batch
+    end
+  end
+else
+  -- Counting needs the whole candidate set (in the time range); the page keeps the
+  -- first page + 1 matches after the cursor.
+  for _, key in ipairs(driver) do
+    local got, off = 0, 0
+    while true do
+      local r = redis.call('ZREVRANGEBYSCORE', pfx .. key, max, min, 'WITHSCORES', 'LIMIT', off, batch)
+      for i = 1, #r, 2 do
+        local raw = redis.call('HGET', pfx .. 'entry', r[i])
+        if raw then
+          local e = cjson.decode(raw)
+          if matches(e) then
+            if counts[e.s] then counts[e.s] = counts[e.s] + 1 end
+            local sc = tonumber(r[i + 1])
+            if got <= page and after_cursor(sc, r[i]) then
+              items[#items + 1] = {{sc, r[i]}}
+              got = got + 1
+            end
+          end
+        end
+      end
+      if #r < batch * 2 then break end
+      off = off + batch
+    end
+  end
+end
+table.sort(items, function(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  return a[2] > b[2]
+end)
+local out = {{}}
+local more = 0
+for i, it in ipairs(items) do
+  if i > page then more = 1 break end
+  out[#out + 1] = it[2]
+  out[#out + 1] = redis.call('HGET', pfx .. 'entry', it[2]) or ''
+end
+local flat = {{}}
+for _, s in ipairs(counted) do
+  flat[#flat + 1] = s
+  flat[#flat + 1] = counts[s]
+end
+return {{flat, out, more}}
+"#
+    ))
+});
+
+/// The filter as the list script reads it (JSON): absent fields match anything.
+#[derive(serde::Serialize)]
+pub struct FilterArgs {
+    /// Statuses, comma-separated (empty = any).
+    st: String,
+    /// Statuses to count, comma-separated.
+    cs: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    y: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cb: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ua: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ub: Option<i64>,
+}
+
+impl FilterArgs {
+    /// The script arguments of `q`: filter JSON, page size, cursor score, cursor id.
+    pub fn script_args(q: &ListQuery) -> (String, usize, String, String) {
+        let f = Self::of(&q.filter);
+        let (cs, cid) = match &q.after {
+            Some(Cursor {
+                updated_ms,
+                task_id,
+            }) => (updated_ms.to_string(), task_id.clone()),
+            None => (String::new(), String::new()),
+        };
+        (
+            serde_json::to_string(&f).unwrap_or_default(),
+            q.page_size,
+            cs,
+            cid,
+        )
+    }
+
+    fn of(f: &TaskFilter) -> Self {
+        let names = |v: &[taskrouter_proto::v1::TaskStatus]| {
+            v.iter()
+                .map(|s| s.as_str_name())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Self {
+            st: names(&f.statuses),
+            cs: names(&f.counted_statuses()),
+            p: f.path.map(|p| p.as_str_name().to_string()),
+            r: f.reason.map(|r| r.as_str_name().to_string()),
+            t: f.tenant.clone(),
+            y: f.policy_version.clone(),
+            ca: f.created_from_ms,
+            cb: f.created_to_ms,
+            ua: f.updated_from_ms,
+            ub: f.updated_to_ms,
+        }
+    }
+}
+
+/// The index key prefix under a store prefix.
+pub fn index_prefix(prefix: &str) -> String {
+    format!("{prefix}:{{index}}:")
+}
+
+/// Decodes an entry the scripts returned; `None` for anything unreadable.
+pub fn decode_entry(raw: &[u8]) -> Option<IndexEntry> {
+    serde_json::from_slice(raw).ok()
+}
