@@ -25,6 +25,10 @@ need_root_install() {
 
 command -v redis-server >/dev/null || need_root_install redis-server
 command -v redis-server >/dev/null || { echo "error: redis-server still not on PATH" >&2; exit 1; }
+# `taskctl top` is tested on a real terminal (tmux); the dashboard in headless Chromium.
+command -v tmux >/dev/null || need_root_install tmux
+command -v chromium >/dev/null || need_root_install chromium
+command -v chromium >/dev/null || { echo "error: chromium still not on PATH" >&2; exit 1; }
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   step "installing cargo-nextest"
