@@ -92,6 +92,12 @@ pub struct Args {
     /// Parse and validate the configuration, print one line and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Address of the read-only web dashboard (HTTP), e.g. 127.0.0.1:8080; empty = off.
+    #[arg(long, env = "EXECUTOR_UI_LISTEN", default_value = "")]
+    pub ui_listen: String,
+    /// Show task descriptions, results and agent outputs on the dashboard.
+    #[arg(long, env = "EXECUTOR_UI_SHOW_DESCRIPTIONS")]
+    pub ui_show_descriptions: bool,
     /// Rebuild the `List` indexes from the task keys in Redis, print how many tasks were
     /// indexed and exit (safe while executors run).
     #[arg(long)]
@@ -132,6 +138,8 @@ pub struct ExecutorConfig {
     pub limits: TaskLimits,
     /// How often Redis health is probed.
     pub health_interval: Duration,
+    /// The web dashboard, when enabled.
+    pub ui: Option<crate::ui::UiSettings>,
 }
 
 impl fmt::Debug for ExecutorConfig {
@@ -151,6 +159,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("server", &self.server)
             .field("limits", &self.limits)
             .field("health_interval", &self.health_interval)
+            .field("ui", &self.ui)
             .finish()
     }
 }
@@ -170,6 +179,7 @@ impl ExecutorConfig {
             server: ServerArgs::default(),
             limits: TaskLimits::default(),
             health_interval: Duration::from_millis(500),
+            ui: None,
         }
     }
 }
@@ -183,6 +193,24 @@ impl Args {
                 self.listen
             )
         })
+    }
+
+    /// The dashboard settings, or a one-line error naming `--ui-listen`.
+    pub fn ui_settings(&self) -> Result<Option<crate::ui::UiSettings>, String> {
+        match self.ui_listen.trim() {
+            "" => Ok(None),
+            addr => {
+                let listen = addr.parse().map_err(|_| {
+                    format!(
+                        "--ui-listen / EXECUTOR_UI_LISTEN: {addr:?} is not a socket address (e.g. 127.0.0.1:8080)"
+                    )
+                })?;
+                Ok(Some(crate::ui::UiSettings {
+                    listen,
+                    show_descriptions: self.ui_show_descriptions,
+                }))
+            }
+        }
     }
 
     /// Validates every setting, reading the TLS and token files; the error is one line
@@ -298,6 +326,7 @@ impl Args {
                 ..TaskLimits::default()
             },
             health_interval: Duration::from_secs(1),
+            ui: self.ui_settings()?,
         })
     }
 }

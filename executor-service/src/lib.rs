@@ -13,6 +13,7 @@ pub mod session;
 pub mod task_list;
 pub mod team_lead;
 pub mod telemetry;
+pub mod ui;
 
 pub use error::{Error, Result};
 
@@ -111,6 +112,17 @@ pub async fn serve_engine(
         redis_hint(&config.redis_url),
         shutdown.clone(),
     ));
+    let ui = match &config.ui {
+        Some(settings) => {
+            let token = config
+                .server
+                .load_security()
+                .map_err(|e| Error::Config(e.to_string()))?
+                .token;
+            Some(ui::start(engine.clone(), token, settings, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let mut workers = engine.spawn_workers_if_enabled();
     let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
     let router = builder
@@ -140,6 +152,9 @@ pub async fn serve_engine(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+    }
+    if let Some(ui) = ui {
+        ui.stopped().await;
     }
     // Kept up (NOT_SERVING) while the workers and the main port wound down.
     if let Some(port) = health_port {

@@ -5,6 +5,7 @@
 //! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`]: network helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
 //! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
+//! * [`Browser`]: headless Chromium driven over the DevTools protocol (dashboard tests).
 //!
 //! Every child is started from one dedicated, never-exiting spawner thread with
 //! `PR_SET_PDEATHSIG = SIGKILL` (Linux). The kernel sends that signal when the *thread* that
@@ -15,6 +16,7 @@
 //!
 //! Failures panic with a clear message: this is a test harness.
 
+mod chromium;
 mod grpc;
 mod ports;
 mod process;
@@ -22,6 +24,7 @@ mod redis_server;
 mod spawn;
 mod tls;
 
+pub use chromium::{Browser, Page};
 pub use grpc::{wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};

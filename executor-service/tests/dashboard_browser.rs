@@ -1,0 +1,265 @@
+//! The web dashboard in a real headless Chromium against a real executor process: log
+//! in with the API token, list tasks, open a running one, watch its iteration count
+//! advance without a reload, and never see its description. Screenshots go to
+//! `target/dashboard-*.png` for reviewers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use taskrouter_proto::v1::executor_client::ExecutorClient;
+use taskrouter_proto::v1::{Complexity, GetRequest, SubmitRequest, Task, TaskStatus};
+use test_support::{Browser, RedisServer, ServiceProcess, free_port, workspace_root};
+
+const TOKEN: &str = "dashboard-test-token-0123456789";
+const SECRET: &str = "PATIENT-7731 rotate the billing keys";
+
+fn task(id: &str, iterations: u32, latency_ms: u32, tenant: &str) -> Task {
+    Task {
+        id: id.into(),
+        description: SECRET.into(),
+        complexity: Complexity::Low as i32,
+        estimated_value_usd: 5.0,
+        repositories: vec!["org/app".into()],
+        labels: [
+            ("sim.iterations".to_string(), iterations.to_string()),
+            ("sim.latency_ms".to_string(), latency_ms.to_string()),
+            ("tenant".to_string(), tenant.to_string()),
+        ]
+        .into(),
+    }
+}
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+/// One raw HTTP/1.1 exchange: (status, headers lower-cased, body).
+fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str, cookie: &str) -> (u16, String, String) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
+    let redis = RedisServer::start();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ui: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _executor = ServiceProcess::spawn(
+        "executor-service",
+        &[
+            "--listen",
+            &grpc.to_string(),
+            "--ui-listen",
+            &ui.to_string(),
+            "--router-addr",
+            "",
+            "--concurrency",
+            "2",
+        ],
+        &[
+            ("REDIS_URL", &redis.url()),
+            ("TASKROUTER_AUTH_TOKEN", TOKEN),
+        ],
+    );
+    assert!(
+        test_support::wait_for_grpc_serving(
+            grpc,
+            "taskrouter.v1.Executor",
+            Duration::from_secs(30)
+        )
+        .await,
+        "executor never became SERVING"
+    );
+    let mut client = ExecutorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    for t in [
+        task("WEB-DONE", 2, 0, "acme"),
+        task("WEB-RUN", 600, 150, "globex"),
+    ] {
+        client
+            .submit(authed(SubmitRequest {
+                task: Some(t),
+                max_iterations: 1000,
+                use_multi_agent: None,
+            }))
+            .await
+            .unwrap();
+    }
+    // Wait until WEB-RUN has started and WEB-DONE has finished.
+    for (id, want) in [
+        ("WEB-DONE", TaskStatus::Completed),
+        ("WEB-RUN", TaskStatus::InProgress),
+    ] {
+        let mut ok = false;
+        for _ in 0..200 {
+            let s = client
+                .get(authed(GetRequest {
+                    task_id: id.into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .state
+                .unwrap();
+            if s.status == want as i32 && s.iteration_count >= 1 {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok, "{id} never reached {want:?}");
+    }
+
+    // Without the cookie: the login page, never data. With a wrong token: refused.
+    let (code, head, _) = get(ui, "/", "");
+    assert_eq!(code, 303);
+    assert!(head.contains("location: /login"), "{head}");
+    let wrong = "token=not-the-token-at-all";
+    let (code, _, _) = http(
+        ui,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{wrong}",
+            wrong.len()
+        ),
+    );
+    assert_eq!(code, 401);
+    let form = format!("token={TOKEN}");
+    let (code, head, _) = http(
+        ui,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(code, 303);
+    let set_cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .expect("a session cookie");
+    assert!(set_cookie.contains("httponly") && set_cookie.contains("samesite=strict"));
+    assert!(
+        !set_cookie.contains(&TOKEN.to_ascii_lowercase()),
+        "the token is not the cookie"
+    );
+    let cookie = set_cookie
+        .trim_start_matches("set-cookie:")
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // Security headers, 404 for an unknown task, no internals.
+    let (code, head, body) = get(ui, "/tasks/NO-SUCH-TASK", &cookie);
+    assert_eq!(code, 404);
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("frame-ancestors 'none'"));
+    assert!(head.contains("x-content-type-options: nosniff"));
+    assert!(body.contains("Not found") && !body.contains("panicked") && !body.contains("Error {"));
+    let (code, _, body) = get(ui, "/?created_before=yesterday", &cookie);
+    assert_eq!(code, 400);
+    assert!(body.contains("created_before"), "{body}");
+    let (code, _, body) = get(ui, "/?page_token=forged", &cookie);
+    assert_eq!(code, 400);
+    assert!(body.contains("page_token"), "{body}");
+
+    // The browser: log in through the form like a person.
+    let base = format!("http://{ui}");
+    let shots = workspace_root().join("target");
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        let page = b.open(&format!("{base}/"));
+        b.wait_for(&page, "location.pathname === '/login'", Duration::from_secs(10));
+        b.eval(
+            &page,
+            &format!(
+                "document.querySelector('input[name=token]').value = '{TOKEN}'; \
+                 document.querySelector('form.filters').submit(); true"
+            ),
+        );
+        b.wait_for(
+            &page,
+            "location.pathname === '/' && document.querySelectorAll('#tasks tr[data-task-id]').length === 2",
+            Duration::from_secs(15),
+        );
+        let rows = b.eval(
+            &page,
+            "Array.from(document.querySelectorAll('#tasks tr[data-task-id]')).map(r => r.dataset.taskId + ' ' + r.cells[1].textContent)",
+        );
+        let rows: Vec<String> = serde_json::from_value(rows).unwrap();
+        assert!(rows.contains(&"WEB-RUN IN_PROGRESS".to_string()), "{rows:?}");
+        assert!(rows.contains(&"WEB-DONE COMPLETED".to_string()), "{rows:?}");
+        let html = b.eval(&page, "document.documentElement.outerHTML");
+        assert!(!html.as_str().unwrap().contains("PATIENT-7731"));
+        b.screenshot(&page, &shots.join("dashboard-list.png"));
+
+        // The same filters as List: only globex.
+        b.navigate(&page, &format!("{base}/?tenant=globex"));
+        let ids = b.eval(
+            &page,
+            "Array.from(document.querySelectorAll('#tasks tr[data-task-id]')).map(r => r.dataset.taskId)",
+        );
+        assert_eq!(ids, serde_json::json!(["WEB-RUN"]));
+
+        // Open the running task by clicking it.
+        b.eval(&page, "document.querySelector('tr[data-task-id=\"WEB-RUN\"] a').click(); true");
+        b.wait_for(
+            &page,
+            "location.pathname === '/tasks/WEB-RUN' && document.readyState === 'complete'",
+            Duration::from_secs(10),
+        );
+        // A marker that a reload would wipe.
+        b.eval(&page, "window.__sameDocument = true; true");
+        let first: u64 = b
+            .eval(&page, "Number(document.getElementById('iteration-count').textContent)")
+            .as_f64()
+            .unwrap() as u64;
+        let rows_before = b
+            .eval(&page, "document.querySelectorAll('#iteration-rows tr').length")
+            .as_f64()
+            .unwrap();
+        b.wait_for(
+            &page,
+            &format!(
+                "window.__sameDocument === true && Number(document.getElementById('iteration-count').textContent) >= {} \
+                 && document.querySelectorAll('#iteration-rows tr').length > {rows_before} \
+                 && document.getElementById('live').textContent === 'live'",
+                first + 3
+            ),
+            Duration::from_secs(30),
+        );
+        let text = b.eval(&page, "document.body.innerText");
+        let text = text.as_str().unwrap();
+        assert!(text.contains("IN_PROGRESS"), "{text}");
+        assert!(text.contains("ROUTER_UNAVAILABLE"), "the reasons are shown: {text}");
+        assert!(text.contains("hidden ("), "the description is hidden: {text}");
+        let html = b.eval(&page, "document.documentElement.outerHTML");
+        assert!(!html.as_str().unwrap().contains("PATIENT-7731"), "no description anywhere");
+        b.screenshot(&page, &shots.join("dashboard-task.png"));
+    })
+    .await
+    .unwrap();
+}
