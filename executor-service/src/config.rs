@@ -2,10 +2,9 @@
 //! start. A bad setting is one line naming it (exit code 2).
 
 use crate::agent::AgentArgs;
-use crate::autonomous_loop::Settings;
 use crate::routing::RouterClientArgs;
 use crate::session::CheckpointRetry;
-use crate::team_lead::TeamSettings;
+use crate::settings::{Settings, TeamSettings};
 use redis::IntoConnectionInfo as _;
 use service_kit::security::{ClientSecurity, SecurityError};
 use service_kit::server::ServerArgs;

@@ -1,7 +1,8 @@
 //! The `taskrouter.v1.Executor` gRPC service: request validation, then the engine.
 
-use crate::autonomous_loop::{AutonomousLoop, RunOptions, is_final};
+use crate::autonomous_loop::{AutonomousLoop, is_final};
 use crate::error::Error;
+use crate::run::RunOptions;
 use service_kit::Shutdown;
 use service_kit::validation::{TaskLimits, Violations, check_task, check_task_id};
 use std::pin::Pin;
@@ -142,7 +143,7 @@ impl Executor for ExecutorService {
                     0 => 100,
                     n => n as usize,
                 };
-                self.engine.store().iterations(&req.task_id, limit).await?
+                self.engine.iterations(&req.task_id, limit).await?
             } else {
                 Vec::new()
             };
@@ -175,7 +176,6 @@ impl Executor for ExecutorService {
             let mut idle_polls = 0u32;
             loop {
                 let batch = engine
-                    .store()
                     .events_after(&req.task_id, cursor.as_deref(), 100)
                     .await;
                 let events = match batch {
