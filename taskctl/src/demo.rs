@@ -681,7 +681,7 @@ async fn start_services(args: &DemoArgs, timeout: Duration) -> Result<Services> 
             // What `executor_service::serve` does, split so Redis is checked first and
             // a dead URL is one clear line rather than failed scenarios.
             let engine = executor_service::build_engine(&config, shutdown.clone())
-                .map_err(|e| CliError::Usage(crate::error::one_line(&e.to_string())))?;
+                .map_err(|e| CliError::Usage(service_kit::status_text::one_line(&e.to_string())))?;
             let ping = tokio::time::timeout(timeout, engine.store().ping()).await;
             match ping {
                 Ok(Ok(())) => {}
@@ -739,7 +739,8 @@ fn redis_cause(e: &executor_service::Error) -> String {
             return "timed out".into();
         }
     }
-    crate::error::io_cause(e).unwrap_or_else(|| crate::error::one_line(&e.to_string()))
+    service_kit::status_text::io_cause(e)
+        .unwrap_or_else(|| service_kit::status_text::one_line(&e.to_string()))
 }
 
 /// `taskctl demo`.

@@ -7,7 +7,6 @@
 //! FAILED or CANCELLED (`run`, `watch`); the demo exits 1 when a scenario did not end
 //! as expected, and `bench` when any request failed or a task did not complete.
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -59,7 +58,22 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Cancel(a) => commands::cancel(&cli, a).await,
         Command::Policy => commands::policy(&cli).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
-        Command::Bench(a) => bench::run(&cli, a).await,
+        Command::Bench(a) => bench(&cli, a).await,
+    }
+}
+
+/// `taskctl bench`: the load generator with this command line's router, timeout and output.
+async fn bench(cli: &Cli, args: &taskrouter_loadgen::BenchArgs) -> Result<Exit, CliError> {
+    let options = taskrouter_loadgen::Options {
+        router: cli.router_given.then(|| cli.router.clone()),
+        timeout: cli.timeout,
+        json: cli.json,
+    };
+    match taskrouter_loadgen::run(&options, args).await {
+        Ok(taskrouter_loadgen::Verdict::Passed) => Ok(Exit::Ok),
+        Ok(taskrouter_loadgen::Verdict::Failed) => Ok(Exit::Runtime),
+        Err(taskrouter_loadgen::Error::Usage(m)) => Err(CliError::Usage(m)),
+        Err(taskrouter_loadgen::Error::Runtime(m)) => Err(CliError::Runtime(m)),
     }
 }
 

@@ -291,7 +291,7 @@ pub fn analysis_text(a: &RoutingAnalysis) -> String {
             out,
             "  {:<width$}  {}",
             reason_short(r.code),
-            crate::error::one_line(&r.message)
+            service_kit::status_text::one_line(&r.message)
         );
     }
     let _ = writeln!(
@@ -334,7 +334,7 @@ fn fallback_text(f: &Option<FallbackRecord>) -> String {
             "{} in phase {}: {}",
             cause_short(f.cause),
             phase_short(f.phase),
-            crate::error::one_line(&f.detail)
+            service_kit::status_text::one_line(&f.detail)
         ),
     }
 }
@@ -400,7 +400,7 @@ pub fn state_text(s: &SessionState) -> String {
             if sp.last_error.is_empty() {
                 String::new()
             } else {
-                format!(": {}", crate::error::one_line(&sp.last_error))
+                format!(": {}", service_kit::status_text::one_line(&sp.last_error))
             }
         );
     }
@@ -439,14 +439,14 @@ pub fn state_text(s: &SessionState) -> String {
         let _ = writeln!(
             out,
             "last error:      {}",
-            crate::error::one_line(&s.last_error)
+            service_kit::status_text::one_line(&s.last_error)
         );
     }
     if !s.result.is_empty() {
         let _ = writeln!(
             out,
             "result:          {}",
-            crate::error::one_line(&s.result)
+            service_kit::status_text::one_line(&s.result)
         );
     }
     let _ = writeln!(
@@ -475,7 +475,7 @@ pub fn iterations_text(records: &[IterationRecord]) -> String {
             r.role,
             if r.done { "done" } else { "" },
             r.cost_usd,
-            crate::error::one_line(&r.output)
+            service_kit::status_text::one_line(&r.output)
         );
     }
     out
@@ -511,14 +511,14 @@ pub fn run_result_text(r: &RunResult) -> String {
         let _ = writeln!(
             out,
             "last error:      {}",
-            crate::error::one_line(&s.last_error)
+            service_kit::status_text::one_line(&s.last_error)
         );
     }
     if !r.result.is_empty() {
         let _ = writeln!(
             out,
             "result:          {}",
-            crate::error::one_line(&r.result)
+            service_kit::status_text::one_line(&r.result)
         );
     }
     out
@@ -617,7 +617,7 @@ pub fn event_line(e: &ProgressEvent) -> Option<String> {
                 f.cost_usd
             );
             if !f.error.is_empty() {
-                let _ = write!(s, ": {}", crate::error::one_line(&f.error));
+                let _ = write!(s, ": {}", service_kit::status_text::one_line(&f.error));
             }
             s
         }
