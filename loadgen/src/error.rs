@@ -22,3 +22,12 @@ pub enum Verdict {
 
 /// Result alias for the load generator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<local_stack::Error> for Error {
+    fn from(e: local_stack::Error) -> Self {
+        match e {
+            local_stack::Error::Config(_) => Error::Usage(e.to_string()),
+            _ => Error::Runtime(e.to_string()),
+        }
+    }
+}

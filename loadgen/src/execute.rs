@@ -10,11 +10,12 @@
 
 use super::load::{self, LatencySummary};
 use super::redis::{self as bench_redis, RedisTarget, SetBenchmark};
-use super::route::{InProcessRouter, wait_serving};
+use super::route::wait_serving;
 use super::{Workdir, ratio, round};
 use crate::Options;
 use crate::error::{Error, Result, Verdict};
 use crate::output::{emit, emit_err, emit_json};
+use local_stack::LocalRouter;
 use serde_json::{Value, json};
 use service_kit::status_text::{code_name, one_line};
 use std::collections::{BTreeMap, HashMap};
@@ -857,7 +858,7 @@ async fn measure(
     .to_string();
 
     let router = if args.with_router {
-        let r = InProcessRouter::start().await?;
+        let r = LocalRouter::start().await?;
         let channel = load::connect_all(&format!("http://{}", r.addr), 1, opts.timeout).await?;
         wait_serving(channel[0].clone(), "", opts.timeout).await?;
         Some(r)

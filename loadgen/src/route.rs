@@ -6,20 +6,14 @@ use super::load::{self, Rng, Workload};
 use super::{LoadArgs, ratio, require_loopback, round};
 use crate::Options;
 use crate::error::{Error, Result, Verdict};
-use router_service::RouterConfig;
+use local_stack::LocalRouter;
 use serde_json::{Value, json};
-use service_kit::Shutdown;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{Complexity, RouteRequest, RoutingDecision, Task};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The targets, printed next to the ratios.
 const TARGET_THROUGHPUT_RATIO: f64 = 0.80;
@@ -269,77 +263,14 @@ impl Workload for RouteMix {
 
 /// Waits until the gRPC health of `service` at `channel` says SERVING.
 pub async fn wait_serving(channel: Channel, service: &str, within: Duration) -> Result<()> {
-    let mut client = HealthClient::new(channel);
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last: String;
-    loop {
-        let req = HealthCheckRequest {
-            service: service.to_string(),
-        };
-        match tokio::time::timeout(Duration::from_secs(2), client.check(req)).await {
-            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
-            Ok(Ok(r)) => last = format!("health status {}", r.get_ref().status),
-            Ok(Err(s)) => last = service_kit::status_text::one_line(s.message()),
-            Err(_) => last = "health check timed out".into(),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Runtime(format!(
-                "{service} did not report SERVING within {} ({last})",
-                humantime::format_duration(within)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A router started in this process on a free 127.0.0.1 port, with the built-in policy.
-pub struct InProcessRouter {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<std::result::Result<(), router_service::Error>>,
-}
-
-impl InProcessRouter {
-    /// Starts it (it serves once its policy is loaded: see [`wait_serving`]).
-    pub async fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::Runtime(format!("cannot bind the router to 127.0.0.1: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Runtime(format!("router address: {e}")))?;
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(router_service::serve(
-            RouterConfig::with_defaults(),
-            listener,
-            shutdown.clone(),
-        ));
-        Ok(InProcessRouter {
-            addr,
-            shutdown,
-            task,
-        })
-    }
-
-    /// Stops it, waiting at most two seconds for open calls.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), self.task)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
-    }
+    Ok(local_stack::health::wait_serving_on(channel, service, within).await?)
 }
 
 /// The router the Route calls go to.
 struct RouterTarget {
     url: String,
     description: String,
-    in_process: Option<InProcessRouter>,
+    in_process: Option<LocalRouter>,
 }
 
 impl RouterTarget {
@@ -364,7 +295,7 @@ impl RouterTarget {
                 in_process: None,
             });
         }
-        let router = InProcessRouter::start().await?;
+        let router = LocalRouter::start().await?;
         Ok(RouterTarget {
             url: format!("http://{}", router.addr),
             description: format!(

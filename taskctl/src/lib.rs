@@ -13,6 +13,7 @@ pub mod commands;
 pub mod demo;
 pub mod error;
 pub mod input;
+pub mod names;
 pub mod render;
 
 use cli::{Cli, Command};

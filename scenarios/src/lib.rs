@@ -1,0 +1,216 @@
+//! The plan's "Real Workflow Testing" scenarios, defined once as data: the task each
+//! submits, how it is driven, and what it must end with. The demo plays them; the
+//! end-to-end, team-path and policy tests check them.
+
+use std::collections::HashMap;
+use taskrouter_proto::v1::{
+    Complexity, ExecutionPath, FallbackCause, ReasonCode, RoutingDecision, Task, TaskStatus,
+};
+
+/// How a scenario drives the executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Submit to the work queue, watch the progress stream to the end, then Get.
+    Submit,
+    /// The plan's context reset: Run bounded to 2 iterations, then Run with
+    /// `resume = true` and a bound of 10.
+    ResetThenResume,
+}
+
+/// What a scenario must end with.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    /// The router's decision.
+    pub decision: RoutingDecision,
+    /// Reasons the analysis must include (others may appear too).
+    pub reasons: Vec<ReasonCode>,
+    /// The path the task ran on.
+    pub path: ExecutionPath,
+    /// The final status.
+    pub status: TaskStatus,
+    /// Why the team path fell back to the single path, if it must.
+    pub fallback: Option<FallbackCause>,
+}
+
+/// One of the plan's scenarios.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// A short human name.
+    pub name: &'static str,
+    /// The task submitted.
+    pub task: Task,
+    /// How it is driven.
+    pub mode: Mode,
+    /// What it must end with.
+    pub expect: Expect,
+}
+
+/// A task from literals (labels and repositories as slices).
+pub fn task(
+    id: &str,
+    description: &str,
+    complexity: Complexity,
+    value: f64,
+    repos: &[&str],
+    labels: &[(&str, &str)],
+) -> Task {
+    Task {
+        id: id.to_string(),
+        description: description.to_string(),
+        complexity: complexity as i32,
+        estimated_value_usd: value,
+        repositories: repos.iter().map(|r| r.to_string()).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    }
+}
+
+/// Routed multi-agent with `reasons`, run on the team path, completed without fallback.
+pub fn multi(reasons: &[ReasonCode]) -> Expect {
+    Expect {
+        decision: RoutingDecision::UseMultiAgent,
+        reasons: reasons.to_vec(),
+        path: ExecutionPath::MultiAgent,
+        status: TaskStatus::Completed,
+        fallback: None,
+    }
+}
+
+/// The scenarios of the plan's "Task 4: Real Workflow Testing".
+pub fn plan() -> Vec<Scenario> {
+    use Complexity::{High, Low, Medium};
+    use ReasonCode as R;
+    vec![
+        Scenario {
+            name: "simple bug fix",
+            task: task("TEST-BUG-001", "Fix typo in README", Low, 10.0, &[], &[]),
+            mode: Mode::Submit,
+            expect: Expect {
+                decision: RoutingDecision::UseSingleAgent,
+                reasons: vec![R::SimpleTask],
+                path: ExecutionPath::SingleAgent,
+                status: TaskStatus::Completed,
+                fallback: None,
+            },
+        },
+        Scenario {
+            name: "high-value feature",
+            task: task(
+                "TEST-FEATURE-001",
+                "Implement new payment processing",
+                High,
+                500.0,
+                &[],
+                &[],
+            ),
+            mode: Mode::Submit,
+            expect: multi(&[R::HighComplexity, R::HighValue]),
+        },
+        Scenario {
+            name: "HIPAA credential rotation",
+            task: task(
+                "TEST-HIPAA-001",
+                "Rotate the HIPAA database credentials of the patient API",
+                Medium,
+                50.0,
+                &[],
+                &[],
+            ),
+            mode: Mode::Submit,
+            expect: multi(&[R::ComplianceSensitive]),
+        },
+        Scenario {
+            name: "production deployment",
+            task: task(
+                "TEST-DEPLOY-001",
+                "Deploy the billing service to production",
+                Medium,
+                50.0,
+                &[],
+                &[],
+            ),
+            mode: Mode::Submit,
+            expect: multi(&[R::Deployment]),
+        },
+        Scenario {
+            name: "cross-repo refactor",
+            task: task(
+                "TEST-XREPO-001",
+                "Refactor the shared auth client",
+                Medium,
+                50.0,
+                &["acme/api", "acme/web"],
+                &[],
+            ),
+            mode: Mode::Submit,
+            expect: multi(&[R::CrossRepo]),
+        },
+        Scenario {
+            name: "context reset",
+            // The router staffs four specialists for this task (implementer, architect,
+            // reviewer, security-reviewer); two iterations each makes the team path
+            // 1 (analysis) + 8 + 1 (synthesis) = 10 iterations, the plan's total.
+            task: task(
+                "TEST-RESUME-001",
+                "Complex feature with HIPAA compliance",
+                High,
+                250.0,
+                &[],
+                &[("sim.specialist_iterations", "2")],
+            ),
+            mode: Mode::ResetThenResume,
+            expect: multi(&[R::HighComplexity, R::HighValue, R::ComplianceSensitive]),
+        },
+        Scenario {
+            name: "team failure falls back",
+            task: task(
+                "TEST-FALLBACK-001",
+                "Implement new reporting dashboard",
+                High,
+                300.0,
+                &[],
+                &[("sim.fail_step", "synthesis")],
+            ),
+            mode: Mode::Submit,
+            expect: Expect {
+                decision: RoutingDecision::UseMultiAgent,
+                reasons: vec![R::HighComplexity, R::HighValue],
+                path: ExecutionPath::SingleAgent,
+                status: TaskStatus::Completed,
+                fallback: Some(FallbackCause::SynthesisFailed),
+            },
+        },
+    ]
+}
+
+impl Scenario {
+    /// The scenario with this task id; panics on an unknown id (tests name them literally).
+    pub fn by_id(id: &str) -> Scenario {
+        plan()
+            .into_iter()
+            .find(|s| s.task.id == id)
+            .unwrap_or_else(|| panic!("no scenario {id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_has_a_distinct_id_and_the_plan_s_values() {
+        let all = plan();
+        assert_eq!(all.len(), 7);
+        let mut ids: Vec<&str> = all.iter().map(|s| s.task.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 7);
+        let bug = &all[0].task;
+        assert_eq!(
+            (bug.description.as_str(), bug.estimated_value_usd),
+            ("Fix typo in README", 10.0)
+        );
+    }
+}
