@@ -1,10 +1,12 @@
 //! The plan's "Real Workflow Testing" scenarios, defined once as data: the task each
 //! submits, how it is driven, and what it must end with. The demo plays them; the
-//! end-to-end, team-path and policy tests check them.
+//! end-to-end, team-path and policy tests check them, and [`check`] compares what
+//! happened with what the plan expects.
 
 use std::collections::HashMap;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, FallbackCause, ReasonCode, RoutingDecision, Task, TaskStatus,
+    Complexity, ExecutionPath, FallbackCause, ReasonCode, RoutingDecision, SessionState, Task,
+    TaskStatus,
 };
 
 /// How a scenario drives the executor.
@@ -194,6 +196,170 @@ impl Scenario {
             .unwrap_or_else(|| panic!("no scenario {id}"))
     }
 }
+
+/// One run of the context-reset scenario.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Status at the end of the run.
+    pub status: i32,
+    /// Iterations this run did.
+    pub iterations_this_run: u32,
+    /// Iterations of the task so far.
+    pub total_iterations: u32,
+}
+
+impl From<&taskrouter_proto::v1::RunResult> for RunSummary {
+    fn from(r: &taskrouter_proto::v1::RunResult) -> Self {
+        Self {
+            status: r.status,
+            iterations_this_run: r.iterations_this_run,
+            total_iterations: r.total_iterations,
+        }
+    }
+}
+
+/// What happened in one scenario, as read back from the executor.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The scenario's name.
+    pub scenario: &'static str,
+    /// Its task id.
+    pub task_id: String,
+    /// W3C trace id every request of the scenario carried.
+    pub trace_id: String,
+    /// The task's final state, if one was read.
+    pub state: Option<SessionState>,
+    /// The context-reset scenario's two runs.
+    pub runs: Vec<RunSummary>,
+    /// One sentence per way it differs from what the plan expects.
+    pub failures: Vec<String>,
+}
+
+impl Outcome {
+    /// The router's decision as recorded in the state (0 when none).
+    pub fn decision(&self) -> i32 {
+        self.state
+            .as_ref()
+            .and_then(|s| s.analysis.as_ref())
+            .map_or(0, |a| a.decision)
+    }
+
+    /// The analysis's reason codes.
+    pub fn reasons(&self) -> Vec<i32> {
+        self.state
+            .as_ref()
+            .and_then(|s| s.analysis.as_ref())
+            .map(|a| a.reasons.iter().map(|r| r.code).collect())
+            .unwrap_or_default()
+    }
+
+    /// The fallback cause, if the team path fell back.
+    pub fn fallback(&self) -> Option<i32> {
+        self.state
+            .as_ref()
+            .and_then(|s| s.fallback.as_ref())
+            .map(|f| f.cause)
+    }
+
+    /// Iterations as the table shows them ("2+8=10" for a reset and resume).
+    pub fn iterations_text(&self) -> String {
+        match (&self.state, self.runs.as_slice()) {
+            (_, [first, second]) => format!(
+                "{}+{}={}",
+                first.iterations_this_run, second.iterations_this_run, second.total_iterations
+            ),
+            (Some(s), _) => s.iteration_count.to_string(),
+            (None, _) => "-".into(),
+        }
+    }
+}
+
+/// Compares what happened with what the plan expects; one sentence per mismatch.
+pub fn check(s: &Scenario, row: &Outcome) -> Vec<String> {
+    let mut failures = Vec::new();
+    let Some(state) = &row.state else {
+        return vec!["no final state".into()];
+    };
+    let e = &s.expect;
+    if row.decision() != e.decision as i32 {
+        failures.push(format!(
+            "decision {}, expected {}",
+            name_of::<RoutingDecision>(row.decision()),
+            e.decision.as_str_name()
+        ));
+    }
+    let reasons = row.reasons();
+    for want in &e.reasons {
+        if !reasons.contains(&(*want as i32)) {
+            failures.push(format!("reason {} missing", want.as_str_name()));
+        }
+    }
+    if state.path != e.path as i32 {
+        failures.push(format!(
+            "path {}, expected {}",
+            name_of::<ExecutionPath>(state.path),
+            e.path.as_str_name()
+        ));
+    }
+    if state.status != e.status as i32 {
+        failures.push(format!(
+            "status {}, expected {}",
+            name_of::<TaskStatus>(state.status),
+            e.status.as_str_name()
+        ));
+    }
+    let fallback = row.fallback();
+    if fallback != e.fallback.map(|c| c as i32) {
+        failures.push(format!(
+            "fallback {}, expected {}",
+            fallback.map_or("none".into(), name_of::<FallbackCause>),
+            e.fallback.map_or("none", |c| c.as_str_name())
+        ));
+    }
+    if s.mode == Mode::ResetThenResume {
+        match row.runs.as_slice() {
+            [first, second] => {
+                if first.status != TaskStatus::InProgress as i32 || first.total_iterations != 2 {
+                    failures.push(format!(
+                        "bounded run ended {} after {} iterations, expected TASK_STATUS_IN_PROGRESS after 2",
+                        name_of::<TaskStatus>(first.status),
+                        first.total_iterations
+                    ));
+                }
+                if second.iterations_this_run != 8 || second.total_iterations != 10 {
+                    failures.push(format!(
+                        "resumed run did {} iterations for {} in total, expected 8 for 10",
+                        second.iterations_this_run, second.total_iterations
+                    ));
+                }
+            }
+            runs => failures.push(format!("{} runs recorded, expected 2", runs.len())),
+        }
+    }
+    failures
+}
+
+/// An enum value's proto name (`UNKNOWN(n)` for a value this build does not know).
+fn name_of<E: ProtoName>(v: i32) -> String {
+    E::name(v).map_or_else(|| format!("UNKNOWN({v})"), str::to_string)
+}
+
+/// The proto enums whose names `check` prints.
+trait ProtoName {
+    fn name(v: i32) -> Option<&'static str>;
+}
+
+macro_rules! proto_name {
+    ($($ty:ty),*) => {$(
+        impl ProtoName for $ty {
+            fn name(v: i32) -> Option<&'static str> {
+                <$ty>::try_from(v).ok().map(|e| e.as_str_name())
+            }
+        }
+    )*};
+}
+
+proto_name!(RoutingDecision, ExecutionPath, TaskStatus, FallbackCause);
 
 #[cfg(test)]
 mod tests {

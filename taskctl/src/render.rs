@@ -1,7 +1,7 @@
 //! Output: JSON built from the proto messages (enum values as their proto names) and
 //! human-readable text. Task descriptions are never printed, only their size.
 
-use crate::demo::driver::Row;
+use scenarios::Outcome;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{
@@ -620,7 +620,7 @@ fn short_path(v: i32) -> String {
 }
 
 /// The table's cells for one row.
-fn demo_cells(row: &Row) -> Vec<String> {
+fn demo_cells(row: &Outcome) -> Vec<String> {
     let reasons: Vec<String> = row.reasons().into_iter().map(reason_short).collect();
     vec![
         row.task_id.clone(),
@@ -648,7 +648,7 @@ fn demo_cells(row: &Row) -> Vec<String> {
 }
 
 /// The demo's rows as one aligned text table.
-pub fn demo_table(rows: &[Row]) -> String {
+pub fn demo_table(rows: &[Outcome]) -> String {
     let header: Vec<String> = [
         "TASK",
         "DECISION",
@@ -689,7 +689,7 @@ pub fn demo_table(rows: &[Row]) -> String {
 }
 
 /// One demo row as JSON (enum values as their proto names).
-pub fn demo_row_json(row: &Row) -> Value {
+pub fn demo_row_json(row: &Outcome) -> Value {
     json!({
         "scenario": row.scenario,
         "task_id": row.task_id,
@@ -749,7 +749,7 @@ mod tests {
     #[test]
     fn a_mismatch_is_reported_per_expectation() {
         let s = &scenarios::plan()[0];
-        let mut row = Row {
+        let mut row = Outcome {
             trace_id: String::new(),
             scenario: s.name,
             task_id: s.task.id.clone(),
@@ -761,7 +761,7 @@ mod tests {
             runs: Vec::new(),
             failures: Vec::new(),
         };
-        let failures = crate::demo::driver::check(s, &row);
+        let failures = scenarios::check(s, &row);
         assert!(
             failures.iter().any(|f| f.starts_with("decision")),
             "{failures:?}"

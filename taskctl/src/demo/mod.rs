@@ -8,8 +8,8 @@ pub mod driver;
 
 use crate::cli::{Cli, DemoArgs};
 use crate::error::{CliError, Exit, Result};
+use crate::output::{emit, emit_err, emit_json};
 use crate::render;
-use crate::{emit, emit_err, emit_json};
 use local_stack::{LocalStack, Store};
 use serde_json::Value;
 use std::time::Instant;
@@ -53,7 +53,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> Result<Exit> {
         t.shutdown();
     }
     let (rows, policy_version) = outcome?;
-    let failed: Vec<&driver::Row> = rows.iter().filter(|r| !r.failures.is_empty()).collect();
+    let failed: Vec<&scenarios::Outcome> = rows.iter().filter(|r| !r.failures.is_empty()).collect();
     if cli.json {
         emit_json(&Value::Array(
             rows.iter().map(render::demo_row_json).collect(),
