@@ -48,7 +48,11 @@ fn every_plan_scenario_routes_as_the_plan_expects() {
         );
         let got = codes(&a);
         for want in &s.expect.reasons {
-            assert!(got.contains(want), "{}: {want:?} missing from {got:?}", s.name);
+            assert!(
+                got.contains(want),
+                "{}: {want:?} missing from {got:?}",
+                s.name
+            );
         }
     }
 }
