@@ -41,7 +41,7 @@ fn now_secs() -> u64 {
 fn invalid(field: &str, why: impl Into<String>) -> Error {
     let mut v = Violations::new();
     v.add(field, why);
-    Error::InvalidRequest(Box::new(v.into_status()))
+    Error::InvalidRequest(v)
 }
 
 /// What a token carries besides its kind and signature.
@@ -191,8 +191,7 @@ pub fn filter_of(req: &ListTasksRequest) -> Result<TaskFilter> {
     {
         v.add("updated_before", "must be later than updated_after");
     }
-    v.into_result()
-        .map_err(|s| Error::InvalidRequest(Box::new(s)))?;
+    Error::check(v)?;
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     Ok(TaskFilter {
         statuses,
@@ -327,8 +326,7 @@ pub async fn list_iterations(
     if req.page_size > MAX_PAGE_SIZE {
         v.add("page_size", format!("must be at most {MAX_PAGE_SIZE}"));
     }
-    v.into_result()
-        .map_err(|s| Error::InvalidRequest(Box::new(s)))?;
+    Error::check(v)?;
     let tokens = Tokens::new(&store.page_token_key().await?);
     let fp = fingerprint(req.task_id.as_bytes());
     let offset = if req.page_token.is_empty() {

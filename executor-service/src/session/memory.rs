@@ -8,9 +8,10 @@
 //! key is touched, plus an occasional sweep so expired tasks do not pile up.
 
 use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
-use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
+use super::{
+    Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
+};
 use crate::error::{Error, Result};
-use crate::lease::Lease;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -6,9 +6,10 @@ use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
 use super::redis_index::{
     FilterArgs, INDEX_LUA, LIST, PRUNE_PER_WRITE, REINDEX, decode_entry, index_prefix,
 };
-use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
+use super::{
+    Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
+};
 use crate::error::{Error, Result};
-use crate::lease::Lease;
 use prost::Message;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};

@@ -307,8 +307,8 @@ fn error_page(e: &Error) -> Response {
         Error::InvalidRequest(s) => (
             StatusCode::BAD_REQUEST,
             "Bad filter",
-            service_kit::validation::field_violations(s)
-                .into_iter()
+            s.as_slice()
+                .iter()
                 .map(|v| format!("{}: {}", v.field, v.description))
                 .collect::<Vec<_>>()
                 .join("; "),
