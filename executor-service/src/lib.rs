@@ -106,6 +106,7 @@ pub async fn serve_engine(
         .server
         .builder()
         .map_err(|e| Error::Config(e.to_string()))?;
+    telemetry::register();
     let (reporter, health) = service_kit::server::health();
     reporter
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
@@ -156,6 +157,7 @@ pub async fn serve_engine(
         config.server.drain_timeout,
     ));
     shutdown.wait().await;
+    telemetry::serving(false);
     reporter
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
@@ -223,6 +225,7 @@ async fn health_monitor(
             } else {
                 ServingStatus::NotServing
             };
+            telemetry::serving(ok);
             reporter.set_service_status(SERVICE_NAME, status).await;
             reporter.set_service_status("", status).await;
             match &problem {

@@ -126,8 +126,10 @@ impl RunCtx {
         let call = {
             let recorder = span.clone();
             async move {
+                let started = std::time::Instant::now();
                 let outcome =
                     crate::agent::run_with_retry(self.agent.as_ref(), input, &self.retry).await;
+                crate::telemetry::agent_call(started.elapsed(), outcome.result.is_ok());
                 recorder.record("agent.attempts", outcome.attempts() as u64);
                 match &outcome.result {
                     Ok(out) => recorder.record("agent.done", out.done),

@@ -52,3 +52,23 @@ pub fn queue_depth(length: u64, pending: u64) {
     metrics::gauge!("taskrouter_queue_length").set(length as f64);
     metrics::gauge!("taskrouter_queue_pending").set(pending as f64);
 }
+
+/// Records one agent call (an iteration, retries included).
+pub fn agent_call(d: Duration, ok: bool) {
+    metrics::histogram!("taskrouter_agent_call_duration_seconds", "result" => if ok { "ok" } else { "error" })
+        .record(d.as_secs_f64());
+}
+
+/// Sets whether this executor reports SERVING (1) or NOT_SERVING (0).
+pub fn serving(up: bool) {
+    metrics::gauge!("taskrouter_serving").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Registers the unlabelled counters at zero, so rates and alerts over them work before
+/// their first increment, and the serving gauge as NOT_SERVING until the store answers.
+pub fn register() {
+    metrics::counter!("taskrouter_dead_letters_total").increment(0);
+    metrics::counter!("taskrouter_checkpoint_retries_total").increment(0);
+    metrics::counter!("taskrouter_queue_reclaims_total").increment(0);
+    serving(false);
+}

@@ -108,6 +108,14 @@ for name in "${overlays[@]}"; do
   say "rendered $OUT/$name.yaml ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
 done
 
+# The monitoring kustomization (dashboard ConfigMap, PrometheusRule) must render too; it
+# holds no workloads for checkov. Written beside target/deploy, which holds overlays only.
+kubectl kustomize deploy/k8s/monitoring >target/deploy-monitoring.yaml ||
+  die "kubectl kustomize deploy/k8s/monitoring failed"
+grep -q '^kind: PrometheusRule' target/deploy-monitoring.yaml ||
+  die "deploy/k8s/monitoring: no PrometheusRule rendered"
+say "rendered target/deploy-monitoring.yaml ($(grep -c '^kind:' target/deploy-monitoring.yaml) objects)"
+
 # A skip without a reason is not a justified skip.
 for name in "${overlays[@]}"; do
   if grep -E 'checkov\.io/skip[0-9]+:' "$OUT/$name.yaml" | grep -Ev ':[[:space:]]*CKV2?_[A-Z0-9]+_[0-9]+=[^[:space:]]'; then
