@@ -10,6 +10,7 @@ use crate::routing::{RouterLink, single_agent_analysis};
 use crate::session::active::{leaves_task_resumable, now};
 use crate::session::{ActiveSession, CheckpointRetry, CreateOutcome, SessionStore};
 use crate::team_lead::TeamSettings;
+use prost::Message as _;
 use service_kit::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use taskrouter_proto::v1::{
     ExecutionPath, FallbackCause, FallbackRecord, Finished, ProgressEvent, ReasonCode, Routed,
     RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
 };
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::Instrument as _;
 
 /// Why a run stopped early without finishing the task (it stays resumable).
@@ -139,7 +140,8 @@ pub struct Settings {
     pub worker_id: String,
     /// Iteration bound when the request gives none.
     pub default_max_iterations: u32,
-    /// Lease expiry; a crashed worker's task is reclaimed after it.
+    /// Lease expiry; a crashed worker's task is reclaimed after it (heartbeats renew it
+    /// every third of it).
     pub lease_ttl: Duration,
     /// How long archived tasks are kept.
     pub archive_ttl: Duration,
@@ -149,11 +151,11 @@ pub struct Settings {
     pub checkpoint_retry: CheckpointRetry,
     /// Team path limits.
     pub team: TeamSettings,
-    /// Deliveries after which a queue entry is dead-lettered.
+    /// Deliveries in a row without progress after which a queue entry is dead-lettered.
     pub max_deliveries: u64,
     /// Queue workers in this process.
     pub concurrency: usize,
-    /// How often an idle worker polls the queue.
+    /// Longest one blocking queue read waits before it is issued again.
     pub poll_interval: Duration,
 }
 
@@ -162,14 +164,14 @@ impl Default for Settings {
         Self {
             worker_id: format!("executor-{}", std::process::id()),
             default_max_iterations: 50,
-            lease_ttl: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(10),
             archive_ttl: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(20),
             checkpoint_retry: CheckpointRetry::default(),
             team: TeamSettings::default(),
             max_deliveries: 5,
             concurrency: 4,
-            poll_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -194,7 +196,6 @@ pub struct AutonomousLoop {
     retry: RetryPolicy,
     settings: Settings,
     shutdown: Shutdown,
-    wake: Notify,
 }
 
 fn status_of(s: &SessionState) -> TaskStatus {
@@ -291,7 +292,6 @@ impl AutonomousLoop {
             retry,
             settings,
             shutdown,
-            wake: Notify::new(),
         }
     }
 
@@ -351,26 +351,35 @@ impl AutonomousLoop {
         }
         let id = task.id.clone();
         let state = self.new_state(task, max_iterations, use_multi_agent);
-        let ev = Self::event(&id, progress_event::Kind::Submitted(Submitted {}));
-        match self.store.create(&state, &ev).await? {
+        // Queued first, carrying the initial state: if this process stops before the
+        // state is stored, the worker that reads the entry stores it: nothing is left
+        // PENDING without an entry, with or without the caller's retry. Queueing is idempotent per id,
+        // so a PENDING task is never queued twice.
+        self.queue
+            .enqueue(&id, traceparent, &state.encode_to_vec())
+            .await?;
+        match self.create_state(&state).await? {
             CreateOutcome::Created(state) => {
-                self.queue.enqueue(&id, traceparent).await?;
-                self.wake.notify_one();
                 tracing::info!(task_id = %id, "task submitted");
                 Ok((state, true))
             }
-            CreateOutcome::Existing(state) => {
-                // A crash between storing a task and queueing it would leave it PENDING
-                // forever, and the caller's retry lands here: a task nobody has started
-                // is queued again. A duplicate entry is harmless (it is acknowledged once
-                // the task is final).
-                if status_of(&state) == TaskStatus::Pending {
-                    self.queue.enqueue(&id, traceparent).await?;
-                    self.wake.notify_one();
-                }
-                Ok((state, false))
+            // A worker that read the entry first stored exactly this state.
+            CreateOutcome::Existing(stored)
+                if stored.created_at == state.created_at && stored.task == state.task =>
+            {
+                tracing::info!(task_id = %id, "task submitted");
+                Ok((stored, true))
             }
+            CreateOutcome::Existing(state) => Ok((state, false)),
         }
+    }
+
+    async fn create_state(&self, state: &SessionState) -> Result<CreateOutcome> {
+        let ev = Self::event(
+            &state.task_id,
+            progress_event::Kind::Submitted(Submitted {}),
+        );
+        self.store.create(state, &ev).await
     }
 
     /// Loads a task's state.
@@ -516,19 +525,22 @@ impl AutonomousLoop {
         let on_beat = {
             let queue = self.queue.clone();
             let consumer = self.settings.worker_id.clone();
-            let entry_id = entry.map(|d| d.entry_id.clone());
+            let entry = entry.cloned();
             move || {
                 let queue = queue.clone();
                 let consumer = consumer.clone();
-                let entry_id = entry_id.clone();
+                let entry = entry.clone();
                 Box::pin(async move {
-                    if let Some(id) = entry_id {
+                    if let Some(d) = entry {
                         // Keeps a long task's queue entry from looking abandoned.
-                        let _ = queue.touch(&consumer, &id).await;
+                        let _ = queue.touch(&consumer, &d).await;
                     }
                 }) as futures::future::BoxFuture<'static, ()>
             }
         };
+        // The entry's idle time restarts with the lease, so it is reclaimable right when
+        // the lease has expired, not earlier (when the claim would find the lease held).
+        on_beat().await;
         let heartbeat = Heartbeat::start(self.store.clone(), lease.clone(), on_beat);
         let ctx = Arc::new(RunCtx {
             store: self.store.clone(),
@@ -584,6 +596,13 @@ impl AutonomousLoop {
             }
             if let Some(n) = delivery_count {
                 s.state.delivery_count = n.min(u32::MAX as u64) as u32;
+                let progressed = made_progress(&s.state);
+                s.state.stalled_deliveries = stalled_deliveries(&s.state);
+                // This start's own checkpoint is not progress; any later one is.
+                s.state.delivery_start_version = s.version() + 1;
+                if n > 1 {
+                    crate::telemetry::redelivered(progressed);
+                }
             }
             let mut events = Vec::new();
             if s.state.analysis.is_none() {
@@ -697,57 +716,108 @@ impl AutonomousLoop {
         }
     }
 
-    /// Starts `concurrency` queue workers (none when it is 0); they stop when shutdown
+    // ---- queue workers -------------------------------------------------------------
+    // Per shard, one reader blocks on `XREADGROUP … BLOCK` (on a connection of its own)
+    // while some worker is idle, and one reclaimer sleeps until the oldest pending entry
+    // of the shard could have outlived its lease, then claims it. Deliveries go to
+    // `concurrency` workers through one channel, so capacity is shared fairly by shards.
+
+    /// Starts the queue workers (none when `concurrency` is 0); they stop when shutdown
     /// is triggered, after checkpointing and releasing their tasks.
     pub fn spawn_workers_if_enabled(self: &Arc<Self>) -> tokio::task::JoinSet<()> {
         let mut set = tokio::task::JoinSet::new();
+        if self.settings.concurrency == 0 {
+            return set;
+        }
+        let (tx, rx) = mpsc::channel::<Delivery>(self.queue.shards() * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let (idle_tx, idle_rx) = watch::channel(0usize);
+        let idle_tx = Arc::new(idle_tx);
         for n in 0..self.settings.concurrency {
             let this = self.clone();
-            set.spawn(async move { this.worker(n).await });
+            let (rx, idle) = (rx.clone(), idle_tx.clone());
+            set.spawn(async move { this.worker(n, rx, idle).await });
+        }
+        for shard in 0..self.queue.shards() {
+            let this = self.clone();
+            let (tx2, idle) = (tx.clone(), idle_rx.clone());
+            set.spawn(async move { this.shard_reader(shard, tx2, idle).await });
+            let this = self.clone();
+            let (tx2, idle) = (tx.clone(), idle_rx.clone());
+            set.spawn(async move { this.shard_reclaimer(shard, tx2, idle).await });
         }
         set
     }
 
-    async fn worker(self: Arc<Self>, n: usize) {
-        let consumer = self.settings.worker_id.clone();
-        let reclaim_every = (self.settings.lease_ttl / 2).max(Duration::from_millis(200));
-        let mut last_reclaim = tokio::time::Instant::now() - reclaim_every;
-        let mut backoff = Duration::from_millis(100);
-        while !self.shutdown.is_triggered() {
-            let next = async {
-                if last_reclaim.elapsed() >= reclaim_every {
-                    last_reclaim = tokio::time::Instant::now();
-                    let min_idle = self.settings.lease_ttl + Duration::from_millis(500);
-                    let got = self.queue.reclaim(&consumer, min_idle, 1).await?;
-                    if !got.is_empty() {
-                        crate::telemetry::reclaimed(got.len());
-                        return Ok(got);
-                    }
+    async fn worker(
+        self: Arc<Self>,
+        n: usize,
+        rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+        idle: Arc<watch::Sender<usize>>,
+    ) {
+        loop {
+            idle.send_modify(|c| *c += 1);
+            let next = {
+                let mut rx = rx.lock().await;
+                tokio::select! {
+                    d = rx.recv() => d,
+                    _ = self.shutdown.wait() => None,
                 }
-                self.queue.read_new(&consumer, 1).await
+            };
+            idle.send_modify(|c| *c = c.saturating_sub(1));
+            let Some(d) = next else {
+                // Shutdown: entries read but not started go back for the next replica.
+                while let Ok(d) = rx.lock().await.try_recv() {
+                    let _ = self.queue.requeue(&d).await;
+                }
+                return;
+            };
+            if self.shutdown.is_triggered() {
+                // Read but not started: the next replica gets it at once.
+                let _ = self.queue.requeue(&d).await;
+                continue;
             }
-            .await;
-            match next {
-                Ok(deliveries) if deliveries.is_empty() => {
-                    backoff = Duration::from_millis(100);
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                        _ = self.shutdown.wait() => {}
-                    }
-                }
+            let span = delivery_span(&d);
+            tracing::trace!(worker = n, "delivery taken");
+            self.handle(&d).instrument(span).await;
+        }
+    }
+
+    /// Waits until some worker is idle (or shutdown: `false`).
+    async fn idle_worker(&self, idle: &mut watch::Receiver<usize>) -> bool {
+        tokio::select! {
+            r = idle.wait_for(|c| *c > 0) => r.is_ok() && !self.shutdown.is_triggered(),
+            _ = self.shutdown.wait() => false,
+        }
+    }
+
+    async fn shard_reader(
+        self: Arc<Self>,
+        shard: usize,
+        tx: mpsc::Sender<Delivery>,
+        mut idle: watch::Receiver<usize>,
+    ) {
+        let consumer = self.settings.worker_id.clone();
+        let mut backoff = Duration::from_millis(100);
+        while self.idle_worker(&mut idle).await {
+            let read = tokio::select! {
+                r = self.queue.read_new(shard, &consumer, 1, Some(self.settings.poll_interval)) => r,
+                _ = self.shutdown.wait() => return,
+            };
+            match read {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
                     for d in deliveries {
-                        let span = delivery_span(&d);
-                        self.handle(&d).instrument(span).await;
+                        if tx.send(d).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(worker = n, error = %e, "queue read failed; retrying");
+                    tracing::warn!(shard, error = %e, "queue read failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.wait() => {}
+                        _ = self.shutdown.wait() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -755,19 +825,64 @@ impl AutonomousLoop {
         }
     }
 
+    async fn shard_reclaimer(
+        self: Arc<Self>,
+        shard: usize,
+        tx: mpsc::Sender<Delivery>,
+        mut idle: watch::Receiver<usize>,
+    ) {
+        let consumer = self.settings.worker_id.clone();
+        let min_idle = reclaim_after(self.settings.lease_ttl);
+        // An entry first seen this long after it went quiet is still claimed on time.
+        let longest_sleep = self.settings.lease_ttl / 2;
+        while self.idle_worker(&mut idle).await {
+            let wait = match self.queue.next_reclaim(shard, min_idle).await {
+                Ok(Some(w)) if w.is_zero() => {
+                    match self.queue.reclaim(shard, &consumer, min_idle, 1).await {
+                        Ok(got) => {
+                            if !got.is_empty() {
+                                crate::telemetry::reclaimed(got.len());
+                            }
+                            for d in got {
+                                if tx.send(d).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Duration::ZERO
+                        }
+                        Err(e) => {
+                            tracing::warn!(shard, error = %e, "queue reclaim failed; retrying");
+                            Duration::from_secs(1)
+                        }
+                    }
+                }
+                // A little past the moment, so the entry is surely idle long enough.
+                Ok(Some(w)) => (w + Duration::from_millis(20)).min(longest_sleep),
+                Ok(None) => longest_sleep,
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "queue pending check failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+
     /// Runs one delivered entry and acknowledges it once the task is final.
     async fn handle(&self, d: &Delivery) {
         if d.task_id.is_empty() {
-            let _ = self.queue.ack(&d.entry_id).await;
+            let _ = self.queue.ack(d).await;
             return;
         }
         let state = match self.store.load(&d.task_id).await {
             Ok(Some(s)) => s,
-            Ok(None) => {
-                tracing::warn!(task_id = %d.task_id, "queue entry for an unknown task; dropping it");
-                let _ = self.queue.ack(&d.entry_id).await;
-                return;
-            }
+            Ok(None) => match self.adopt(d).await {
+                Some(s) => s,
+                None => return,
+            },
             Err(e @ Error::CorruptState { .. }) => {
                 let _ = self.queue.dead_letter(d, &e.to_string()).await;
                 crate::telemetry::dead_lettered();
@@ -780,11 +895,12 @@ impl AutonomousLoop {
             }
         };
         if is_final(status_of(&state)) {
-            let _ = self.queue.ack(&d.entry_id).await;
+            let _ = self.queue.ack(d).await;
             return;
         }
-        if d.delivery_count > self.settings.max_deliveries {
-            self.dead_letter(d, &state).await;
+        if u64::from(stalled_deliveries(&state)) >= self.settings.max_deliveries
+            && self.dead_letter(d).await
+        {
             return;
         }
         let opts = RunOptions {
@@ -794,15 +910,13 @@ impl AutonomousLoop {
         };
         match self.run_existing(&d.task_id, &opts, true, Some(d)).await {
             Ok(r) if is_final(TaskStatus::try_from(r.status).unwrap_or_default()) => {
-                let _ = self.queue.ack(&d.entry_id).await;
+                let _ = self.queue.ack(d).await;
             }
             Ok(_) => {}
             Err(Error::ShuttingDown) => {
-                // Hand the task to another replica at once instead of waiting for
-                // the entry to go idle: re-enqueue, then acknowledge this entry.
-                if self.queue.enqueue(&d.task_id, &d.traceparent).await.is_ok() {
-                    let _ = self.queue.ack(&d.entry_id).await;
-                }
+                // Hand the task to another replica at once instead of waiting for the
+                // entry to go idle.
+                let _ = self.queue.requeue(d).await;
             }
             Err(Error::LeaseHeld { .. }) => {
                 tracing::debug!(task_id = %d.task_id, "another worker holds the task");
@@ -816,50 +930,100 @@ impl AutonomousLoop {
         }
     }
 
-    async fn dead_letter(&self, d: &Delivery, state: &SessionState) {
-        let reason = if state.last_error.is_empty() {
-            format!("delivered {} times without finishing", d.delivery_count)
-        } else {
-            state.last_error.clone()
+    /// A queue entry whose task has no state: its submitter stopped between queueing and
+    /// storing. Stores the state the entry carries; without one, drops the entry.
+    async fn adopt(&self, d: &Delivery) -> Option<SessionState> {
+        let initial = (!d.initial_state.is_empty())
+            .then(|| SessionState::decode(d.initial_state.as_slice()).ok())
+            .flatten()
+            .filter(|s| s.task_id == d.task_id && s.task.is_some());
+        let Some(initial) = initial else {
+            tracing::warn!(task_id = %d.task_id, "queue entry for an unknown task; dropping it");
+            let _ = self.queue.ack(d).await;
+            return None;
         };
+        match self.create_state(&initial).await {
+            Ok(CreateOutcome::Created(s) | CreateOutcome::Existing(s)) => {
+                tracing::info!(task_id = %d.task_id, "stored the state of a task queued by a submitter that stopped");
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %d.task_id, error = %e, "cannot store a queued task's state; leaving it for redelivery");
+                None
+            }
+        }
+    }
+
+    /// Fails the task as dead-lettered and moves its entry to the dead-letter stream,
+    /// unless, under the lease, it turns out to have made progress after all (then
+    /// `false`: run it).
+    async fn dead_letter(&self, d: &Delivery) -> bool {
         let owner = Lease::new_owner(&self.settings.worker_id);
-        match self
+        let lease = match self
             .store
             .acquire_lease(&d.task_id, &owner, self.settings.lease_ttl)
             .await
         {
-            Ok(Some(lease)) => {
-                if let Ok(fresh) = self.get(&d.task_id).await {
-                    let mut s = ActiveSession::new(
-                        self.store.clone(),
-                        fresh,
-                        lease,
-                        self.settings.checkpoint_retry,
-                    );
-                    s.state.dead_lettered = true;
-                    s.state.delivery_count = d.delivery_count.min(u32::MAX as u64) as u32;
-                    let msg = format!(
-                        "dead-lettered after {} deliveries: {reason}",
-                        d.delivery_count
-                    );
-                    if let Err(e) = self.finish(&mut s, TaskStatus::Failed, &msg).await {
-                        tracing::warn!(task_id = %d.task_id, error = %e, "could not mark a dead-lettered task failed");
-                    }
-                    s.release().await;
-                } else {
-                    let _ = self.store.release_lease(&lease).await;
-                }
-            }
+            Ok(Some(lease)) => lease,
             // Someone is running it right now: not dead.
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
                 tracing::warn!(task_id = %d.task_id, error = %e, "cannot dead-letter now");
-                return;
+                return true;
             }
+        };
+        let fresh = match self.get(&d.task_id).await {
+            Ok(s) if u64::from(stalled_deliveries(&s)) >= self.settings.max_deliveries => s,
+            other => {
+                let _ = self.store.release_lease(&lease).await;
+                return other.is_err();
+            }
+        };
+        let stalled = stalled_deliveries(&fresh);
+        let reason = if fresh.last_error.is_empty() {
+            format!("{stalled} deliveries in a row made no progress")
+        } else {
+            fresh.last_error.clone()
+        };
+        let mut s = ActiveSession::new(
+            self.store.clone(),
+            fresh,
+            lease,
+            self.settings.checkpoint_retry,
+        );
+        s.state.dead_lettered = true;
+        s.state.delivery_count = d.delivery_count.min(u32::MAX as u64) as u32;
+        s.state.stalled_deliveries = stalled;
+        let msg = format!("dead-lettered after {stalled} deliveries without progress: {reason}");
+        if let Err(e) = self.finish(&mut s, TaskStatus::Failed, &msg).await {
+            tracing::warn!(task_id = %d.task_id, error = %e, "could not mark a dead-lettered task failed");
         }
+        s.release().await;
         if self.queue.dead_letter(d, &reason).await.is_ok() {
             crate::telemetry::dead_lettered();
-            tracing::error!(task_id = %d.task_id, deliveries = d.delivery_count, "task dead-lettered");
+            tracing::error!(task_id = %d.task_id, deliveries = d.delivery_count, stalled, "task dead-lettered");
         }
+        true
     }
+}
+
+/// Whether a checkpoint was written after the latest delivery's start (or none started).
+fn made_progress(state: &SessionState) -> bool {
+    state.version > state.delivery_start_version
+}
+
+/// The stalled-delivery count a new delivery of `state` brings: reset by progress,
+/// otherwise one more.
+fn stalled_deliveries(state: &SessionState) -> u32 {
+    if made_progress(state) {
+        0
+    } else {
+        state.stalled_deliveries.saturating_add(1)
+    }
+}
+
+/// Idle time after which a pending entry is claimed: past its lease (heartbeats touch the
+/// entry right after renewing the lease, so an entry this idle has an expired lease).
+pub fn reclaim_after(lease_ttl: Duration) -> Duration {
+    lease_ttl + Duration::from_millis(100)
 }
