@@ -193,7 +193,10 @@ async fn health_monitor(
         let ok = problem.is_none();
         // The depth gauges every tenth round: two commands per shard, and an idle
         // executor should cost Redis only a few commands per second.
-        if ok && rounds.is_multiple_of(10) && let Ok(depth) = engine.queue().depth().await {
+        if ok
+            && rounds.is_multiple_of(10)
+            && let Ok(depth) = engine.queue().depth().await
+        {
             telemetry::queue_depth(depth.length, depth.pending);
         }
         rounds = rounds.wrapping_add(1);

@@ -8,13 +8,63 @@
 
 mod common;
 
-use common::{Cluster, get, task, wait_final};
+use common::{get, task, wait_final};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
+use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+use test_support::{RedisServer, ServiceProcess, free_port, wait_for_grpc_serving};
+use tonic::transport::Channel;
 
 const KILLS: usize = 5;
-const ITERATIONS: u32 = 60;
+const ITERATIONS: u32 = 40;
 const ID: &str = "LONG-1";
+
+/// An executor (no router: the single path) with one worker and `lease`.
+struct Exec {
+    process: ServiceProcess,
+    addr: SocketAddr,
+    worker_id: String,
+}
+
+async fn start(redis: &RedisServer, worker_id: &str, lease: &str) -> Exec {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (listen, url) = (addr.to_string(), redis.url());
+    let process = ServiceProcess::spawn(
+        "executor-service",
+        &[
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--router-addr",
+            "",
+            "--worker-id",
+            worker_id,
+            "--concurrency",
+            "1",
+            "--lease-ttl",
+            lease,
+        ],
+        &[],
+    );
+    assert!(
+        wait_for_grpc_serving(addr, "taskrouter.v1.Executor", Duration::from_secs(30)).await,
+        "executor {worker_id} did not start:\n{}",
+        process.log_contents()
+    );
+    Exec {
+        process,
+        addr,
+        worker_id: worker_id.into(),
+    }
+}
+
+async fn client(e: &Exec) -> ExecutorClient<Channel> {
+    ExecutorClient::connect(format!("http://{}", e.addr))
+        .await
+        .unwrap()
+}
 
 fn at(seconds: i64, nanos: i32) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::new(seconds.max(0) as u64, nanos.max(0) as u32)
@@ -28,12 +78,13 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
         .and_then(|n| n.parse().ok())
         .map(Duration::from_secs)
         .expect("TASKROUTER_TAKEOVER_LEASE: whole seconds, e.g. 10s");
-    let flags = ["--concurrency", "1", "--lease-ttl", lease.as_str()];
-    let mut c = Cluster::start().await;
-    c.add_executor("exec-0", &flags).await;
-    c.add_executor("exec-1", &flags).await;
+    let redis = RedisServer::start();
+    let mut execs = vec![
+        start(&redis, "exec-0", &lease).await,
+        start(&redis, "exec-1", &lease).await,
+    ];
     let mut live = vec![0usize, 1];
-    let mut client = c.client(0).await;
+    let mut client = client(&execs[0]).await;
     client
         .submit(SubmitRequest {
             task: Some(task(
@@ -51,7 +102,7 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
         })
         .await
         .unwrap();
-    let mut redis = c.redis.connection().await;
+    let mut conn = redis.connection().await;
     let lease_key = format!("taskrouter:{{{ID}}}:lease");
     let mut takeovers = Vec::new();
     for kill in 0..KILLS {
@@ -59,7 +110,7 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
         let (holder, done_before) = loop {
             let owner: Option<String> = redis::cmd("GET")
                 .arg(&lease_key)
-                .query_async(&mut redis)
+                .query_async(&mut conn)
                 .await
                 .unwrap();
             let r = get(&mut client, ID).await;
@@ -67,9 +118,9 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
                 let holder = live
                     .iter()
                     .copied()
-                    .find(|&i| owner.starts_with(&format!("{}:", c.executors[i].worker_id)));
+                    .find(|&i| owner.starts_with(&format!("{}:", execs[i].worker_id)));
                 if let Some(h) = holder
-                    && last.worker_id == c.executors[h].worker_id
+                    && last.worker_id == execs[h].worker_id
                 {
                     break (h, r.iterations.len());
                 }
@@ -83,17 +134,17 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
         // The last heartbeat: the lease was (re)set to lease_ttl that long before now.
         let pttl: i64 = redis::cmd("PTTL")
             .arg(&lease_key)
-            .query_async(&mut redis)
+            .query_async(&mut conn)
             .await
             .unwrap();
         let last_heartbeat =
             SystemTime::now() - lease_ttl.saturating_sub(Duration::from_millis(pttl.max(0) as u64));
-        c.executors[holder].process.kill9();
+        execs[holder].process.kill9();
         live.retain(|&i| i != holder);
-        let replacement = c.add_executor(&format!("exec-{}", kill + 2), &flags).await;
-        live.push(replacement);
-        client = c.client(live[0]).await;
-        let dead = c.executors[holder].worker_id.clone();
+        execs.push(start(&redis, &format!("exec-{}", kill + 2), &lease).await);
+        live.push(execs.len() - 1);
+        client = self::client(&execs[live[0]]).await;
+        let dead = execs[holder].worker_id.clone();
         // The next iteration recorded by a survivor.
         let next = loop {
             let r = get(&mut client, ID).await;

@@ -104,19 +104,27 @@ impl RedisCluster {
             .iter()
             .find(|n| n.port() == replica_port)
             .unwrap_or_else(|| panic!("no node on port {replica_port}"));
-        let reply = query(node, &["CLUSTER", "FAILOVER"]);
-        assert_eq!(
-            reply.as_deref(),
-            Some("OK"),
-            "CLUSTER FAILOVER on {replica_port}"
-        );
+        // A manual failover is abandoned if the replica cannot catch up within the
+        // server's manual-failover timeout (5 s), which a loaded machine can exceed: ask again.
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
-        while !self.master_ports().contains(&replica_port) {
-            assert!(
-                Instant::now() < deadline,
-                "replica {replica_port} never became a master"
+        'attempts: loop {
+            let reply = query(node, &["CLUSTER", "FAILOVER"]);
+            assert_eq!(
+                reply.as_deref(),
+                Some("OK"),
+                "CLUSTER FAILOVER on {replica_port}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            let retry_at = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < retry_at {
+                if self.master_ports().contains(&replica_port) {
+                    break 'attempts;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {replica_port} never became a master"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         self.wait_until_ok();
     }
