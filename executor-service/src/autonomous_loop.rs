@@ -1,191 +1,27 @@
-//! The autonomous loop (the seed's `AutonomousLoop`): takes a task, routes it, runs it on
-//! the single or team path with automatic fallback, and finishes it; plus the pool of
-//! queue workers that feeds it from the shared work queue.
+//! The autonomous loop (the seed's `AutonomousLoop`), the executor's engine: takes a
+//! task, routes it, runs it on the single path (`iteration_loop`) or the team path
+//! (`team_lead`) with automatic fallback, and finishes it. The queue workers that feed
+//! it live in `worker`; the gRPC handlers call it in `service`.
 
-use crate::agent::{IterationInput, IterationOutput, RetryPolicy, SharedAgent};
+use crate::agent::{RetryPolicy, SharedAgent};
 use crate::error::{Error, Result};
-use crate::lease::{Heartbeat, Lease};
 use crate::queue::{Delivery, WorkQueue};
 use crate::routing::{RouterLink, single_agent_analysis};
-use crate::session::active::{leaves_task_resumable, now};
-use crate::session::{ActiveSession, CheckpointRetry, CreateOutcome, SessionStore};
-use crate::team_lead::TeamSettings;
+use crate::run::{PathOutcome, RunCtx, RunOptions, Stop};
+use crate::session::active::now;
+use crate::session::{ActiveSession, CreateOutcome, Heartbeat, SessionStore, StoredEvent};
+use crate::settings::Settings;
 use prost::Message as _;
 use service_kit::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{
-    ExecutionPath, FallbackCause, FallbackRecord, Finished, ProgressEvent, ReasonCode, Routed,
-    RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
+    ExecutionPath, FallbackCause, FallbackRecord, Finished, IterationRecord, ProgressEvent,
+    ReasonCode, Routed, RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus,
+    progress_event,
 };
-use tokio::sync::{Mutex, mpsc, watch};
-use tracing::Instrument as _;
-
-/// Why a run stopped early without finishing the task (it stays resumable).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// The executor is shutting down.
-    Shutdown,
-    /// Another worker took over the lease.
-    LeaseLost,
-}
-
-/// How one path's run ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PathOutcome {
-    /// Done: the task is complete.
-    Completed,
-    /// The agent failed for good (after retries).
-    Failed(String),
-    /// Cancel was requested.
-    Cancelled,
-    /// The iteration bound was reached before the agent reported done.
-    BoundReached,
-    /// Stopped at an iteration boundary; resumable.
-    Stopped(Stop),
-    /// The team path failed; the single path takes over.
-    Fallback {
-        /// Why.
-        cause: FallbackCause,
-        /// One sentence of detail.
-        detail: String,
-    },
-}
-
-/// Why an agent step did not produce an output.
-#[derive(Debug)]
-pub enum StepError {
-    /// The agent failed (after retries).
-    Agent(Error),
-    /// The run must stop (shutdown grace ran out, or the lease was lost).
-    Stopped(Stop),
-}
-
-/// Everything a path needs while running one task.
-pub struct RunCtx {
-    /// Where state lives.
-    pub store: Arc<dyn SessionStore>,
-    /// The agent backend.
-    pub agent: SharedAgent,
-    /// Agent retry policy.
-    pub retry: RetryPolicy,
-    /// Team limits.
-    pub team: TeamSettings,
-    /// This worker's id (recorded in checkpoints).
-    pub worker_id: String,
-    shutdown: Shutdown,
-    shutdown_grace: Duration,
-    heartbeat: Heartbeat,
-}
-
-impl RunCtx {
-    /// Whether the run must stop at this iteration boundary.
-    pub fn stop_reason(&self) -> Option<Stop> {
-        if self.heartbeat.lost() {
-            Some(Stop::LeaseLost)
-        } else if self.shutdown.is_triggered() {
-            Some(Stop::Shutdown)
-        } else {
-            None
-        }
-    }
-
-    /// Runs one agent iteration with retries. On shutdown the iteration in flight gets
-    /// `shutdown_grace` to finish (so it can be checkpointed) before it is abandoned.
-    pub async fn call_agent(
-        &self,
-        input: IterationInput,
-    ) -> std::result::Result<IterationOutput, StepError> {
-        let span = tracing::info_span!(
-            "agent.iteration",
-            task.id = %input.task.id,
-            agent.kind = self.agent.kind(),
-            agent.role = %input.role,
-            agent.step = crate::agent::step_name(input.step),
-            agent.iteration = input.iteration,
-            agent.attempts = tracing::field::Empty,
-            agent.done = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let call = {
-            let recorder = span.clone();
-            async move {
-                let outcome =
-                    crate::agent::run_with_retry(self.agent.as_ref(), input, &self.retry).await;
-                recorder.record("agent.attempts", outcome.attempts() as u64);
-                match &outcome.result {
-                    Ok(out) => recorder.record("agent.done", out.done),
-                    Err(_) => recorder.record("otel.status_code", "ERROR"),
-                };
-                outcome.result
-            }
-            .instrument(span)
-        };
-        let grace = async {
-            self.shutdown.wait().await;
-            tokio::time::sleep(self.shutdown_grace).await;
-        };
-        tokio::select! {
-            r = call => r.map_err(StepError::Agent),
-            _ = grace => Err(StepError::Stopped(Stop::Shutdown)),
-        }
-    }
-}
-
-/// Executor-wide settings.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// This process's worker id (consumer name in the queue group, lease owner prefix).
-    pub worker_id: String,
-    /// Iteration bound when the request gives none.
-    pub default_max_iterations: u32,
-    /// Lease expiry; a crashed worker's task is reclaimed after it (heartbeats renew it
-    /// every third of it).
-    pub lease_ttl: Duration,
-    /// How long archived tasks are kept.
-    pub archive_ttl: Duration,
-    /// Time an in-flight iteration gets to finish on shutdown.
-    pub shutdown_grace: Duration,
-    /// Checkpoint retry budget while Redis is away.
-    pub checkpoint_retry: CheckpointRetry,
-    /// Team path limits.
-    pub team: TeamSettings,
-    /// Deliveries in a row without progress after which a queue entry is dead-lettered.
-    pub max_deliveries: u64,
-    /// Queue workers in this process.
-    pub concurrency: usize,
-    /// Longest one blocking queue read waits before it is issued again.
-    pub poll_interval: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            worker_id: format!("executor-{}", std::process::id()),
-            default_max_iterations: 50,
-            lease_ttl: Duration::from_secs(10),
-            archive_ttl: Duration::from_secs(7 * 24 * 3600),
-            shutdown_grace: Duration::from_secs(20),
-            checkpoint_retry: CheckpointRetry::default(),
-            team: TeamSettings::default(),
-            max_deliveries: 5,
-            concurrency: 4,
-            poll_interval: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Options of one run.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Continue an existing task instead of refusing it.
-    pub resume: bool,
-    /// Bound on the task's total iterations (0 = saved bound or the default).
-    pub max_iterations: u32,
-    /// `Some(false)` forces the single path.
-    pub use_multi_agent: Option<bool>,
-}
+use tokio::sync::Mutex;
 
 /// The executor's engine.
 pub struct AutonomousLoop {
@@ -198,7 +34,8 @@ pub struct AutonomousLoop {
     shutdown: Shutdown,
 }
 
-fn status_of(s: &SessionState) -> TaskStatus {
+/// A state's status (UNSPECIFIED when unknown).
+pub fn status_of(s: &SessionState) -> TaskStatus {
     TaskStatus::try_from(s.status).unwrap_or(TaskStatus::Unspecified)
 }
 
@@ -228,32 +65,6 @@ fn cause_label(cause: FallbackCause) -> &'static str {
         FallbackCause::MultiAgentUnavailable => "multi_agent_unavailable",
         FallbackCause::Unspecified => "unspecified",
     }
-}
-
-/// The span of one queued task's run, joined to the submitter's trace through the
-/// `traceparent` the queue entry carries (also after a reclaim by another replica).
-fn delivery_span(d: &Delivery) -> tracing::Span {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let span = tracing::info_span!(
-        "task.run",
-        task.id = %d.task_id,
-        queue.entry_id = %d.entry_id,
-        queue.delivery_count = d.delivery_count,
-        queue.reclaimed = d.delivery_count > 1,
-        trace_id = tracing::field::Empty,
-    );
-    let parent = service_kit::trace_context::from_traceparent(&d.traceparent);
-    let remote = parent.span().span_context().clone();
-    if remote.is_valid() {
-        let _ = span.set_parent(parent);
-    }
-    let own = span.context().span().span_context().clone();
-    let trace = if own.is_valid() { own } else { remote };
-    if trace.is_valid() {
-        span.record("trace_id", tracing::field::display(trace.trace_id()));
-    }
-    span
 }
 
 /// The run result for a state, with `before` iterations done before this run.
@@ -310,6 +121,24 @@ impl AutonomousLoop {
         &self.settings
     }
 
+    /// The shutdown signal the engine and its workers obey.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Opens `task_id` for writing under a fresh lease of this worker (see
+    /// [`ActiveSession::open`]); `None` when another worker holds it.
+    pub(crate) async fn open_session(&self, task_id: &str) -> Result<Option<ActiveSession>> {
+        ActiveSession::open(
+            self.store.clone(),
+            task_id,
+            &self.settings.worker_id,
+            self.settings.lease_ttl,
+            self.settings.checkpoint_retry,
+        )
+        .await
+    }
+
     fn new_state(&self, task: Task, max_iterations: u32, use_multi: Option<bool>) -> SessionState {
         let at = now();
         SessionState {
@@ -353,8 +182,8 @@ impl AutonomousLoop {
         let state = self.new_state(task, max_iterations, use_multi_agent);
         // Queued first, carrying the initial state: if this process stops before the
         // state is stored, the worker that reads the entry stores it: nothing is left
-        // PENDING without an entry, with or without the caller's retry. Queueing is idempotent per id,
-        // so a PENDING task is never queued twice.
+        // PENDING without an entry, with or without the caller's retry. Queueing is
+        // idempotent per id, so a PENDING task is never queued twice.
         self.queue
             .enqueue(&id, traceparent, &state.encode_to_vec())
             .await?;
@@ -374,7 +203,8 @@ impl AutonomousLoop {
         }
     }
 
-    async fn create_state(&self, state: &SessionState) -> Result<CreateOutcome> {
+    /// Stores a new task's state with its `Submitted` event (idempotent per id).
+    pub(crate) async fn create_state(&self, state: &SessionState) -> Result<CreateOutcome> {
         let ev = Self::event(
             &state.task_id,
             progress_event::Kind::Submitted(Submitted {}),
@@ -384,12 +214,34 @@ impl AutonomousLoop {
 
     /// Loads a task's state.
     pub async fn get(&self, task_id: &str) -> Result<SessionState> {
-        self.store
-            .load(task_id)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                task_id: task_id.to_string(),
-            })
+        self.store.get(task_id).await
+    }
+
+    /// The most recent `limit` iteration records of a task, oldest first.
+    pub async fn iterations(&self, task_id: &str, limit: usize) -> Result<Vec<IterationRecord>> {
+        self.store.iterations(task_id, limit).await
+    }
+
+    /// A task's progress events after `cursor` (`None` = from the beginning), at most `limit`.
+    pub async fn events_after(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.events_after(task_id, cursor, limit).await
+    }
+
+    /// Like [`events_after`](Self::events_after), waiting up to `wait` for the first event
+    /// when there is none yet (a blocking read, no polling).
+    pub async fn wait_events(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.wait_events(task_id, cursor, limit, wait).await
     }
 
     /// Requests cancellation; a task nobody runs is cancelled at once.
@@ -401,26 +253,11 @@ impl AutonomousLoop {
         self.store
             .request_cancel(task_id, self.settings.archive_ttl)
             .await?;
-        let owner = Lease::new_owner(&self.settings.worker_id);
-        let Some(lease) = self
-            .store
-            .acquire_lease(task_id, &owner, self.settings.lease_ttl)
-            .await?
-        else {
+        let Some(mut session) = self.open_session(task_id).await? else {
             // A worker is running it: it stops at its next iteration boundary.
             let mut state = self.get(task_id).await?;
             state.cancel_requested = true;
             return Ok(state);
-        };
-        let fresh = self.get(task_id).await;
-        let mut session = match fresh {
-            Ok(s) => {
-                ActiveSession::new(self.store.clone(), s, lease, self.settings.checkpoint_retry)
-            }
-            Err(e) => {
-                let _ = self.store.release_lease(&lease).await;
-                return Err(e);
-            }
         };
         let result = if is_final(status_of(&session.state)) {
             Ok(())
@@ -432,7 +269,9 @@ impl AutonomousLoop {
         result.map(|_| session.full_state())
     }
 
-    async fn finish(
+    /// Marks the task final with `status` (and `error` unless completed), archives it and
+    /// publishes `Finished`.
+    pub(crate) async fn finish(
         &self,
         session: &mut ActiveSession,
         status: TaskStatus,
@@ -495,7 +334,7 @@ impl AutonomousLoop {
 
     /// Runs an existing task under a lease until it finishes, stops or hits its bound.
     /// `from_queue` makes a reached bound final (FAILED), since no caller will resume it.
-    async fn run_existing(
+    pub(crate) async fn run_existing(
         &self,
         task_id: &str,
         opts: &RunOptions,
@@ -506,22 +345,12 @@ impl AutonomousLoop {
         if is_final(status_of(&state)) {
             return Ok(run_result(&state, state.iteration_count));
         }
-        let owner = Lease::new_owner(&self.settings.worker_id);
-        let lease = self
-            .store
-            .acquire_lease(task_id, &owner, self.settings.lease_ttl)
+        let session = self
+            .open_session(task_id)
             .await?
             .ok_or_else(|| Error::LeaseHeld {
                 task_id: task_id.to_string(),
             })?;
-        // Re-read under the lease: the previous holder may have written since.
-        let state = match self.get(task_id).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.store.release_lease(&lease).await;
-                return Err(e);
-            }
-        };
         let on_beat = {
             let queue = self.queue.clone();
             let consumer = self.settings.worker_id.clone();
@@ -541,24 +370,19 @@ impl AutonomousLoop {
         // The entry's idle time restarts with the lease, so it is reclaimable right when
         // the lease has expired, not earlier (when the claim would find the lease held).
         on_beat().await;
-        let heartbeat = Heartbeat::start(self.store.clone(), lease.clone(), on_beat);
-        let ctx = Arc::new(RunCtx {
-            store: self.store.clone(),
-            agent: self.agent.clone(),
-            retry: self.retry.clone(),
-            team: self.settings.team.clone(),
-            worker_id: self.settings.worker_id.clone(),
-            shutdown: self.shutdown.clone(),
-            shutdown_grace: self.settings.shutdown_grace,
-            heartbeat,
-        });
-        let before = state.iteration_count;
-        let session = Arc::new(Mutex::new(ActiveSession::new(
+        let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
+        let ctx = Arc::new(RunCtx::new(
             self.store.clone(),
-            state,
-            lease,
-            self.settings.checkpoint_retry,
-        )));
+            self.agent.clone(),
+            self.retry.clone(),
+            self.settings.team.clone(),
+            self.settings.worker_id.clone(),
+            self.shutdown.clone(),
+            self.settings.shutdown_grace,
+            heartbeat,
+        ));
+        let before = session.state.iteration_count;
+        let session = Arc::new(Mutex::new(session));
         let result = self
             .drive(
                 &ctx,
@@ -596,8 +420,8 @@ impl AutonomousLoop {
             }
             if let Some(n) = delivery_count {
                 s.state.delivery_count = n.min(u32::MAX as u64) as u32;
-                let progressed = made_progress(&s.state);
-                s.state.stalled_deliveries = stalled_deliveries(&s.state);
+                let progressed = crate::worker::made_progress(&s.state);
+                s.state.stalled_deliveries = crate::worker::stalled_deliveries(&s.state);
                 // This start's own checkpoint is not progress; any later one is.
                 s.state.delivery_start_version = s.version() + 1;
                 if n > 1 {
@@ -715,315 +539,4 @@ impl AutonomousLoop {
             path: path as i32,
         }
     }
-
-    // ---- queue workers -------------------------------------------------------------
-    // Per shard, one reader blocks on `XREADGROUP … BLOCK` (on a connection of its own)
-    // while some worker is idle, and one reclaimer sleeps until the oldest pending entry
-    // of the shard could have outlived its lease, then claims it. Deliveries go to
-    // `concurrency` workers through one channel, so capacity is shared fairly by shards.
-
-    /// Starts the queue workers (none when `concurrency` is 0); they stop when shutdown
-    /// is triggered, after checkpointing and releasing their tasks.
-    pub fn spawn_workers_if_enabled(self: &Arc<Self>) -> tokio::task::JoinSet<()> {
-        let mut set = tokio::task::JoinSet::new();
-        if self.settings.concurrency == 0 {
-            return set;
-        }
-        let (tx, rx) = mpsc::channel::<Delivery>(self.queue.shards() * 2);
-        let rx = Arc::new(Mutex::new(rx));
-        let (idle_tx, idle_rx) = watch::channel(0usize);
-        let idle_tx = Arc::new(idle_tx);
-        for n in 0..self.settings.concurrency {
-            let this = self.clone();
-            let (rx, idle) = (rx.clone(), idle_tx.clone());
-            set.spawn(async move { this.worker(n, rx, idle).await });
-        }
-        for shard in 0..self.queue.shards() {
-            let this = self.clone();
-            let (tx2, idle) = (tx.clone(), idle_rx.clone());
-            set.spawn(async move { this.shard_reader(shard, tx2, idle).await });
-            let this = self.clone();
-            let (tx2, idle) = (tx.clone(), idle_rx.clone());
-            set.spawn(async move { this.shard_reclaimer(shard, tx2, idle).await });
-        }
-        set
-    }
-
-    async fn worker(
-        self: Arc<Self>,
-        n: usize,
-        rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
-        idle: Arc<watch::Sender<usize>>,
-    ) {
-        loop {
-            idle.send_modify(|c| *c += 1);
-            let next = {
-                let mut rx = rx.lock().await;
-                tokio::select! {
-                    d = rx.recv() => d,
-                    _ = self.shutdown.wait() => None,
-                }
-            };
-            idle.send_modify(|c| *c = c.saturating_sub(1));
-            let Some(d) = next else {
-                // Shutdown: entries read but not started go back for the next replica.
-                while let Ok(d) = rx.lock().await.try_recv() {
-                    let _ = self.queue.requeue(&d).await;
-                }
-                return;
-            };
-            if self.shutdown.is_triggered() {
-                // Read but not started: the next replica gets it at once.
-                let _ = self.queue.requeue(&d).await;
-                continue;
-            }
-            let span = delivery_span(&d);
-            tracing::trace!(worker = n, "delivery taken");
-            self.handle(&d).instrument(span).await;
-        }
-    }
-
-    /// Waits until some worker is idle (or shutdown: `false`).
-    async fn idle_worker(&self, idle: &mut watch::Receiver<usize>) -> bool {
-        tokio::select! {
-            r = idle.wait_for(|c| *c > 0) => r.is_ok() && !self.shutdown.is_triggered(),
-            _ = self.shutdown.wait() => false,
-        }
-    }
-
-    async fn shard_reader(
-        self: Arc<Self>,
-        shard: usize,
-        tx: mpsc::Sender<Delivery>,
-        mut idle: watch::Receiver<usize>,
-    ) {
-        let consumer = self.settings.worker_id.clone();
-        let mut backoff = Duration::from_millis(100);
-        while self.idle_worker(&mut idle).await {
-            let read = tokio::select! {
-                r = self.queue.read_new(shard, &consumer, 1, Some(self.settings.poll_interval)) => r,
-                _ = self.shutdown.wait() => return,
-            };
-            match read {
-                Ok(deliveries) => {
-                    backoff = Duration::from_millis(100);
-                    for d in deliveries {
-                        if tx.send(d).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(shard, error = %e, "queue read failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.wait() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn shard_reclaimer(
-        self: Arc<Self>,
-        shard: usize,
-        tx: mpsc::Sender<Delivery>,
-        mut idle: watch::Receiver<usize>,
-    ) {
-        let consumer = self.settings.worker_id.clone();
-        let min_idle = reclaim_after(self.settings.lease_ttl);
-        // An entry first seen this long after it went quiet is still claimed on time.
-        let longest_sleep = self.settings.lease_ttl / 2;
-        while self.idle_worker(&mut idle).await {
-            let wait = match self.queue.next_reclaim(shard, min_idle).await {
-                Ok(Some(w)) if w.is_zero() => {
-                    match self.queue.reclaim(shard, &consumer, min_idle, 1).await {
-                        Ok(got) => {
-                            if !got.is_empty() {
-                                crate::telemetry::reclaimed(got.len());
-                            }
-                            for d in got {
-                                if tx.send(d).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Duration::ZERO
-                        }
-                        Err(e) => {
-                            tracing::warn!(shard, error = %e, "queue reclaim failed; retrying");
-                            Duration::from_secs(1)
-                        }
-                    }
-                }
-                // A little past the moment, so the entry is surely idle long enough.
-                Ok(Some(w)) => (w + Duration::from_millis(20)).min(longest_sleep),
-                Ok(None) => longest_sleep,
-                Err(e) => {
-                    tracing::warn!(shard, error = %e, "queue pending check failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.wait() => return,
-            }
-        }
-    }
-
-    /// Runs one delivered entry and acknowledges it once the task is final.
-    async fn handle(&self, d: &Delivery) {
-        if d.task_id.is_empty() {
-            let _ = self.queue.ack(d).await;
-            return;
-        }
-        let state = match self.store.load(&d.task_id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => match self.adopt(d).await {
-                Some(s) => s,
-                None => return,
-            },
-            Err(e @ Error::CorruptState { .. }) => {
-                let _ = self.queue.dead_letter(d, &e.to_string()).await;
-                crate::telemetry::dead_lettered();
-                tracing::error!(task_id = %d.task_id, error = %e, "task state unreadable; dead-lettered");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "cannot load task; leaving it for redelivery");
-                return;
-            }
-        };
-        if is_final(status_of(&state)) {
-            let _ = self.queue.ack(d).await;
-            return;
-        }
-        if u64::from(stalled_deliveries(&state)) >= self.settings.max_deliveries
-            && self.dead_letter(d).await
-        {
-            return;
-        }
-        let opts = RunOptions {
-            resume: true,
-            max_iterations: 0,
-            use_multi_agent: None,
-        };
-        match self.run_existing(&d.task_id, &opts, true, Some(d)).await {
-            Ok(r) if is_final(TaskStatus::try_from(r.status).unwrap_or_default()) => {
-                let _ = self.queue.ack(d).await;
-            }
-            Ok(_) => {}
-            Err(Error::ShuttingDown) => {
-                // Hand the task to another replica at once instead of waiting for the
-                // entry to go idle.
-                let _ = self.queue.requeue(d).await;
-            }
-            Err(Error::LeaseHeld { .. }) => {
-                tracing::debug!(task_id = %d.task_id, "another worker holds the task");
-            }
-            Err(e) if leaves_task_resumable(&e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "run interrupted; the task stays resumable");
-            }
-            Err(e) => {
-                tracing::error!(task_id = %d.task_id, error = %e, "run failed; leaving it for redelivery");
-            }
-        }
-    }
-
-    /// A queue entry whose task has no state: its submitter stopped between queueing and
-    /// storing. Stores the state the entry carries; without one, drops the entry.
-    async fn adopt(&self, d: &Delivery) -> Option<SessionState> {
-        let initial = (!d.initial_state.is_empty())
-            .then(|| SessionState::decode(d.initial_state.as_slice()).ok())
-            .flatten()
-            .filter(|s| s.task_id == d.task_id && s.task.is_some());
-        let Some(initial) = initial else {
-            tracing::warn!(task_id = %d.task_id, "queue entry for an unknown task; dropping it");
-            let _ = self.queue.ack(d).await;
-            return None;
-        };
-        match self.create_state(&initial).await {
-            Ok(CreateOutcome::Created(s) | CreateOutcome::Existing(s)) => {
-                tracing::info!(task_id = %d.task_id, "stored the state of a task queued by a submitter that stopped");
-                Some(s)
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "cannot store a queued task's state; leaving it for redelivery");
-                None
-            }
-        }
-    }
-
-    /// Fails the task as dead-lettered and moves its entry to the dead-letter stream,
-    /// unless, under the lease, it turns out to have made progress after all (then
-    /// `false`: run it).
-    async fn dead_letter(&self, d: &Delivery) -> bool {
-        let owner = Lease::new_owner(&self.settings.worker_id);
-        let lease = match self
-            .store
-            .acquire_lease(&d.task_id, &owner, self.settings.lease_ttl)
-            .await
-        {
-            Ok(Some(lease)) => lease,
-            // Someone is running it right now: not dead.
-            Ok(None) => return true,
-            Err(e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "cannot dead-letter now");
-                return true;
-            }
-        };
-        let fresh = match self.get(&d.task_id).await {
-            Ok(s) if u64::from(stalled_deliveries(&s)) >= self.settings.max_deliveries => s,
-            other => {
-                let _ = self.store.release_lease(&lease).await;
-                return other.is_err();
-            }
-        };
-        let stalled = stalled_deliveries(&fresh);
-        let reason = if fresh.last_error.is_empty() {
-            format!("{stalled} deliveries in a row made no progress")
-        } else {
-            fresh.last_error.clone()
-        };
-        let mut s = ActiveSession::new(
-            self.store.clone(),
-            fresh,
-            lease,
-            self.settings.checkpoint_retry,
-        );
-        s.state.dead_lettered = true;
-        s.state.delivery_count = d.delivery_count.min(u32::MAX as u64) as u32;
-        s.state.stalled_deliveries = stalled;
-        let msg = format!("dead-lettered after {stalled} deliveries without progress: {reason}");
-        if let Err(e) = self.finish(&mut s, TaskStatus::Failed, &msg).await {
-            tracing::warn!(task_id = %d.task_id, error = %e, "could not mark a dead-lettered task failed");
-        }
-        s.release().await;
-        if self.queue.dead_letter(d, &reason).await.is_ok() {
-            crate::telemetry::dead_lettered();
-            tracing::error!(task_id = %d.task_id, deliveries = d.delivery_count, stalled, "task dead-lettered");
-        }
-        true
-    }
-}
-
-/// Whether a checkpoint was written after the latest delivery's start (or none started).
-fn made_progress(state: &SessionState) -> bool {
-    state.version > state.delivery_start_version
-}
-
-/// The stalled-delivery count a new delivery of `state` brings: reset by progress,
-/// otherwise one more.
-fn stalled_deliveries(state: &SessionState) -> u32 {
-    if made_progress(state) {
-        0
-    } else {
-        state.stalled_deliveries.saturating_add(1)
-    }
-}
-
-/// Idle time after which a pending entry is claimed: past its lease (heartbeats touch the
-/// entry right after renewing the lease, so an entry this idle has an expired lease).
-pub fn reclaim_after(lease_ttl: Duration) -> Duration {
-    lease_ttl + Duration::from_millis(100)
 }

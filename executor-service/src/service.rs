@@ -1,7 +1,8 @@
 //! The `taskrouter.v1.Executor` gRPC service: request validation, then the engine.
 
-use crate::autonomous_loop::{AutonomousLoop, RunOptions, is_final};
+use crate::autonomous_loop::{AutonomousLoop, is_final};
 use crate::error::Error;
+use crate::run::RunOptions;
 use service_kit::Shutdown;
 use service_kit::validation::{TaskLimits, Violations, check_task, check_task_id};
 use std::pin::Pin;
@@ -76,7 +77,7 @@ impl Executor for ExecutorService {
                 check_task(&mut v, "task", task, &self.limits);
             }
             check_bound(&mut v, req.max_iterations);
-            v.into_result()?;
+            Error::check(v)?;
             let task = req.task.unwrap_or_default();
             let (state, created) = self
                 .engine
@@ -107,7 +108,7 @@ impl Executor for ExecutorService {
                 }
             }
             check_bound(&mut v, req.max_iterations);
-            v.into_result()?;
+            Error::check(v)?;
             let task = req.task.unwrap_or_default();
             if id_only {
                 // An id alone can only resume: it must not create an empty, unvalidated task.
@@ -137,14 +138,14 @@ impl Executor for ExecutorService {
                     format!("must be at most {MAX_ITERATION_LIMIT}"),
                 );
             }
-            v.into_result()?;
+            Error::check(v)?;
             let state = self.engine.get(&req.task_id).await?;
             let iterations = if req.include_iterations {
                 let limit = match req.iteration_limit {
                     0 => 100,
                     n => n as usize,
                 };
-                self.engine.store().iterations(&req.task_id, limit).await?
+                self.engine.iterations(&req.task_id, limit).await?
             } else {
                 Vec::new()
             };
@@ -165,7 +166,7 @@ impl Executor for ExecutorService {
         let req = request.into_inner();
         let mut v = Violations::new();
         check_task_id(&mut v, "task_id", &req.task_id);
-        v.into_result()?;
+        Error::check(v)?;
         // NOT_FOUND up front rather than an empty stream.
         self.engine.get(&req.task_id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -176,10 +177,10 @@ impl Executor for ExecutorService {
             let mut cursor: Option<String> = None;
             loop {
                 let batch = tokio::select! {
-                    b = engine.store().wait_events(&req.task_id, cursor.as_deref(), 100, poll) => b,
+                    b = engine.wait_events(&req.task_id, cursor.as_deref(), 100, poll) => b,
                     _ = tx.closed() => return,
                     _ = shutdown.wait() => {
-                        let _ = tx.send(Err(Status::unavailable("executor shutting down; watch again on another replica"))).await;
+                        let _ = tx.send(Err(Status::from(Error::ShuttingDown))).await;
                         return;
                     }
                 };
@@ -227,7 +228,7 @@ impl Executor for ExecutorService {
             let req = request.into_inner();
             let mut v = Violations::new();
             check_task_id(&mut v, "task_id", &req.task_id);
-            v.into_result()?;
+            Error::check(v)?;
             let state = self.engine.cancel(&req.task_id).await?;
             Ok(Response::new(CancelResponse { state: Some(state) }))
         }
