@@ -55,6 +55,15 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes };
         cluster.wait_until_ok();
+        // Replica roles reach the other nodes by gossip, a moment after the slots do.
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        while cluster.topology().iter().filter(|n| !n.master).count() < masters * replicas {
+            assert!(
+                Instant::now() < deadline,
+                "the replicas never showed up as replicas"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         cluster
     }
 
