@@ -351,3 +351,28 @@ pub(crate) fn stalled_deliveries(state: &SessionState) -> u32 {
 pub fn reclaim_after(lease_ttl: Duration) -> Duration {
     lease_ttl + Duration::from_millis(100)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(version: u64, start: u64, stalled: u32) -> SessionState {
+        SessionState {
+            version,
+            delivery_start_version: start,
+            stalled_deliveries: stalled,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_deliveries_without_a_checkpoint_after_their_start_count() {
+        // First delivery of a stored task: nothing started yet.
+        assert_eq!(stalled_deliveries(&state(1, 0, 0)), 0);
+        // The previous delivery wrote its start (version 5) and then iterations.
+        assert_eq!(stalled_deliveries(&state(9, 5, 3)), 0);
+        // It wrote its start and nothing else: one more without progress.
+        assert_eq!(stalled_deliveries(&state(5, 5, 0)), 1);
+        assert_eq!(stalled_deliveries(&state(5, 5, 4)), 5);
+    }
+}

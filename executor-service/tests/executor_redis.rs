@@ -324,6 +324,37 @@ async fn a_submit_retried_after_a_crash_before_queueing_still_runs_the_task() {
 }
 
 #[tokio::test]
+async fn a_submitter_that_stopped_after_queueing_before_storing_still_gets_its_task_run() {
+    use executor_service::queue::WorkQueue as _;
+    use prost::Message as _;
+    let mut h = Harness::start(|_| {}).await;
+    let task = sim_task("T-QUEUED-ONLY", Complexity::Low, 3, &[]);
+    // What a crash between queueing the task and storing it leaves behind: the entry
+    // with the initial state, no state. Nobody retries.
+    let queue =
+        executor_service::queue::RedisQueue::new(h.redis.connection_manager().await, "trtest");
+    queue
+        .enqueue(&task.id, "", &pending_state(&task).encode_to_vec())
+        .await
+        .unwrap();
+    let s = wait_final(&mut h.client, &task.id, Duration::from_secs(15)).await;
+    assert_eq!(status(s.status), TaskStatus::Completed);
+    assert_eq!(s.iteration_count, 3);
+    // A later retry of the same Submit finds the finished task.
+    let r = h
+        .client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.created);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without_another_iteration()
 {
     use executor_service::session::Lease;
