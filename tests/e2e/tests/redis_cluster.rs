@@ -181,3 +181,48 @@ async fn a_master_failover_mid_run_loses_no_task_and_no_iteration() {
     assert!(cluster.master_ports().contains(&replica));
     assert_all_completed_exactly(&mut clients[1], N, ITERATIONS).await;
 }
+
+/// The executor's health status, `None` when it does not answer.
+async fn health(addr: SocketAddr) -> Option<i32> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let r = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "taskrouter.v1.Executor".into(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
+}
+
+#[tokio::test]
+async fn health_follows_the_cluster_a_lost_master_turns_it_not_serving_and_back() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut cluster = RedisCluster::start(3, 0);
+    let (_a, addr) = executor(&cluster, "exec-a").await;
+    let master = cluster.master_ports()[1];
+    cluster.node_mut(master).unwrap().kill();
+    let wait_for = |want: ServingStatus| async move {
+        for _ in 0..300 {
+            if health(addr).await == Some(want as i32) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(
+        wait_for(ServingStatus::NotServing).await,
+        "still SERVING without master {master}"
+    );
+    cluster.node_mut(master).unwrap().start_again();
+    assert!(
+        wait_for(ServingStatus::Serving).await,
+        "not SERVING again after master {master} came back"
+    );
+}
