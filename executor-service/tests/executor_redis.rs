@@ -758,11 +758,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = test_support::client::channel(h.addr).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut not_serving = false;
     for _ in 0..50 {

@@ -14,7 +14,7 @@ use taskrouter_proto::v1::executor_client::ExecutorClient;
 use test_support::client::{endpoint, tls_endpoint};
 use test_support::{RedisServer, TestPki, free_port, health_status, wait_for_grpc_serving_at};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

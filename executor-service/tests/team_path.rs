@@ -7,8 +7,8 @@ use common::Harness;
 use std::collections::HashMap;
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunRequest,
-    RunResult, SpecialistStatus, SubmitRequest, Task, TaskStatus, TeamPhase,
+    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunResult,
+    SpecialistStatus, SubmitRequest, TaskStatus, TeamPhase,
 };
 use test_support::client::{resume, run, task, wait_final, wait_state};
 

@@ -132,7 +132,7 @@ async fn bearer_token_guards_everything_but_health() {
     let mut config = RouterConfig::with_defaults();
     config.server.auth.auth_token = Some(Secret::new(TOKEN));
     // `start` waits on health without a token: health is open for probes.
-    let router = start(config, plain).await;
+    let router = start(config, |r| endpoint(r.addr)).await;
     let endpoint = endpoint(router.addr);
     let channel = endpoint.connect().await.unwrap();
 

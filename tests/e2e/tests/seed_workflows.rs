@@ -6,9 +6,7 @@ mod common;
 use common::Cluster;
 use scenarios::{Mode, Outcome, Scenario};
 use std::time::Duration;
-use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, RunRequest, SubmitRequest, Task, TaskStatus, TeamPhase,
-};
+use taskrouter_proto::v1::{Complexity, ExecutionPath, SubmitRequest, TaskStatus, TeamPhase};
 use test_support::client::{resume, run, task, wait_final_with_iterations, wait_state};
 
 #[tokio::test]
