@@ -16,7 +16,6 @@ use taskrouter_proto::v1::{Complexity, GetPolicyRequest, RouteRequest};
 use test_support::client::{endpoint, tls_endpoint};
 use test_support::{ServiceProcess, TestPki, free_port, health_status, wait_for_grpc_serving_at};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
