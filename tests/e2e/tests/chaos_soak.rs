@@ -188,7 +188,7 @@ async fn a_mixed_load_soak_has_no_errors_and_flat_memory() {
     let mut completed = 0;
     for id in &ids {
         loop {
-            let s = state(&mut client, &id).await;
+            let s = state(&mut client, id).await;
             if is_final(&s) {
                 assert_eq!(
                     s.status,
