@@ -2,12 +2,13 @@
 
 mod common;
 
-use common::{Harness, sim_task, wait_final};
+use common::Harness;
 use std::time::Duration;
 use taskrouter_proto::v1::{
     CancelRequest, Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RunRequest,
     SubmitRequest, Task, TaskStatus, WatchRequest, progress_event,
 };
+use test_support::client::{resume, run, sim_task, state, wait_final, wait_state};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -19,40 +20,13 @@ fn status(s: i32) -> TaskStatus {
 async fn bounded_run_then_resume_gives_eight_more_and_ten_total() {
     let mut h = Harness::start(|_| {}).await;
     let task = sim_task("TEST-RESUME-001", Complexity::Low, 10, &[]);
-    let first = h
-        .client
-        .run(RunRequest {
-            task: Some(task.clone()),
-            resume: false,
-            max_iterations: 2,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let first = run(&mut h.client, task.clone(), 2).await;
     assert_eq!(status(first.status), TaskStatus::InProgress);
     assert_eq!(first.iterations_this_run, 2);
     assert_eq!(first.total_iterations, 2);
 
     // A context reset: only the id comes back, with resume and a larger bound.
-    let second = h
-        .client
-        .run(RunRequest {
-            task: Some(Task {
-                id: task.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 10,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let second = resume(&mut h.client, &task.id, 10).await;
     assert_eq!(status(second.status), TaskStatus::Completed);
     assert_eq!(second.iterations_this_run, 8);
     assert_eq!(second.total_iterations, 10);
@@ -401,22 +375,7 @@ async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without
     }
     store.release_lease(&lease).await.unwrap();
 
-    let r = h
-        .client
-        .run(RunRequest {
-            task: Some(Task {
-                id: task.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 0,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let r = resume(&mut h.client, &task.id, 0).await;
     assert_eq!(status(r.status), TaskStatus::Completed);
     assert_eq!(
         r.iterations_this_run, 0,
@@ -516,23 +475,10 @@ async fn cancel_stops_a_running_task_at_the_next_boundary() {
         .await
         .unwrap();
     // Let it get going.
-    loop {
-        let s = h
-            .client
-            .get(GetRequest {
-                task_id: task.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap();
-        if s.iteration_count >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_state(&mut h.client, &task.id, Duration::from_secs(60), |s| {
+        s.iteration_count >= 3
+    })
+    .await;
     let resp = h
         .client
         .cancel(CancelRequest {
@@ -605,17 +551,7 @@ async fn completed_task_is_archived_with_the_configured_ttl_and_still_readable()
             .unwrap();
         assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{key} ttl {ttl}");
     }
-    let s = h
-        .client
-        .get(GetRequest {
-            task_id: task.id,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-        .unwrap();
+    let s = state(&mut h.client, &task.id).await;
     assert!(s.archived);
     assert_eq!(status(s.status), TaskStatus::Completed);
     assert!(s.archive_expires_at.is_some());
@@ -851,17 +787,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
         .await
         .unwrap();
     let before = loop {
-        let s = h
-            .client
-            .get(GetRequest {
-                task_id: task.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap();
+        let s = state(&mut h.client, &task.id).await;
         if s.iteration_count >= 5 {
             break s.iteration_count;
         }
@@ -878,11 +804,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = test_support::client::channel(h.addr).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut not_serving = false;
     for _ in 0..50 {

@@ -3,13 +3,14 @@
 
 mod common;
 
-use common::{Harness, wait_final};
+use common::Harness;
 use std::collections::HashMap;
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunRequest,
-    RunResult, SpecialistStatus, SubmitRequest, Task, TaskStatus, TeamPhase,
+    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunResult,
+    SpecialistStatus, SubmitRequest, TaskStatus, TeamPhase,
 };
+use test_support::client::{resume, run, task, wait_final, wait_state};
 
 /// An in-process router with the embedded default policy; returns its address.
 async fn start_router() -> (std::net::SocketAddr, service_kit::Shutdown) {
@@ -40,42 +41,6 @@ async fn with_router(
     (h, router_shutdown)
 }
 
-fn task(
-    id: &str,
-    description: &str,
-    complexity: Complexity,
-    value: f64,
-    repos: &[&str],
-    labels: &[(&str, &str)],
-) -> Task {
-    Task {
-        id: id.into(),
-        description: description.into(),
-        complexity: complexity as i32,
-        estimated_value_usd: value,
-        repositories: repos.iter().map(|r| r.to_string()).collect(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-    }
-}
-
-async fn run(h: &mut Harness, t: Task, max: u32) -> RunResult {
-    h.client
-        .run(RunRequest {
-            task: Some(t),
-            resume: false,
-            max_iterations: max,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap()
-}
-
 fn codes(r: &RunResult) -> Vec<ReasonCode> {
     r.state
         .as_ref()
@@ -99,7 +64,7 @@ async fn the_seed_scenarios_route_and_complete() {
         .filter(|sc| sc.mode == scenarios::Mode::Submit)
     {
         let id = sc.task.id.clone();
-        let r = run(&mut h, sc.task.clone(), 50).await;
+        let r = run(&mut h.client, sc.task.clone(), 50).await;
         let s = r.state.clone().unwrap();
         let outcome = scenarios::Outcome {
             scenario: sc.name,
@@ -130,7 +95,7 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
     let (mut h, _r) = with_router(|_| {}).await;
     // HIGH + HIPAA + $250 staffs four specialists; 1 analysis + 4 x 2 + 1 synthesis = 10.
     let t = scenarios::Scenario::by_id("TEST-RESUME-001").task;
-    let first = run(&mut h, t.clone(), 2).await;
+    let first = run(&mut h.client, t.clone(), 2).await;
     assert_eq!(
         first.routing_decision,
         RoutingDecision::UseMultiAgent as i32
@@ -144,22 +109,7 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
     assert_eq!(saved.phase, TeamPhase::Specialists as i32);
     assert_eq!(saved.specialists.len(), 4, "{:?}", saved.specialists);
 
-    let second = h
-        .client
-        .run(RunRequest {
-            task: Some(Task {
-                id: t.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 10,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let second = resume(&mut h.client, &t.id, 10).await;
     assert_eq!(
         TaskStatus::try_from(second.status).unwrap(),
         TaskStatus::Completed
@@ -222,7 +172,7 @@ async fn assert_falls_back(
             l
         },
     );
-    let r = run(&mut h, t, 50).await;
+    let r = run(&mut h.client, t, 50).await;
     assert_eq!(
         r.routing_decision,
         RoutingDecision::UseMultiAgent as i32,
@@ -316,7 +266,7 @@ async fn an_unreachable_router_means_the_single_path_with_the_reason_recorded() 
         &["org/a"],
         &[("sim.iterations", "2")],
     );
-    let r = run(&mut h, t, 10).await;
+    let r = run(&mut h.client, t, 10).await;
     assert_eq!(
         TaskStatus::try_from(r.status).unwrap(),
         TaskStatus::Completed
@@ -359,23 +309,10 @@ async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_un
         })
         .await
         .unwrap();
-    loop {
-        let s = h
-            .client
-            .get(GetRequest {
-                task_id: t.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap();
-        if s.iteration_count >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_state(&mut h.client, &t.id, Duration::from_secs(60), |s| {
+        s.iteration_count >= 4
+    })
+    .await;
     h.redis.stop();
     // Far longer than the retry budget: the run gives up, without marking anything done.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -415,7 +352,7 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
             &["org/ehr"],
             &[("sim.specialist_iterations", "2"), ("sim.latency_ms", "30")],
         );
-        let first = run(&mut h, t, bound).await;
+        let first = run(&mut h.client, t, bound).await;
         assert_eq!(
             TaskStatus::try_from(first.status).unwrap(),
             TaskStatus::InProgress,
@@ -441,22 +378,7 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
             "{id}: memory and Redis agree"
         );
         assert_eq!(log.state.unwrap().iteration_count, bound);
-        let second = h
-            .client
-            .run(RunRequest {
-                task: Some(Task {
-                    id: id.clone(),
-                    ..Default::default()
-                }),
-                resume: true,
-                max_iterations: 10,
-                use_multi_agent: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .result
-            .unwrap();
+        let second = resume(&mut h.client, &id, 10).await;
         assert_eq!(
             TaskStatus::try_from(second.status).unwrap(),
             TaskStatus::Completed,

@@ -15,7 +15,7 @@ mod baseline;
 pub mod error;
 mod execute;
 mod load;
-mod output;
+pub mod output;
 mod redis;
 mod route;
 mod target;

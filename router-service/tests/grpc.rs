@@ -2,13 +2,14 @@
 
 mod common;
 
-use common::{RunningRouter, task};
+use common::RunningRouter;
 use router_service::RouterConfig;
 use service_kit::validation::field_violations;
 use std::time::Duration;
 use taskrouter_proto::v1::{
     Complexity, GetPolicyRequest, ReasonCode, RouteRequest, RoutingDecision, Task,
 };
+use test_support::client::task;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -19,7 +20,14 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 fn valid() -> Task {
-    task("TASK-1", "Fix typo in README", Complexity::Low, 10.0)
+    task(
+        "TASK-1",
+        "Fix typo in README",
+        Complexity::Low,
+        10.0,
+        &[],
+        &[],
+    )
 }
 
 #[tokio::test]
@@ -45,6 +53,8 @@ async fn route_answers_with_the_full_analysis() {
         "Rotate HIPAA credentials and deploy to production",
         Complexity::High,
         500.0,
+        &[],
+        &[],
     );
     t.repositories = vec!["org/a".into(), "org/b".into()];
     let multi = client

@@ -3,11 +3,12 @@
 
 mod common;
 
-use common::{RunningRouter, task};
+use common::RunningRouter;
 use router_service::RouterConfig;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::{Complexity, GetPolicyRequest, RouteRequest, RoutingDecision};
+use test_support::client::task;
 
 const PERCENT_10: &str = "[multi_agent]\nrollout_percent = 10\n";
 const PERCENT_100: &str = "[multi_agent]\nrollout_percent = 100\n";
@@ -107,7 +108,7 @@ async fn an_invalid_rewrite_keeps_the_old_policy_in_force() {
         .client()
         .await
         .route(RouteRequest {
-            task: Some(task("TASK-1", "Fix typo", Complexity::Low, 1.0)),
+            task: Some(task("TASK-1", "Fix typo", Complexity::Low, 1.0, &[], &[])),
         })
         .await
         .unwrap()
@@ -146,7 +147,7 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     let router = RunningRouter::start(config(&path, Duration::ZERO)).await;
     assert_eq!(router.policy_version().await, version_of(PERCENT_10));
     let mut client = router.client().await;
-    let high = || task("TEST-FEATURE-001", "x", Complexity::High, 0.0);
+    let high = || task("TEST-FEATURE-001", "x", Complexity::High, 0.0, &[], &[]);
     let before = client
         .route(RouteRequest { task: Some(high()) })
         .await

@@ -14,7 +14,8 @@ pub mod demo;
 pub mod error;
 pub mod input;
 pub mod names;
-pub mod output;
+/// Terminal output, shared with the load generator (which `taskctl bench` fronts).
+pub use taskrouter_loadgen::output;
 pub mod render;
 
 use cli::{Cli, Command};

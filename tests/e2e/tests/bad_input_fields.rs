@@ -10,7 +10,7 @@
 
 mod inproc;
 
-use inproc::{brief, brief_task, env, wait_final};
+use inproc::{brief, brief_task, env};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -24,6 +24,7 @@ use taskrouter_proto::v1::{
     CancelRequest, GetPolicyRequest, GetRequest, RouteRequest, RoutingDecision, RunRequest,
     SubmitRequest, Task, WatchRequest,
 };
+use test_support::client::wait_final;
 use tonic::{Code, Status};
 
 /// Cases per property: enough to cover every strategy branch, small enough for CI.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::{Complexity, RouteRequest, RunRequest, SubmitRequest, Task};
+use test_support::client::{task, wait_final};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -170,7 +171,7 @@ fn arbitrary_bytes_as_any_request_get_a_status_and_never_a_hang() {
         };
         let channel = {
             let _rt = env.rt.enter();
-            inproc::channel(addr)
+            test_support::client::lazy_channel(addr)
         };
         let (code, message) =
             env.call(path, Duration::from_secs(15), raw_call(channel, path, body));
@@ -355,7 +356,7 @@ async fn garbage_on_the_grpc_port_crashes_neither_server() {
     );
     // And real work still goes through both.
     let mut client = c.client(0).await;
-    let t = common::task(
+    let t = task(
         "AFTER-GARBAGE",
         "Deploy the API to production",
         Complexity::Medium,
@@ -370,8 +371,7 @@ async fn garbage_on_the_grpc_port_crashes_neither_server() {
         })
         .await
         .unwrap();
-    let r = common::wait_final(&mut client, "AFTER-GARBAGE", Duration::from_secs(30)).await;
-    let s = r.state.unwrap();
+    let s = wait_final(&mut client, "AFTER-GARBAGE", Duration::from_secs(30)).await;
     assert_eq!(s.status, taskrouter_proto::v1::TaskStatus::Completed as i32);
     assert!(
         s.fallback.is_none(),
@@ -406,7 +406,7 @@ async fn overload_on_one_connection_is_shed_with_resource_exhausted() {
     for i in 0..CALLS {
         let mut client = client.clone();
         calls.spawn(async move {
-            let t = common::task(
+            let t = task(
                 &format!("SLOW-{i}"),
                 "Fix a flaky test",
                 Complexity::Low,

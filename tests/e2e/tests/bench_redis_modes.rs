@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::{task, wait_final};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, WatchRequest};
+use test_support::client::{task, wait_final};
 use test_support::{RedisCluster, RedisServer, ServiceProcess, free_port, wait_for_grpc_serving};
 use tonic::transport::Channel;
 

@@ -8,7 +8,7 @@ mod chaos_support;
 mod common;
 
 use chaos_support::{Exec, assert_completed_exactly_once, leases, seeded_rng};
-use common::{Cluster, task};
+use common::Cluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, ExecutionPath, GetRequest, SubmitRequest, Task};
+use test_support::client::{is_final, task};
 
 const KILLS: usize = 20;
 /// Unfinished tasks kept in the system while the kills go on (both executors: 8 workers).
@@ -89,7 +90,7 @@ async fn submit_anywhere(addrs: &[SocketAddr], t: &Task) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for addr in addrs {
-            let mut client = ExecutorClient::new(chaos_support::lazy_channel(*addr));
+            let mut client = ExecutorClient::new(test_support::client::lazy_channel(*addr));
             let call = client.submit(SubmitRequest {
                 task: Some(t.clone()),
                 ..Default::default()
@@ -199,7 +200,7 @@ async fn twenty_kill9s_at_random_iterations_lose_and_double_no_checkpoint() {
                 let Some(s) = r.into_inner().state else { break };
                 let n = s.iteration_count;
                 let goal = *target.get_or_insert(n + more);
-                if common::is_final(&s) {
+                if is_final(&s) {
                     at = format!("{id} just finished");
                     break;
                 }

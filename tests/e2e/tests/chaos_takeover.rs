@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::{get, task, wait_final};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+use test_support::client::{get_with_iterations, task, wait_final_with_iterations};
 use test_support::{RedisServer, ServiceProcess, free_port, wait_for_grpc_serving};
 use tonic::transport::Channel;
 
@@ -113,7 +113,7 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            let r = get(&mut client, ID).await;
+            let r = get_with_iterations(&mut client, ID, 1000).await;
             if let (Some(owner), Some(last)) = (owner, r.iterations.last()) {
                 let holder = live
                     .iter()
@@ -147,7 +147,7 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
         let dead = execs[holder].worker_id.clone();
         // The next iteration recorded by a survivor.
         let next = loop {
-            let r = get(&mut client, ID).await;
+            let r = get_with_iterations(&mut client, ID, 1000).await;
             if let Some(rec) = r
                 .iterations
                 .iter()
@@ -173,7 +173,7 @@ async fn five_kills_of_the_holder_of_a_long_task_neither_lose_it_nor_dead_letter
         );
         takeovers.push(took);
     }
-    let r = wait_final(&mut client, ID, Duration::from_secs(120)).await;
+    let r = wait_final_with_iterations(&mut client, ID, Duration::from_secs(120)).await;
     let s = r.state.unwrap();
     assert_eq!(
         TaskStatus::try_from(s.status).unwrap(),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Cluster, task, wait_final};
+use common::Cluster;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -16,6 +16,8 @@ use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+use test_support::client::{state, task, wait_final};
+use test_support::metrics::{metric, scrape};
 
 /// A span with the service that sent it.
 #[derive(Clone, Debug)]
@@ -165,7 +167,7 @@ async fn one_task_is_one_trace_across_both_services_without_its_description() {
     submit_traced(&mut client, t).await;
     let fin = wait_final(&mut client, "T-TRACE", Duration::from_secs(30)).await;
     assert_eq!(
-        TaskStatus::try_from(fin.state.unwrap().status).unwrap(),
+        TaskStatus::try_from(fin.status).unwrap(),
         TaskStatus::Completed
     );
     let spans = stop_and_collect(&mut c, &rx).await;
@@ -287,13 +289,7 @@ async fn a_reclaimed_task_continues_the_same_trace() {
     );
     submit_traced(&mut client, t).await;
     loop {
-        if common::get(&mut client, "T-RECLAIM")
-            .await
-            .state
-            .unwrap()
-            .iteration_count
-            >= 3
-        {
+        if state(&mut client, "T-RECLAIM").await.iteration_count >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -314,38 +310,6 @@ async fn a_reclaimed_task_continues_the_same_trace() {
         TRACE_ID,
         "the reclaimed run joins the submitter's trace"
     );
-}
-
-async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..50 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.unwrap();
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no metrics endpoint at {addr}");
-}
-
-fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            head.starts_with(&format!("{name}{{")) || head == name
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 #[tokio::test]

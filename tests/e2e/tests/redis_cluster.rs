@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{task, wait_final};
 use std::net::SocketAddr;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+use test_support::client::{state, task, wait_final_with_iterations};
 use test_support::{RedisCluster, ServiceProcess, free_port, wait_for_grpc_serving};
 use tonic::transport::Channel;
 
@@ -97,7 +97,7 @@ async fn assert_all_completed_exactly(
 ) {
     for i in 0..n {
         let id = format!("C-{i:03}");
-        let r = wait_final(client, &id, Duration::from_secs(90)).await;
+        let r = wait_final_with_iterations(client, &id, Duration::from_secs(90)).await;
         let s = r.state.unwrap();
         assert_eq!(
             TaskStatus::try_from(s.status).unwrap(),
@@ -169,7 +169,7 @@ async fn a_master_failover_mid_run_loses_no_task_and_no_iteration() {
     submit_all(&mut clients, N, ITERATIONS, 60).await;
     // Mid-run: some tasks have progressed, none is near done.
     loop {
-        let s = common::get(&mut clients[0], "C-000").await.state.unwrap();
+        let s = state(&mut clients[0], "C-000").await;
         if s.iteration_count >= 2 {
             break;
         }

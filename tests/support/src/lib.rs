@@ -3,9 +3,12 @@
 //! * [`RedisServer`]: a private `redis-server` child on a free 127.0.0.1 port with its own
 //!   temporary data directory (never the machine's shared 6379).
 //! * [`RedisCluster`]: a private Redis Cluster of such children, joined by `redis-cli`.
-//! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`]: network helpers.
+//! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`], [`health_status`]: network
+//!   helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
 //! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
+//! * [`client`]: router and executor clients, task builders, reading and awaiting a task.
+//! * [`metrics`]: scraping a Prometheus endpoint and summing a metric's samples.
 //!
 //! Every child is started from one dedicated, never-exiting spawner thread with
 //! `PR_SET_PDEATHSIG = SIGKILL` (Linux). The kernel sends that signal when the *thread* that
@@ -16,7 +19,9 @@
 //!
 //! Failures panic with a clear message: this is a test harness.
 
+pub mod client;
 mod grpc;
+pub mod metrics;
 mod ports;
 mod process;
 mod redis_cluster;
@@ -24,7 +29,7 @@ mod redis_server;
 mod spawn;
 mod tls;
 
-pub use grpc::{wait_for_grpc_serving, wait_for_grpc_serving_at};
+pub use grpc::{health_status, wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};
 pub use redis_cluster::{ClusterNode, RedisCluster};
