@@ -3,10 +3,13 @@
 //! - Logs: `tracing` to stderr, text or JSON, filtered by `RUST_LOG` (default `info`).
 //!   Request and task spans carry a `trace_id` field, so every line logged inside them
 //!   names its trace.
-//! - Traces: OpenTelemetry over OTLP/gRPC, configured only by the standard `OTEL_*`
-//!   variables, and off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. W3C trace context is always
-//!   propagated, so a caller's trace continues through the services either way.
+//! - Traces: OpenTelemetry over OTLP/gRPC, configured only by `OTEL_*` variables, and off
+//!   unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//!   set. Which spans are exported is `OTEL_TRACES_FILTER`'s choice (same syntax as
+//!   `RUST_LOG`; default [`DEFAULT_TRACE_FILTER`], the services' own spans), independent
+//!   of the log filter: `RUST_LOG=debug` does not export h2/hyper/tonic connection spans.
+//!   W3C trace context is always propagated, so a caller's trace continues through the
+//!   services either way.
 //! - Metrics: Prometheus text on `--metrics-listen` (`GET /metrics`).
 //!
 //! Task descriptions can hold patient data: nothing here records request bodies; the
@@ -40,6 +43,17 @@ pub struct TelemetryArgs {
     pub metrics_listen: String,
 }
 
+/// Spans exported when `OTEL_TRACES_FILTER` is unset: the services' own, at info.
+pub const DEFAULT_TRACE_FILTER: &str = "router_service=info,executor_service=info,service_kit=info";
+/// Environment variable choosing the exported spans (`RUST_LOG` syntax).
+pub const TRACE_FILTER_ENV: &str = "OTEL_TRACES_FILTER";
+/// Spans buffered for export when `OTEL_BSP_MAX_QUEUE_SIZE` is unset: the SDK's 2,048
+/// overflows (and drops spans) within a fraction of a second at full load.
+const DEFAULT_BSP_MAX_QUEUE_SIZE: usize = 16_384;
+/// Spans per export request when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is unset: fewer, larger
+/// requests cost the exporter less per span (2,048 spans stay far below 4 MiB).
+const DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE: usize = 2_048;
+
 /// Telemetry setup errors.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -51,6 +65,9 @@ pub enum TelemetryError {
     /// The Prometheus exporter could not start.
     #[error("--metrics-listen: cannot start the metrics endpoint: {0}")]
     Metrics(String),
+    /// `OTEL_TRACES_FILTER` is not a filter.
+    #[error("OTEL_TRACES_FILTER: {0}")]
+    TraceFilter(String),
     /// The OTLP exporter could not be built from the `OTEL_*` variables.
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {0}")]
     Otlp(String),
@@ -110,7 +127,7 @@ pub fn init_with_filter(
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let provider = if otlp_requested() {
+    let (provider, trace_filter) = if otlp_requested() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
@@ -119,15 +136,17 @@ pub fn init_with_filter(
         if !env_set("OTEL_SERVICE_NAME") {
             resource = resource.with_service_name(service_name.to_string());
         }
-        // Sampler and batch settings come from OTEL_TRACES_SAMPLER[_ARG] and OTEL_BSP_*.
-        Some(
-            opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_resource(resource.build())
-                .with_batch_exporter(exporter)
-                .build(),
-        )
+        // Sampler from OTEL_TRACES_SAMPLER[_ARG]; batch settings from OTEL_BSP_*.
+        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch_config())
+            .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_span_processor(processor)
+            .build();
+        (Some(provider), Some(trace_filter()?))
     } else {
-        None
+        (None, None)
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -143,14 +162,21 @@ pub fn init_with_filter(
             .with_current_span(true)
             .boxed(),
     };
-    let otel = provider.as_ref().map(|p| {
+    // Each layer has its own filter: logs follow RUST_LOG, exported spans
+    // OTEL_TRACES_FILTER. Per-span work is kept to what the backend shows: no thread
+    // names (an allocation per span), no source locations (the target names the
+    // module), no busy/idle timing (two clock reads per poll).
+    let otel = provider.as_ref().zip(trace_filter).map(|(p, f)| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("taskrouter"))
             .with_error_records_to_exceptions(true)
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(f)
     });
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .is_ok();
@@ -161,6 +187,28 @@ pub fn init_with_filter(
         }
         _ => Ok(TelemetryGuard { provider: None }),
     }
+}
+
+/// The exported-span filter: `OTEL_TRACES_FILTER`, or [`DEFAULT_TRACE_FILTER`].
+fn trace_filter() -> Result<EnvFilter, TelemetryError> {
+    match std::env::var(TRACE_FILTER_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(v.trim()).map_err(|e| TelemetryError::TraceFilter(e.to_string()))
+        }
+        _ => Ok(EnvFilter::new(DEFAULT_TRACE_FILTER)),
+    }
+}
+
+/// `OTEL_BSP_*` where set; otherwise the SDK's defaults but for a larger queue and batch.
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let mut b = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if !env_set("OTEL_BSP_MAX_QUEUE_SIZE") {
+        b = b.with_max_queue_size(DEFAULT_BSP_MAX_QUEUE_SIZE);
+    }
+    if !env_set("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        b = b.with_max_export_batch_size(DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE);
+    }
+    b.build()
 }
 
 /// Installs only logging (no trace export); kept for tools and tests.
