@@ -2,7 +2,10 @@
 //!
 //! - Logs: `tracing` to stderr, text or JSON, filtered by `RUST_LOG` (default `info`).
 //!   Request and task spans carry a `trace_id` field, so every line logged inside them
-//!   names its trace.
+//!   names its trace. Lines are handed to a writer thread (`tracing-appender`'s
+//!   non-blocking writer) that writes them in batches, so a request never waits for
+//!   stderr; [`TelemetryGuard::shutdown`] (or dropping the guard) flushes what is left.
+//!   Decision lines can be sampled (see [`crate::log_sampling`]).
 //! - Traces: OpenTelemetry over OTLP/gRPC, configured only by `OTEL_*` variables, and off
 //!   unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
 //!   set. Which spans are exported is `OTEL_TRACES_FILTER`'s choice (same syntax as
@@ -18,6 +21,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -41,6 +45,20 @@ pub struct TelemetryArgs {
     /// Address of the Prometheus `/metrics` HTTP endpoint; empty disables it.
     #[arg(long, env = "TASKROUTER_METRICS_LISTEN", default_value = "")]
     pub metrics_listen: String,
+    /// Write one in N routing-decision log lines (`task routed`): 1 writes every one, 0
+    /// none. Metrics and traces still count every decision.
+    #[arg(long, env = "TASKROUTER_LOG_DECISIONS_EVERY", default_value_t = 1)]
+    pub log_decisions_every: u64,
+}
+
+impl Default for TelemetryArgs {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            metrics_listen: String::new(),
+            log_decisions_every: 1,
+        }
+    }
 }
 
 /// Spans exported when `OTEL_TRACES_FILTER` is unset: the services' own, at info.
@@ -77,6 +95,8 @@ pub enum TelemetryError {
 #[must_use = "dropping the guard without shutdown() may lose the last spans"]
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Flushes the log writer thread when dropped.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl TelemetryGuard {
@@ -85,9 +105,13 @@ impl TelemetryGuard {
         self.provider.is_some()
     }
 
-    /// Flushes buffered spans and stops the exporter.
+    /// Flushes buffered spans and stops the exporter, then flushes the log.
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
+        let Self {
+            provider,
+            log_writer,
+        } = self;
+        if let Some(p) = provider {
             if let Err(e) = p.force_flush() {
                 tracing::warn!(error = %e, "flushing spans failed");
             }
@@ -95,6 +119,7 @@ impl TelemetryGuard {
                 tracing::warn!(error = %e, "stopping the span exporter failed");
             }
         }
+        drop(log_writer);
     }
 }
 
@@ -114,16 +139,36 @@ pub fn otlp_requested() -> bool {
 /// `OTEL_SERVICE_NAME` is unset). Must run inside the Tokio runtime: the OTLP exporter's
 /// gRPC channel is bound to it, and built outside it would silently export nothing.
 /// Later calls in the same process only return a non-exporting guard (tests rely on it).
-pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
-    init_with_filter(service_name, format, "info")
+pub fn init(service_name: &str, args: &TelemetryArgs) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, args, "info")
 }
 
-/// Like [`init`], with `default_filter` as the log filter when `RUST_LOG` is unset.
+/// Like [`init`] with default flags, and `default_filter` as the log filter when
+/// `RUST_LOG` is unset.
 pub fn init_with_filter(
     service_name: &str,
     format: LogFormat,
     default_filter: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    let args = TelemetryArgs {
+        log_format: format,
+        ..TelemetryArgs::default()
+    };
+    install(service_name, &args, default_filter)
+}
+
+/// Lines the writer thread holds before a request waits for it: at most this many lines
+/// of memory, and a line is never dropped.
+const LOG_BUFFER_LINES: usize = 65_536;
+/// Bytes gathered before one write to stderr (the writer flushes whenever it runs dry).
+const LOG_WRITE_BYTES: usize = 64 * 1024;
+
+fn install(
+    service_name: &str,
+    args: &TelemetryArgs,
+    default_filter: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let format = args.log_format;
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
@@ -150,18 +195,32 @@ pub fn init_with_filter(
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BYTES,
+            std::io::stderr(),
+        ));
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
+        // The current span names the request and task; the full span list would repeat
+        // its fields on every line.
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .boxed(),
     };
+    let filter = filter.and(crate::log_sampling::DecisionSampler::new(
+        args.log_decisions_every,
+    ));
     // Each layer has its own filter: logs follow RUST_LOG, exported spans
     // OTEL_TRACES_FILTER. Per-span work is kept to what the backend shows: no thread
     // names (an allocation per span), no source locations (the target names the
@@ -183,9 +242,19 @@ pub fn init_with_filter(
     match provider {
         Some(p) if installed => {
             opentelemetry::global::set_tracer_provider(p.clone());
-            Ok(TelemetryGuard { provider: Some(p) })
+            Ok(TelemetryGuard {
+                provider: Some(p),
+                log_writer: Some(log_writer),
+            })
         }
-        _ => Ok(TelemetryGuard { provider: None }),
+        _ if installed => Ok(TelemetryGuard {
+            provider: None,
+            log_writer: Some(log_writer),
+        }),
+        _ => Ok(TelemetryGuard {
+            provider: None,
+            log_writer: None,
+        }),
     }
 }
 
