@@ -31,8 +31,10 @@ use crate::queue::{RedisQueue, WorkQueue};
 use crate::routing::RouterLink;
 use crate::session::{RedisStore, SessionStore};
 use service_kit::Shutdown;
-use service_kit::server::{HealthReporter, ServingStatus};
+use service_kit::health::Readiness;
+use service_kit::server::{ServeError, ServiceServer};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use taskrouter_proto::v1::executor_server::ExecutorServer;
 
 /// gRPC service name used for the executor's health status.
@@ -108,68 +110,39 @@ pub async fn serve_engine(
     shutdown: Shutdown,
 ) -> Result<()> {
     // TLS files and the token are read before anything serves.
-    let mut builder = config
+    let security = config
         .server
-        .builder()
+        .load_security()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let (reporter, health) = service_kit::server::health();
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    // Bound before the workers start, so a failure leaves nothing running.
-    let health_port = config
-        .server
-        .start_health_port(health.clone())
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let monitor = tokio::spawn(health_monitor(
-        engine.clone(),
-        reporter.clone(),
-        config.health_interval,
-        redis_hint(&config.redis_url),
-        shutdown.clone(),
-    ));
-    let mut workers = worker::spawn_pool(&engine);
     let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
-    let router = builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(service_kit::server::Observed::new(
-            service_kit::validation::OversizeIsResourceExhausted::new(ExecutorServer::new(svc)),
-        ));
+    let readiness = Readiness::new("store", config.health_interval, store_check(engine.clone()))
+        .with_hint(redis_hint(&config.redis_url));
+    // Bound (health port included) before the workers start, so a failure leaves
+    // nothing running.
+    let server = ServiceServer::new(&config.server, security)
+        .descriptor_set(taskrouter_proto::FILE_DESCRIPTOR_SET)
+        .service(ExecutorServer::new(svc))
+        .ready_when(readiness)
+        .start()
+        .await
+        .map_err(serve_error)?;
+    let mut workers = worker::spawn_pool(&engine);
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, security = %config.server.security_summary(), "executor listening");
-    let server = tokio::spawn(service_kit::server::serve(
-        router,
-        listener,
-        shutdown.clone(),
-        config.server.drain_timeout,
-    ));
-    shutdown.wait().await;
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    while workers.join_next().await.is_some() {}
-    monitor.abort();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-    }
-    // Kept up (NOT_SERVING) while the workers and the main port wound down.
-    if let Some(port) = health_port {
-        port.stop().await;
-    }
+    // On shutdown the workers checkpoint and release their leases while calls drain.
+    let workers_done = async move { while workers.join_next().await.is_some() {} };
+    let result = server.serve_until(listener, shutdown, workers_done).await;
     tracing::info!("executor stopped");
-    Ok(())
+    result.map_err(serve_error)
+}
+
+/// How the server builder's errors read as this crate's.
+fn serve_error(e: ServeError) -> Error {
+    if e.is_config() {
+        Error::Config(e.to_string())
+    } else {
+        Error::Internal(e.to_string())
+    }
 }
 
 /// What to check first when the store does not answer. A `rediss://` URL pointed at a
@@ -187,57 +160,40 @@ fn redis_hint(url: &str) -> &'static str {
     }
 }
 
-/// Keeps health in step with the store: SERVING while it answers, NOT_SERVING while not.
-async fn health_monitor(
+/// The executor's readiness: the store answers and the queue's consumer group exists
+/// (created once). Records the queue depth while at it.
+fn store_check(
     engine: Arc<AutonomousLoop>,
-    reporter: HealthReporter,
-    every: std::time::Duration,
-    hint: &'static str,
-    shutdown: Shutdown,
-) {
-    let mut group_ready = false;
-    let mut last: Option<bool> = None;
-    let mut rounds = 0u64;
-    while !shutdown.is_triggered() {
-        let mut problem = engine.store().ping().await.err();
-        if problem.is_none() && !group_ready {
-            match engine.queue().ensure_group().await {
-                Ok(()) => group_ready = true,
-                Err(e) => problem = Some(e),
+) -> impl Fn() -> futures::future::BoxFuture<'static, std::result::Result<(), String>>
++ Send
++ Sync
++ 'static {
+    let group_ready = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    move || {
+        let (engine, group_ready) = (engine.clone(), group_ready.clone());
+        let round = rounds.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            // Redis errors do not carry the URL today; redacted in case one ever does.
+            let redacted =
+                |e: &dyn std::fmt::Display| service_kit::redact::passwords_in(&e.to_string());
+            engine.store().ping().await.map_err(|e| redacted(&e))?;
+            if !group_ready.load(Ordering::Relaxed) {
+                engine
+                    .queue()
+                    .ensure_group()
+                    .await
+                    .map_err(|e| redacted(&e))?;
+                group_ready.store(true, Ordering::Relaxed);
             }
-        }
-        let ok = problem.is_none();
-        // The depth gauges every tenth round: two commands per shard, and an idle
-        // executor should cost Redis only a few commands per second.
-        if ok
-            && rounds.is_multiple_of(10)
-            && let Ok(depth) = engine.queue().depth().await
-        {
-            telemetry::queue_depth(depth.length, depth.pending);
-        }
-        rounds = rounds.wrapping_add(1);
-        if last != Some(ok) && !shutdown.is_triggered() {
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            reporter.set_service_status("", status).await;
-            match &problem {
-                None => tracing::info!("store reachable; serving"),
-                // Redis errors do not carry the URL today; redacted in case one ever does.
-                Some(e) => tracing::warn!(
-                    error = %service_kit::redact::passwords_in(&e.to_string()),
-                    hint,
-                    "store unreachable; NOT_SERVING until it answers"
-                ),
+            // The depth gauges every tenth round: two commands per shard, and an idle
+            // executor should cost Redis only a few commands per second.
+            if round.is_multiple_of(10)
+                && let Ok(depth) = engine.queue().depth().await
+            {
+                telemetry::queue_depth(depth.length, depth.pending);
             }
-            last = Some(ok);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait() => {}
-        }
+            Ok(())
+        })
     }
 }

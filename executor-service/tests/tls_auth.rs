@@ -505,19 +505,15 @@ async fn start_secured_agent(pki: &TestPki) -> (u16, service_kit::Shutdown) {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let router =
-        args.builder()
-            .unwrap()
-            .add_service(taskrouter_proto::v1::agent_server::AgentServer::new(
-                OkAgent,
-            ));
+    let server = service_kit::server::ServiceServer::new(&args, args.load_security().unwrap())
+        .service(taskrouter_proto::v1::agent_server::AgentServer::new(
+            OkAgent,
+        ))
+        .start()
+        .await
+        .unwrap();
     let shutdown = service_kit::Shutdown::new();
-    tokio::spawn(service_kit::server::serve(
-        router,
-        listener,
-        shutdown.clone(),
-        Duration::from_secs(1),
-    ));
+    tokio::spawn(server.serve(listener, shutdown.clone()));
     (port, shutdown)
 }
 

@@ -27,8 +27,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    let telemetry = match service_kit::telemetry::init("router-service", args.telemetry.log_format)
-    {
+    let telemetry = match service_kit::telemetry::init("router-service", &args.telemetry) {
         Ok(t) => t,
         Err(e) => return fail(CONFIG_ERROR, &e.to_string()),
     };

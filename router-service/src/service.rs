@@ -173,9 +173,11 @@ fn record(task: &Task, analysis: &RoutingAnalysis) {
         metrics::counter!(DECISIONS_METRIC, "decision" => decision, "reason" => *reason)
             .increment(1);
     }
+    // Joined once, for the span and the decision line.
+    let reasons = reasons.join(",");
     let span = tracing::Span::current();
     span.record("route.decision", decision);
-    span.record("route.reasons", reasons.join(",").as_str());
+    span.record("route.reasons", reasons.as_str());
     span.record("route.rollout_bucket", analysis.rollout_bucket);
     span.record(
         "route.multi_agent_recommended",
@@ -186,7 +188,7 @@ fn record(task: &Task, analysis: &RoutingAnalysis) {
         task.id = %task.id,
         task.description_bytes = task.description.len(),
         decision,
-        reasons = %reasons.join(","),
+        reasons = %reasons,
         multi_agent_recommended = analysis.multi_agent_recommended,
         rollout_bucket = analysis.rollout_bucket,
         score = analysis.score,

@@ -151,7 +151,9 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn one_task_is_one_trace_across_both_services_without_its_description() {
     let (addr, rx) = start_receiver().await;
-    let env = otel_env(addr);
+    let mut env = otel_env(addr);
+    // Logs at debug must not widen what is exported: traces have their own filter.
+    env.push(("RUST_LOG", "debug".to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut c = Cluster::start_with(&env, &[]).await;
     c.add_executor("exec-a", &["--concurrency", "1"]).await;
@@ -171,6 +173,26 @@ async fn one_task_is_one_trace_across_both_services_without_its_description() {
         TaskStatus::Completed
     );
     let spans = stop_and_collect(&mut c, &rx).await;
+
+    // OTEL_TRACES_FILTER's default: the services' own spans only, whatever RUST_LOG says.
+    let foreign: Vec<(String, String)> = spans
+        .iter()
+        .filter_map(|g| {
+            let target = attr(&g.span, "target").unwrap_or_default();
+            let ours = ["router_service", "executor_service", "service_kit"]
+                .iter()
+                .any(|c| target == *c || target.starts_with(&format!("{c}::")));
+            (!ours).then(|| (g.span.name.clone(), target))
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "spans from other crates exported: {foreign:?}"
+    );
+    assert!(
+        !spans.iter().any(|g| attr(&g.span, "thread.name").is_some()),
+        "per-span thread names are not recorded"
+    );
 
     let ours: Vec<&Got> = spans
         .iter()
