@@ -12,6 +12,7 @@ pub mod routing;
 pub mod session;
 pub mod team_lead;
 pub mod telemetry;
+pub mod workspace;
 
 pub use error::{Error, Result};
 

@@ -4,6 +4,7 @@
 //!   temporary data directory (never the machine's shared 6379).
 //! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`]: network helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
+//! * [`GitRemotes`]: bare git repositories over `file://` as workspace remotes.
 //! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
 //!
 //! Every child is started from one dedicated, never-exiting spawner thread with
@@ -15,6 +16,7 @@
 //!
 //! Failures panic with a clear message: this is a test harness.
 
+mod git_remote;
 mod grpc;
 mod ports;
 mod process;
@@ -22,6 +24,7 @@ mod redis_server;
 mod spawn;
 mod tls;
 
+pub use git_remote::{GitRemotes, git};
 pub use grpc::{wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};
