@@ -268,6 +268,7 @@ pub fn run_result(state: &SessionState, before: u32) -> RunResult {
         cost_usd: state.cost_usd,
         result: state.result.clone(),
         state: Some(state.clone()),
+        repos: state.repos.clone(),
     }
 }
 
@@ -444,6 +445,7 @@ impl AutonomousLoop {
             total_iterations: session.state.iteration_count,
             cost_usd: session.state.cost_usd,
             error: session.state.last_error.clone(),
+            repos: session.state.repos.clone(),
         }));
         session
             .commit(None, &[ev], Some(self.settings.archive_ttl))

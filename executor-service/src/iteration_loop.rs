@@ -59,6 +59,7 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             step: AgentStep::Iteration,
             prior_outputs: prior.iter().cloned().collect(),
             context: Vec::new(),
+            workspace: None,
         };
         let out = match ctx.call_agent(input).await {
             Ok(out) => out,

@@ -123,6 +123,7 @@ async fn lead_step(
         step,
         prior_outputs: Vec::new(),
         context,
+        workspace: None,
     };
     ctx.call_agent(input).await
 }
@@ -324,6 +325,7 @@ async fn specialist(
             step: AgentStep::Specialist,
             prior_outputs: prior.iter().cloned().collect(),
             context: Vec::new(),
+            workspace: None,
         };
         // Only the agent call races the team stop and the deadline: a checkpoint, once
         // started, always completes.

@@ -65,13 +65,21 @@ impl GitRemotes {
             writeln!(w, "commit refs/heads/main").unwrap();
             writeln!(w, "committer fixture <fixture@localhost> 1700000000 +0000").unwrap();
             writeln!(w, "data 8\nfixture\n").unwrap();
-            let mut content = vec![b'x'; file_bytes.max(1)];
+            let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut content = vec![b'\n'; file_bytes.max(1)];
             for n in 0..files {
-                // Distinct contents (so nothing is deduplicated), last byte a newline.
-                let tag = format!("{n}\n");
-                let len = content.len();
-                let start = len.saturating_sub(tag.len());
-                content[start..].copy_from_slice(&tag.as_bytes()[tag.len() - (len - start)..]);
+                // Distinct, source-like contents (lowercase letters, a newline every 64
+                // bytes), so neither deduplication nor compression makes the repo small.
+                for (i, byte) in content.iter_mut().enumerate() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *byte = if i % 64 == 63 {
+                        b'\n'
+                    } else {
+                        b'a' + (seed % 26) as u8
+                    };
+                }
                 writeln!(w, "M 100644 inline dir{}/file{n}.txt", n / 1000).unwrap();
                 writeln!(w, "data {}", content.len()).unwrap();
                 w.write_all(&content).unwrap();
