@@ -13,8 +13,7 @@
 //! `WORKSPACE_BENCH_FILES=100,10000,100000 WORKSPACE_BENCH_RESTORE_MB=100 cargo bench -p executor-service --bench workspace`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use executor_service::lease::Lease;
-use executor_service::session::{Checkpoint, RedisStore, SessionStore};
+use executor_service::session::{Checkpoint, Lease, RedisStore, SessionStore};
 use executor_service::workspace::{RepoHead, Trailers, WorkspaceConfig, Workspaces};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
