@@ -58,15 +58,22 @@ pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<A
         None => None,
     };
     let agent = build_agent(&config.agent).map_err(Error::Config)?;
-    Ok(Arc::new(AutonomousLoop::new(
-        store,
-        queue,
-        router,
-        agent,
-        config.agent.retry_policy(),
-        config.settings.clone(),
-        shutdown,
-    )))
+    let workspaces = config
+        .workspace
+        .clone()
+        .map(|w| Arc::new(workspace::Workspaces::new(w)));
+    Ok(Arc::new(
+        AutonomousLoop::new(
+            store,
+            queue,
+            router,
+            agent,
+            config.agent.retry_policy(),
+            config.settings.clone(),
+            shutdown,
+        )
+        .with_workspaces(workspaces),
+    ))
 }
 
 /// Serves the executor on `listener` until `shutdown` fires: the gRPC API, health,

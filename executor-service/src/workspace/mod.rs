@@ -16,10 +16,12 @@ pub mod config;
 pub mod git;
 pub mod mirror;
 pub mod refname;
+pub mod task;
 pub mod trailers;
 pub mod worktree;
 
 pub use config::{WorkspaceArgs, WorkspaceConfig};
+pub use task::TaskWorkspace;
 pub use trailers::Trailers;
 pub use worktree::Merge;
 
