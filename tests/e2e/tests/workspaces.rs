@@ -271,3 +271,156 @@ async fn credentials_in_the_remote_url_never_appear_in_logs_or_state() {
     assert!(logs.contains("workspace"), "{logs}");
     assert!(!logs.contains("hunter2"), "{logs}");
 }
+
+/// A team-path task: the router staffs exactly `implementer` and `security-reviewer`.
+async fn submit_team(c: &Cluster, i: usize, id: &str, labels: &[(&str, &str)]) {
+    let t = task(
+        id,
+        "Rotate the HIPAA database credentials of the patient API",
+        Complexity::Medium,
+        50.0,
+        &[REPO],
+        labels,
+    );
+    c.client(i)
+        .await
+        .submit(SubmitRequest {
+            task: Some(t),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn lines(role: &str, n: u32) -> String {
+    (1..=n).map(|i| format!("{role} iteration {i}\n")).collect()
+}
+
+#[tokio::test]
+async fn the_team_path_merges_every_specialist_branch_and_resolves_a_conflicting_pair() {
+    let remotes = GitRemotes::new();
+    remotes.create(REPO, 20, 100);
+    let template = remotes.template();
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start().await;
+    let a = add(&mut c, "exec-a", &flags(&template, root.path()), &[]).await;
+    submit_team(&c, a, "WS-TEAM", &[]).await;
+    submit_team(
+        &c,
+        a,
+        "WS-CONFLICT",
+        &[("sim.conflict_file", "CONFLICT.txt")],
+    )
+    .await;
+    for id in ["WS-TEAM", "WS-CONFLICT"] {
+        let r = wait_final(&mut c.client(a).await, id, Duration::from_secs(60)).await;
+        let s = r.state.unwrap();
+        assert_eq!(
+            TaskStatus::try_from(s.status).unwrap(),
+            TaskStatus::Completed,
+            "{id}: {}",
+            s.last_error
+        );
+        assert_eq!(
+            s.path,
+            taskrouter_proto::v1::ExecutionPath::MultiAgent as i32,
+            "{id} stayed on the team path: {:?}",
+            s.fallback
+        );
+        assert!(s.fallback.is_none(), "{id}: {:?}", s.fallback);
+        let tip = &s.repos[0].commit;
+        assert_eq!(
+            remotes.tip(REPO, &format!("taskrouter/{id}")).as_ref(),
+            Some(tip)
+        );
+        let parents = test_support::git(&remotes.path(REPO), &["log", "-1", "--format=%P", tip]);
+        assert_eq!(
+            parents.split(' ').count(),
+            3,
+            "{id}: one merge of both specialists"
+        );
+        for sp in &s.specialists {
+            let branch = format!("taskrouter/{id}--{}", sp.role);
+            assert_eq!(sp.repos[0].branch, branch);
+            assert_eq!(remotes.iterations(REPO, &branch), vec![1, 2], "{branch}");
+            assert_eq!(
+                remotes.tip(REPO, &branch).as_ref(),
+                Some(&sp.repos[0].commit)
+            );
+        }
+        assert_eq!(
+            remotes.show(REPO, tip, "taskrouter-lead.txt").as_deref(),
+            Some("lead iteration 2\n")
+        );
+        if id == "WS-TEAM" {
+            for role in ["implementer", "security-reviewer"] {
+                assert_eq!(
+                    remotes
+                        .show(REPO, tip, &format!("taskrouter-{role}.txt"))
+                        .as_deref(),
+                    Some(lines(role, 2).as_str()),
+                    "{role}'s work is on the task branch"
+                );
+            }
+        } else {
+            let merged = remotes.show(REPO, tip, "CONFLICT.txt").unwrap();
+            assert!(
+                !merged.contains("<<<<<<<") && !merged.contains(">>>>>>>"),
+                "{merged}"
+            );
+            for role in ["implementer", "security-reviewer"] {
+                assert!(merged.contains(&lines(role, 2)), "{role} kept:\n{merged}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unresolved_conflict_falls_back_to_the_single_path_from_the_task_branch() {
+    let remotes = GitRemotes::new();
+    remotes.create(REPO, 20, 100);
+    let template = remotes.template();
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start().await;
+    let a = add(&mut c, "exec-a", &flags(&template, root.path()), &[]).await;
+    submit_team(
+        &c,
+        a,
+        "WS-UNRESOLVED",
+        &[
+            ("sim.conflict_file", "CONFLICT.txt"),
+            ("sim.resolve_conflicts", "false"),
+        ],
+    )
+    .await;
+    let r = wait_final(
+        &mut c.client(a).await,
+        "WS-UNRESOLVED",
+        Duration::from_secs(60),
+    )
+    .await;
+    let s = r.state.unwrap();
+    assert_eq!(
+        TaskStatus::try_from(s.status).unwrap(),
+        TaskStatus::Completed,
+        "{}",
+        s.last_error
+    );
+    let fallback = s.fallback.clone().expect("fell back");
+    assert!(
+        fallback.detail.contains("CONFLICT.txt"),
+        "{}",
+        fallback.detail
+    );
+    let tip = &s.repos[0].commit;
+    assert_eq!(
+        remotes.iterations(REPO, "taskrouter/WS-UNRESOLVED"),
+        vec![1, 2, 3, 4, 5],
+        "only the single path's iterations are on the task branch"
+    );
+    assert_eq!(
+        remotes.show(REPO, tip, "taskrouter-agent.txt").as_deref(),
+        Some(lines("agent", 5).as_str())
+    );
+    assert_eq!(remotes.show(REPO, tip, "CONFLICT.txt"), None);
+}
