@@ -424,3 +424,25 @@ async fn an_unresolved_conflict_falls_back_to_the_single_path_from_the_task_bran
     );
     assert_eq!(remotes.show(REPO, tip, "CONFLICT.txt"), None);
 }
+
+#[tokio::test]
+async fn the_shell_example_agent_from_the_docs_edits_its_workspace() {
+    let remotes = GitRemotes::new();
+    remotes.create(REPO, 20, 100);
+    let template = remotes.template();
+    let root = tempfile::tempdir().unwrap();
+    let agent =
+        test_support::workspace_root().join("executor-service/tests/fixtures/workspace_agent.sh");
+    let mut f = flags(&template, root.path());
+    f.extend([
+        "--agent".to_string(),
+        "command".to_string(),
+        "--agent-command".to_string(),
+        agent.display().to_string(),
+    ]);
+    let mut c = Cluster::start().await;
+    let a = add(&mut c, "exec-a", &f, &[]).await;
+    submit(&c, a, "WS-SHELL", 3, 0).await;
+    let r = wait_final(&mut c.client(a).await, "WS-SHELL", Duration::from_secs(60)).await;
+    assert_branch(&remotes, &r.state.unwrap(), "WS-SHELL", 3);
+}
