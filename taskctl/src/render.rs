@@ -681,6 +681,12 @@ fn demo_cells(row: &Outcome) -> Vec<String> {
         row.state
             .as_ref()
             .map_or("-".into(), |s| status_short(s.status)),
+        row.state
+            .as_ref()
+            .and_then(|s| s.repos.first())
+            .map_or("-".into(), |r| {
+                format!("{}@{}", r.branch, r.commit.get(..10).unwrap_or(&r.commit))
+            }),
         row.trace_id.clone(),
         if row.failures.is_empty() {
             "ok".into()
@@ -700,6 +706,7 @@ pub fn demo_table(rows: &[Outcome]) -> String {
         "ITERATIONS",
         "FALLBACK",
         "STATUS",
+        "BRANCH",
         "TRACE",
         "CHECK",
     ]
@@ -747,6 +754,7 @@ pub fn demo_row_json(row: &Outcome) -> Value {
         })).collect::<Vec<_>>(),
         "fallback_cause": row.fallback().map(cause_name),
         "status": row.state.as_ref().map(|s| status_name(s.status)),
+        "repos": row.state.as_ref().map(|s| repos_json(&s.repos)),
         "trace_id": row.trace_id,
         "ok": row.failures.is_empty(),
         "failures": row.failures,
