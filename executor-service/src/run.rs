@@ -177,10 +177,15 @@ pub async fn workspace_failure(session: &tokio::sync::Mutex<ActiveSession>, e: E
         return e;
     }
     let mut s = session.lock().await;
-    s.state.last_error = e.to_string();
     tracing::warn!(task_id = %s.state.task_id, error = %e, "workspace step failed; the iteration will be retried");
-    if let Err(write) = s.commit(None, &[], None).await {
-        return write;
+    // The same failure again is not progress: no write, so a delivery that keeps
+    // failing counts as stalled and is dead-lettered in the end.
+    let message = e.to_string();
+    if s.state.last_error != message {
+        s.state.last_error = message;
+        if let Err(write) = s.commit(None, &[], None).await {
+            return write;
+        }
     }
     e
 }
