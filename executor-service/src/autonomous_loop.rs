@@ -11,6 +11,7 @@ use crate::run::{PathOutcome, RunCtx, RunOptions, Stop};
 use crate::session::active::now;
 use crate::session::{ActiveSession, CreateOutcome, Heartbeat, SessionStore, StoredEvent};
 use crate::settings::Settings;
+use crate::workspace::{TaskWorkspace, Workspaces};
 use prost::Message as _;
 use service_kit::Shutdown;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub struct AutonomousLoop {
     retry: RetryPolicy,
     settings: Settings,
     shutdown: Shutdown,
+    workspaces: Option<Arc<Workspaces>>,
 }
 
 /// A state's status (UNSPECIFIED when unknown).
@@ -80,6 +82,7 @@ pub fn run_result(state: &SessionState, before: u32) -> RunResult {
         cost_usd: state.cost_usd,
         result: state.result.clone(),
         state: Some(state.clone()),
+        repos: state.repos.clone(),
     }
 }
 
@@ -103,7 +106,14 @@ impl AutonomousLoop {
             retry,
             settings,
             shutdown,
+            workspaces: None,
         }
+    }
+
+    /// The same engine with durable git workspaces (see [`crate::workspace`]).
+    pub fn with_workspaces(mut self, workspaces: Option<Arc<Workspaces>>) -> Self {
+        self.workspaces = workspaces;
+        self
     }
 
     /// The state store.
@@ -137,6 +147,20 @@ impl AutonomousLoop {
             self.settings.checkpoint_retry,
         )
         .await
+    }
+
+    /// The task's workspaces for a run under `session`'s lease: on when workspaces are
+    /// configured and the task names repositories.
+    fn task_workspace(&self, session: &ActiveSession) -> Option<TaskWorkspace> {
+        let ws = self.workspaces.as_ref()?;
+        if session.task().repositories.is_empty() {
+            return None;
+        }
+        Some(TaskWorkspace::new(
+            ws.clone(),
+            &session.state.task_id,
+            session.lease().fencing_token,
+        ))
     }
 
     fn new_state(&self, task: Task, max_iterations: u32, use_multi: Option<bool>) -> SessionState {
@@ -292,10 +316,18 @@ impl AutonomousLoop {
             total_iterations: session.state.iteration_count,
             cost_usd: session.state.cost_usd,
             error: session.state.last_error.clone(),
+            repos: session.state.repos.clone(),
         }));
         session
             .commit(None, &[ev], Some(self.settings.archive_ttl))
             .await?;
+        if let Some(ws) = &self.workspaces {
+            // Branches stay on the remote; local worktrees go, mirrors stay (bounded).
+            let repos: Vec<String> = session.state.repos.iter().map(|r| r.repo.clone()).collect();
+            if let Err(e) = ws.finish(&session.state.task_id, &repos).await {
+                tracing::warn!(task_id = %session.state.task_id, error = %e, "removing the task's worktrees failed");
+            }
+        }
         let outcome = match status {
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
@@ -371,16 +403,19 @@ impl AutonomousLoop {
         // the lease has expired, not earlier (when the claim would find the lease held).
         on_beat().await;
         let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
-        let ctx = Arc::new(RunCtx::new(
-            self.store.clone(),
-            self.agent.clone(),
-            self.retry.clone(),
-            self.settings.team.clone(),
-            self.settings.worker_id.clone(),
-            self.shutdown.clone(),
-            self.settings.shutdown_grace,
-            heartbeat,
-        ));
+        let ctx = Arc::new(
+            RunCtx::new(
+                self.store.clone(),
+                self.agent.clone(),
+                self.retry.clone(),
+                self.settings.team.clone(),
+                self.settings.worker_id.clone(),
+                self.shutdown.clone(),
+                self.settings.shutdown_grace,
+                heartbeat,
+            )
+            .with_workspace(self.task_workspace(&session)),
+        );
         let before = session.state.iteration_count;
         let session = Arc::new(Mutex::new(session));
         let result = self
@@ -432,6 +467,26 @@ impl AutonomousLoop {
             if s.state.analysis.is_none() {
                 let routed = self.route(&mut s).await;
                 events.push(s.event(progress_event::Kind::Routed(routed)));
+            }
+            if let Some(tw) = &ctx.workspace
+                && s.state.repos.is_empty()
+            {
+                // Recorded once, so every replica starts from the same base even if the
+                // base ref moves later.
+                let task = s.task().clone();
+                match tw.start(&task).await {
+                    Ok(repos) => s.state.repos = repos,
+                    Err(e) => {
+                        // As in `run::workspace_failure`: the same failure again is
+                        // not progress, so nothing is written for it.
+                        let message = e.to_string();
+                        if s.state.last_error != message || !events.is_empty() {
+                            s.state.last_error = message;
+                            s.commit(None, &events, None).await?;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             s.state.status = TaskStatus::InProgress as i32;
             s.state.worker_id = self.settings.worker_id.clone();

@@ -6,6 +6,7 @@ use crate::redis_connection::RedisTarget;
 use crate::routing::RouterClientArgs;
 use crate::session::CheckpointRetry;
 use crate::settings::{self, Settings, TeamSettings};
+use crate::workspace::{WorkspaceArgs, WorkspaceConfig};
 use redis::IntoConnectionInfo as _;
 use service_kit::security::{ClientSecurity, SecurityError};
 use service_kit::server::ServerArgs;
@@ -108,6 +109,9 @@ pub struct Args {
     /// Logging and metrics.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// Durable git workspaces.
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
 }
 
 /// Validated executor configuration. Its `Debug` masks the Redis password.
@@ -140,6 +144,8 @@ pub struct ExecutorConfig {
     pub limits: TaskLimits,
     /// How often Redis health is probed.
     pub health_interval: Duration,
+    /// Durable git workspaces (`None`: off).
+    pub workspace: Option<WorkspaceConfig>,
 }
 
 impl fmt::Debug for ExecutorConfig {
@@ -161,6 +167,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("server", &self.server)
             .field("limits", &self.limits)
             .field("health_interval", &self.health_interval)
+            .field("workspace", &self.workspace)
             .finish()
     }
 }
@@ -182,6 +189,7 @@ impl ExecutorConfig {
             server: ServerArgs::default(),
             limits: TaskLimits::default(),
             health_interval: settings::HEALTH_INTERVAL,
+            workspace: None,
         }
     }
 }
@@ -272,6 +280,7 @@ impl Args {
             );
         }
         crate::agent::build_agent(&self.agent)?;
+        let workspace = self.workspace.validate()?;
         let worker_id = match &self.worker_id {
             Some(w) if w.is_empty() || !w.bytes().all(|b| b.is_ascii_graphic()) => {
                 return Err(
@@ -318,6 +327,7 @@ impl Args {
                 ..TaskLimits::default()
             },
             health_interval: settings::HEALTH_INTERVAL,
+            workspace,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod settings;
 pub mod team_lead;
 pub mod telemetry;
 pub mod worker;
+pub mod workspace;
 
 pub use error::{Error, Result};
 
@@ -78,15 +79,22 @@ pub fn build_engine_over(
         None => None,
     };
     let agent = build_agent(&config.agent).map_err(Error::Config)?;
-    Ok(Arc::new(AutonomousLoop::new(
-        store,
-        queue,
-        router,
-        agent,
-        config.agent.retry_policy(),
-        config.settings.clone(),
-        shutdown,
-    )))
+    let workspaces = config
+        .workspace
+        .clone()
+        .map(|w| Arc::new(workspace::Workspaces::new(w)));
+    Ok(Arc::new(
+        AutonomousLoop::new(
+            store,
+            queue,
+            router,
+            agent,
+            config.agent.retry_policy(),
+            config.settings.clone(),
+            shutdown,
+        )
+        .with_workspaces(workspaces),
+    ))
 }
 
 /// Serves the executor on `listener` until `shutdown` fires: the gRPC API, health,

@@ -525,6 +525,7 @@ fn agent_input() -> executor_service::agent::IterationInput {
         step: taskrouter_proto::v1::AgentStep::Iteration,
         prior_outputs: Vec::new(),
         context: Vec::new(),
+        workspace: None,
     }
 }
 

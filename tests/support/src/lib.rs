@@ -6,6 +6,7 @@
 //! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`], [`health_status`]: network
 //!   helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
+//! * [`GitRemotes`]: bare git repositories over `file://` as workspace remotes.
 //! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
 //! * [`client`]: router and executor clients, task builders, reading and awaiting a task.
 //! * [`metrics`]: scraping a Prometheus endpoint and summing a metric's samples.
@@ -20,6 +21,7 @@
 //! Failures panic with a clear message: this is a test harness.
 
 pub mod client;
+mod git_remote;
 mod grpc;
 pub mod metrics;
 mod ports;
@@ -29,6 +31,7 @@ mod redis_server;
 mod spawn;
 mod tls;
 
+pub use git_remote::{GitRemotes, git};
 pub use grpc::{health_status, wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};
