@@ -11,6 +11,7 @@ pub mod policy;
 pub mod reload;
 pub mod rollout;
 pub mod service;
+pub mod shadow;
 
 pub use config::{Args, RouterConfig};
 pub use error::Error;
@@ -63,11 +64,20 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Startup(format!("policy load task failed: {e}")))??;
     let store = Arc::new(store);
+    let shadow = match config.shadow_policy_path.clone() {
+        Some(path) => {
+            let shadow = tokio::task::spawn_blocking(move || PolicyStore::load(Some(&path)))
+                .await
+                .map_err(|e| Error::Startup(format!("shadow policy load task failed: {e}")))??;
+            Some(Arc::new(shadow))
+        }
+        None => None,
+    };
     let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
     let router_service = service_kit::server::Observed::new(
         service_kit::validation::OversizeIsResourceExhausted::new(
-            RouterServer::new(RouterService::new(store.clone()))
+            RouterServer::new(RouterService::new(store.clone()).with_shadow(shadow.clone()))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         ),
     );
@@ -89,6 +99,14 @@ pub async fn serve(
         config.reload_debounce,
         shutdown.clone(),
     );
+    let shadow_reloader = shadow.clone().map(|shadow| {
+        reload::spawn_reloader(
+            shadow,
+            config.reload_poll_interval,
+            config.reload_debounce,
+            shutdown.clone(),
+        )
+    });
 
     let mut builder = config
         .server
@@ -134,5 +152,8 @@ pub async fn serve(
     }
     watcher.abort();
     reloader.abort();
+    if let Some(r) = shadow_reloader {
+        r.abort();
+    }
     result.map_err(Error::from)
 }

@@ -61,6 +61,7 @@ fn route_request() -> RouteRequest {
             Complexity::Low,
             1.0,
         )),
+        ..Default::default()
     }
 }
 

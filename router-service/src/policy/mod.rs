@@ -137,6 +137,32 @@ impl PolicyEngine {
         }
     }
 
+    /// Rebuilds the engine of a policy served by `GetPolicy` (its settings and version),
+    /// so a client can evaluate tasks exactly as that router does.
+    pub fn from_proto(policy: &Policy, version: &str, origin: &str) -> Result<Self, Error> {
+        let settings = PolicyFile {
+            multi_agent: MultiAgent {
+                enabled: policy.multi_agent_enabled,
+                rollout_percent: policy.rollout_percent,
+                rollout_group: policy.rollout_group.clone(),
+            },
+            rules: Rules {
+                value_threshold_usd: policy.value_threshold_usd,
+                compliance_keywords: policy.compliance_keywords.clone(),
+                deployment_keywords: policy.deployment_keywords.clone(),
+                cross_repo_keywords: policy.cross_repo_keywords.clone(),
+                cross_repo_min_repositories: policy.cross_repo_min_repositories,
+            },
+            fallback: Fallback {
+                decision: FallbackDecision::SingleAgent,
+            },
+            limits: Limits {
+                max_description_bytes: policy.max_description_bytes,
+            },
+        };
+        Self::compile(settings, version.to_string(), origin)
+    }
+
     /// Decides the path of `task`. Total: an unvalidated task (unknown complexity, NaN
     /// value) simply fires fewer rules.
     pub fn evaluate(&self, task: &Task) -> RoutingAnalysis {

@@ -393,3 +393,22 @@ fn get_policy_message_mirrors_the_settings() {
     assert_eq!(p.max_description_bytes, 1024 * 1024);
     assert!(p.compliance_keywords.contains(&"hipaa".to_string()));
 }
+
+#[test]
+fn an_engine_rebuilt_from_get_policy_decides_like_the_original() {
+    let text = "[multi_agent]\nrollout_percent = 40\n[rules]\nvalue_threshold_usd = 250.0\n";
+    let original = PolicyEngine::from_toml(text, "t").unwrap();
+    let rebuilt = PolicyEngine::from_proto(&original.to_proto(), original.version(), "r").unwrap();
+    assert_eq!(rebuilt.settings(), original.settings());
+    assert_eq!(rebuilt.version(), original.version());
+    for i in 0..50 {
+        let task = Task {
+            id: format!("T-{i}"),
+            description: "deploy the service".into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: f64::from(i) * 10.0,
+            ..Default::default()
+        };
+        assert_eq!(rebuilt.evaluate(&task), original.evaluate(&task));
+    }
+}
