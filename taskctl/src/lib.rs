@@ -14,7 +14,9 @@ pub mod commands;
 pub mod demo;
 pub mod error;
 pub mod input;
+pub mod policy_diff;
 pub mod render;
+pub mod rollout;
 
 use cli::{Cli, Command};
 use error::{CliError, Exit};
@@ -57,7 +59,11 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Get(a) => commands::get(&cli, a).await,
         Command::Watch(a) => commands::watch(&cli, a).await,
         Command::Cancel(a) => commands::cancel(&cli, a).await,
-        Command::Policy => commands::policy(&cli).await,
+        Command::Policy(a) => match &a.action {
+            None => commands::policy(&cli).await,
+            Some(cli::PolicyAction::Diff(d)) => policy_diff::diff(&cli, d).await,
+        },
+        Command::Rollout(a) => rollout::run(&cli, a).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
         Command::Bench(a) => bench::run(&cli, a).await,
     }
