@@ -6,10 +6,12 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use executor_service::agent::{AgentArgs, RetryPolicy, build_agent};
-use executor_service::autonomous_loop::{AutonomousLoop, RunOptions, Settings};
-use executor_service::lease::Lease;
+use executor_service::autonomous_loop::AutonomousLoop;
 use executor_service::queue::{RedisQueue, WorkQueue};
+use executor_service::run::RunOptions;
+use executor_service::session::Lease;
 use executor_service::session::{Checkpoint, RedisStore, SessionStore};
+use executor_service::settings::Settings;
 use service_kit::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,189 +1,25 @@
-//! The autonomous loop (the seed's `AutonomousLoop`): takes a task, routes it, runs it on
-//! the single or team path with automatic fallback, and finishes it; plus the pool of
-//! queue workers that feeds it from the shared work queue.
+//! The autonomous loop (the seed's `AutonomousLoop`), the executor's engine: takes a
+//! task, routes it, runs it on the single path (`iteration_loop`) or the team path
+//! (`team_lead`) with automatic fallback, and finishes it. The queue workers that feed
+//! it live in `worker`; the gRPC handlers call it in `service`.
 
-use crate::agent::{IterationInput, IterationOutput, RetryPolicy, SharedAgent};
+use crate::agent::{RetryPolicy, SharedAgent};
 use crate::error::{Error, Result};
-use crate::lease::{Heartbeat, Lease};
 use crate::queue::{Delivery, WorkQueue};
 use crate::routing::{RouterLink, single_agent_analysis};
-use crate::session::active::{leaves_task_resumable, now};
-use crate::session::{ActiveSession, CheckpointRetry, CreateOutcome, SessionStore};
-use crate::team_lead::TeamSettings;
+use crate::run::{PathOutcome, RunCtx, RunOptions, Stop};
+use crate::session::active::now;
+use crate::session::{ActiveSession, CreateOutcome, Heartbeat, SessionStore, StoredEvent};
+use crate::settings::Settings;
 use service_kit::Shutdown;
 use std::sync::Arc;
-use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{
-    ExecutionPath, FallbackCause, FallbackRecord, Finished, ProgressEvent, ReasonCode, Routed,
-    RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
+    ExecutionPath, FallbackCause, FallbackRecord, Finished, IterationRecord, ProgressEvent,
+    ReasonCode, Routed, RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus,
+    progress_event,
 };
 use tokio::sync::{Mutex, Notify};
-use tracing::Instrument as _;
-
-/// Why a run stopped early without finishing the task (it stays resumable).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// The executor is shutting down.
-    Shutdown,
-    /// Another worker took over the lease.
-    LeaseLost,
-}
-
-/// How one path's run ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PathOutcome {
-    /// Done: the task is complete.
-    Completed,
-    /// The agent failed for good (after retries).
-    Failed(String),
-    /// Cancel was requested.
-    Cancelled,
-    /// The iteration bound was reached before the agent reported done.
-    BoundReached,
-    /// Stopped at an iteration boundary; resumable.
-    Stopped(Stop),
-    /// The team path failed; the single path takes over.
-    Fallback {
-        /// Why.
-        cause: FallbackCause,
-        /// One sentence of detail.
-        detail: String,
-    },
-}
-
-/// Why an agent step did not produce an output.
-#[derive(Debug)]
-pub enum StepError {
-    /// The agent failed (after retries).
-    Agent(Error),
-    /// The run must stop (shutdown grace ran out, or the lease was lost).
-    Stopped(Stop),
-}
-
-/// Everything a path needs while running one task.
-pub struct RunCtx {
-    /// Where state lives.
-    pub store: Arc<dyn SessionStore>,
-    /// The agent backend.
-    pub agent: SharedAgent,
-    /// Agent retry policy.
-    pub retry: RetryPolicy,
-    /// Team limits.
-    pub team: TeamSettings,
-    /// This worker's id (recorded in checkpoints).
-    pub worker_id: String,
-    shutdown: Shutdown,
-    shutdown_grace: Duration,
-    heartbeat: Heartbeat,
-}
-
-impl RunCtx {
-    /// Whether the run must stop at this iteration boundary.
-    pub fn stop_reason(&self) -> Option<Stop> {
-        if self.heartbeat.lost() {
-            Some(Stop::LeaseLost)
-        } else if self.shutdown.is_triggered() {
-            Some(Stop::Shutdown)
-        } else {
-            None
-        }
-    }
-
-    /// Runs one agent iteration with retries. On shutdown the iteration in flight gets
-    /// `shutdown_grace` to finish (so it can be checkpointed) before it is abandoned.
-    pub async fn call_agent(
-        &self,
-        input: IterationInput,
-    ) -> std::result::Result<IterationOutput, StepError> {
-        let span = tracing::info_span!(
-            "agent.iteration",
-            task.id = %input.task.id,
-            agent.kind = self.agent.kind(),
-            agent.role = %input.role,
-            agent.step = crate::agent::step_name(input.step),
-            agent.iteration = input.iteration,
-            agent.attempts = tracing::field::Empty,
-            agent.done = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let call = {
-            let recorder = span.clone();
-            async move {
-                let outcome =
-                    crate::agent::run_with_retry(self.agent.as_ref(), input, &self.retry).await;
-                recorder.record("agent.attempts", outcome.attempts() as u64);
-                match &outcome.result {
-                    Ok(out) => recorder.record("agent.done", out.done),
-                    Err(_) => recorder.record("otel.status_code", "ERROR"),
-                };
-                outcome.result
-            }
-            .instrument(span)
-        };
-        let grace = async {
-            self.shutdown.wait().await;
-            tokio::time::sleep(self.shutdown_grace).await;
-        };
-        tokio::select! {
-            r = call => r.map_err(StepError::Agent),
-            _ = grace => Err(StepError::Stopped(Stop::Shutdown)),
-        }
-    }
-}
-
-/// Executor-wide settings.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// This process's worker id (consumer name in the queue group, lease owner prefix).
-    pub worker_id: String,
-    /// Iteration bound when the request gives none.
-    pub default_max_iterations: u32,
-    /// Lease expiry; a crashed worker's task is reclaimed after it.
-    pub lease_ttl: Duration,
-    /// How long archived tasks are kept.
-    pub archive_ttl: Duration,
-    /// Time an in-flight iteration gets to finish on shutdown.
-    pub shutdown_grace: Duration,
-    /// Checkpoint retry budget while Redis is away.
-    pub checkpoint_retry: CheckpointRetry,
-    /// Team path limits.
-    pub team: TeamSettings,
-    /// Deliveries after which a queue entry is dead-lettered.
-    pub max_deliveries: u64,
-    /// Queue workers in this process.
-    pub concurrency: usize,
-    /// How often an idle worker polls the queue.
-    pub poll_interval: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            worker_id: format!("executor-{}", std::process::id()),
-            default_max_iterations: 50,
-            lease_ttl: Duration::from_secs(30),
-            archive_ttl: Duration::from_secs(7 * 24 * 3600),
-            shutdown_grace: Duration::from_secs(20),
-            checkpoint_retry: CheckpointRetry::default(),
-            team: TeamSettings::default(),
-            max_deliveries: 5,
-            concurrency: 4,
-            poll_interval: Duration::from_millis(100),
-        }
-    }
-}
-
-/// Options of one run.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Continue an existing task instead of refusing it.
-    pub resume: bool,
-    /// Bound on the task's total iterations (0 = saved bound or the default).
-    pub max_iterations: u32,
-    /// `Some(false)` forces the single path.
-    pub use_multi_agent: Option<bool>,
-}
 
 /// The executor's engine.
 pub struct AutonomousLoop {
@@ -197,7 +33,8 @@ pub struct AutonomousLoop {
     wake: Notify,
 }
 
-fn status_of(s: &SessionState) -> TaskStatus {
+/// A state's status (UNSPECIFIED when unknown).
+pub fn status_of(s: &SessionState) -> TaskStatus {
     TaskStatus::try_from(s.status).unwrap_or(TaskStatus::Unspecified)
 }
 
@@ -227,32 +64,6 @@ fn cause_label(cause: FallbackCause) -> &'static str {
         FallbackCause::MultiAgentUnavailable => "multi_agent_unavailable",
         FallbackCause::Unspecified => "unspecified",
     }
-}
-
-/// The span of one queued task's run, joined to the submitter's trace through the
-/// `traceparent` the queue entry carries (also after a reclaim by another replica).
-fn delivery_span(d: &Delivery) -> tracing::Span {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let span = tracing::info_span!(
-        "task.run",
-        task.id = %d.task_id,
-        queue.entry_id = %d.entry_id,
-        queue.delivery_count = d.delivery_count,
-        queue.reclaimed = d.delivery_count > 1,
-        trace_id = tracing::field::Empty,
-    );
-    let parent = service_kit::trace_context::from_traceparent(&d.traceparent);
-    let remote = parent.span().span_context().clone();
-    if remote.is_valid() {
-        let _ = span.set_parent(parent);
-    }
-    let own = span.context().span().span_context().clone();
-    let trace = if own.is_valid() { own } else { remote };
-    if trace.is_valid() {
-        span.record("trace_id", tracing::field::display(trace.trace_id()));
-    }
-    span
 }
 
 /// The run result for a state, with `before` iterations done before this run.
@@ -308,6 +119,29 @@ impl AutonomousLoop {
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The shutdown signal the engine and its workers obey.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Woken when a task is submitted, so an idle worker reads the queue at once.
+    pub(crate) fn submitted(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Opens `task_id` for writing under a fresh lease of this worker (see
+    /// [`ActiveSession::open`]); `None` when another worker holds it.
+    pub(crate) async fn open_session(&self, task_id: &str) -> Result<Option<ActiveSession>> {
+        ActiveSession::open(
+            self.store.clone(),
+            task_id,
+            &self.settings.worker_id,
+            self.settings.lease_ttl,
+            self.settings.checkpoint_retry,
+        )
+        .await
     }
 
     fn new_state(&self, task: Task, max_iterations: u32, use_multi: Option<bool>) -> SessionState {
@@ -375,12 +209,22 @@ impl AutonomousLoop {
 
     /// Loads a task's state.
     pub async fn get(&self, task_id: &str) -> Result<SessionState> {
-        self.store
-            .load(task_id)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                task_id: task_id.to_string(),
-            })
+        self.store.get(task_id).await
+    }
+
+    /// The most recent `limit` iteration records of a task, oldest first.
+    pub async fn iterations(&self, task_id: &str, limit: usize) -> Result<Vec<IterationRecord>> {
+        self.store.iterations(task_id, limit).await
+    }
+
+    /// A task's progress events after `cursor` (`None` = from the beginning), at most `limit`.
+    pub async fn events_after(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.events_after(task_id, cursor, limit).await
     }
 
     /// Requests cancellation; a task nobody runs is cancelled at once.
@@ -392,26 +236,11 @@ impl AutonomousLoop {
         self.store
             .request_cancel(task_id, self.settings.archive_ttl)
             .await?;
-        let owner = Lease::new_owner(&self.settings.worker_id);
-        let Some(lease) = self
-            .store
-            .acquire_lease(task_id, &owner, self.settings.lease_ttl)
-            .await?
-        else {
+        let Some(mut session) = self.open_session(task_id).await? else {
             // A worker is running it: it stops at its next iteration boundary.
             let mut state = self.get(task_id).await?;
             state.cancel_requested = true;
             return Ok(state);
-        };
-        let fresh = self.get(task_id).await;
-        let mut session = match fresh {
-            Ok(s) => {
-                ActiveSession::new(self.store.clone(), s, lease, self.settings.checkpoint_retry)
-            }
-            Err(e) => {
-                let _ = self.store.release_lease(&lease).await;
-                return Err(e);
-            }
         };
         let result = if is_final(status_of(&session.state)) {
             Ok(())
@@ -423,7 +252,9 @@ impl AutonomousLoop {
         result.map(|_| session.full_state())
     }
 
-    async fn finish(
+    /// Marks the task final with `status` (and `error` unless completed), archives it and
+    /// publishes `Finished`.
+    pub(crate) async fn finish(
         &self,
         session: &mut ActiveSession,
         status: TaskStatus,
@@ -486,7 +317,7 @@ impl AutonomousLoop {
 
     /// Runs an existing task under a lease until it finishes, stops or hits its bound.
     /// `from_queue` makes a reached bound final (FAILED), since no caller will resume it.
-    async fn run_existing(
+    pub(crate) async fn run_existing(
         &self,
         task_id: &str,
         opts: &RunOptions,
@@ -497,22 +328,12 @@ impl AutonomousLoop {
         if is_final(status_of(&state)) {
             return Ok(run_result(&state, state.iteration_count));
         }
-        let owner = Lease::new_owner(&self.settings.worker_id);
-        let lease = self
-            .store
-            .acquire_lease(task_id, &owner, self.settings.lease_ttl)
+        let session = self
+            .open_session(task_id)
             .await?
             .ok_or_else(|| Error::LeaseHeld {
                 task_id: task_id.to_string(),
             })?;
-        // Re-read under the lease: the previous holder may have written since.
-        let state = match self.get(task_id).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.store.release_lease(&lease).await;
-                return Err(e);
-            }
-        };
         let on_beat = {
             let queue = self.queue.clone();
             let consumer = self.settings.worker_id.clone();
@@ -529,24 +350,19 @@ impl AutonomousLoop {
                 }) as futures::future::BoxFuture<'static, ()>
             }
         };
-        let heartbeat = Heartbeat::start(self.store.clone(), lease.clone(), on_beat);
-        let ctx = Arc::new(RunCtx {
-            store: self.store.clone(),
-            agent: self.agent.clone(),
-            retry: self.retry.clone(),
-            team: self.settings.team.clone(),
-            worker_id: self.settings.worker_id.clone(),
-            shutdown: self.shutdown.clone(),
-            shutdown_grace: self.settings.shutdown_grace,
-            heartbeat,
-        });
-        let before = state.iteration_count;
-        let session = Arc::new(Mutex::new(ActiveSession::new(
+        let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
+        let ctx = Arc::new(RunCtx::new(
             self.store.clone(),
-            state,
-            lease,
-            self.settings.checkpoint_retry,
-        )));
+            self.agent.clone(),
+            self.retry.clone(),
+            self.settings.team.clone(),
+            self.settings.worker_id.clone(),
+            self.shutdown.clone(),
+            self.settings.shutdown_grace,
+            heartbeat,
+        ));
+        let before = session.state.iteration_count;
+        let session = Arc::new(Mutex::new(session));
         let result = self
             .drive(
                 &ctx,
@@ -657,11 +473,15 @@ impl AutonomousLoop {
             )
         } else {
             let routed = match &self.router {
-                Some(router) => router.route(&task).await,
+                Some(router) => router.route_with_shadow(&task).await,
                 None => Err(Error::Router("no router configured".into())),
             };
             match routed {
-                Ok(a) => (a, "router"),
+                Ok(answer) => {
+                    // Recorded once with the decision, so outcomes can be grouped by it.
+                    s.state.shadow_analysis = answer.shadow;
+                    (answer.analysis, "router")
+                }
                 Err(e) => {
                     tracing::warn!(task_id = %task.id, error = %e, "router unavailable; using the single path");
                     s.state.fallback = Some(FallbackRecord {
@@ -694,172 +514,6 @@ impl AutonomousLoop {
         Routed {
             analysis: Some(analysis),
             path: path as i32,
-        }
-    }
-
-    /// Starts `concurrency` queue workers (none when it is 0); they stop when shutdown
-    /// is triggered, after checkpointing and releasing their tasks.
-    pub fn spawn_workers_if_enabled(self: &Arc<Self>) -> tokio::task::JoinSet<()> {
-        let mut set = tokio::task::JoinSet::new();
-        for n in 0..self.settings.concurrency {
-            let this = self.clone();
-            set.spawn(async move { this.worker(n).await });
-        }
-        set
-    }
-
-    async fn worker(self: Arc<Self>, n: usize) {
-        let consumer = self.settings.worker_id.clone();
-        let reclaim_every = (self.settings.lease_ttl / 2).max(Duration::from_millis(200));
-        let mut last_reclaim = tokio::time::Instant::now() - reclaim_every;
-        let mut backoff = Duration::from_millis(100);
-        while !self.shutdown.is_triggered() {
-            let next = async {
-                if last_reclaim.elapsed() >= reclaim_every {
-                    last_reclaim = tokio::time::Instant::now();
-                    let min_idle = self.settings.lease_ttl + Duration::from_millis(500);
-                    let got = self.queue.reclaim(&consumer, min_idle, 1).await?;
-                    if !got.is_empty() {
-                        crate::telemetry::reclaimed(got.len());
-                        return Ok(got);
-                    }
-                }
-                self.queue.read_new(&consumer, 1).await
-            }
-            .await;
-            match next {
-                Ok(deliveries) if deliveries.is_empty() => {
-                    backoff = Duration::from_millis(100);
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                        _ = self.shutdown.wait() => {}
-                    }
-                }
-                Ok(deliveries) => {
-                    backoff = Duration::from_millis(100);
-                    for d in deliveries {
-                        let span = delivery_span(&d);
-                        self.handle(&d).instrument(span).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(worker = n, error = %e, "queue read failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.wait() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Runs one delivered entry and acknowledges it once the task is final.
-    async fn handle(&self, d: &Delivery) {
-        if d.task_id.is_empty() {
-            let _ = self.queue.ack(&d.entry_id).await;
-            return;
-        }
-        let state = match self.store.load(&d.task_id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                tracing::warn!(task_id = %d.task_id, "queue entry for an unknown task; dropping it");
-                let _ = self.queue.ack(&d.entry_id).await;
-                return;
-            }
-            Err(e @ Error::CorruptState { .. }) => {
-                let _ = self.queue.dead_letter(d, &e.to_string()).await;
-                crate::telemetry::dead_lettered();
-                tracing::error!(task_id = %d.task_id, error = %e, "task state unreadable; dead-lettered");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "cannot load task; leaving it for redelivery");
-                return;
-            }
-        };
-        if is_final(status_of(&state)) {
-            let _ = self.queue.ack(&d.entry_id).await;
-            return;
-        }
-        if d.delivery_count > self.settings.max_deliveries {
-            self.dead_letter(d, &state).await;
-            return;
-        }
-        let opts = RunOptions {
-            resume: true,
-            max_iterations: 0,
-            use_multi_agent: None,
-        };
-        match self.run_existing(&d.task_id, &opts, true, Some(d)).await {
-            Ok(r) if is_final(TaskStatus::try_from(r.status).unwrap_or_default()) => {
-                let _ = self.queue.ack(&d.entry_id).await;
-            }
-            Ok(_) => {}
-            Err(Error::ShuttingDown) => {
-                // Hand the task to another replica at once instead of waiting for
-                // the entry to go idle: re-enqueue, then acknowledge this entry.
-                if self.queue.enqueue(&d.task_id, &d.traceparent).await.is_ok() {
-                    let _ = self.queue.ack(&d.entry_id).await;
-                }
-            }
-            Err(Error::LeaseHeld { .. }) => {
-                tracing::debug!(task_id = %d.task_id, "another worker holds the task");
-            }
-            Err(e) if leaves_task_resumable(&e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "run interrupted; the task stays resumable");
-            }
-            Err(e) => {
-                tracing::error!(task_id = %d.task_id, error = %e, "run failed; leaving it for redelivery");
-            }
-        }
-    }
-
-    async fn dead_letter(&self, d: &Delivery, state: &SessionState) {
-        let reason = if state.last_error.is_empty() {
-            format!("delivered {} times without finishing", d.delivery_count)
-        } else {
-            state.last_error.clone()
-        };
-        let owner = Lease::new_owner(&self.settings.worker_id);
-        match self
-            .store
-            .acquire_lease(&d.task_id, &owner, self.settings.lease_ttl)
-            .await
-        {
-            Ok(Some(lease)) => {
-                if let Ok(fresh) = self.get(&d.task_id).await {
-                    let mut s = ActiveSession::new(
-                        self.store.clone(),
-                        fresh,
-                        lease,
-                        self.settings.checkpoint_retry,
-                    );
-                    s.state.dead_lettered = true;
-                    s.state.delivery_count = d.delivery_count.min(u32::MAX as u64) as u32;
-                    let msg = format!(
-                        "dead-lettered after {} deliveries: {reason}",
-                        d.delivery_count
-                    );
-                    if let Err(e) = self.finish(&mut s, TaskStatus::Failed, &msg).await {
-                        tracing::warn!(task_id = %d.task_id, error = %e, "could not mark a dead-lettered task failed");
-                    }
-                    s.release().await;
-                } else {
-                    let _ = self.store.release_lease(&lease).await;
-                }
-            }
-            // Someone is running it right now: not dead.
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(task_id = %d.task_id, error = %e, "cannot dead-letter now");
-                return;
-            }
-        }
-        if self.queue.dead_letter(d, &reason).await.is_ok() {
-            crate::telemetry::dead_lettered();
-            tracing::error!(task_id = %d.task_id, deliveries = d.delivery_count, "task dead-lettered");
         }
     }
 }

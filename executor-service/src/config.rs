@@ -2,10 +2,9 @@
 //! start. A bad setting is one line naming it (exit code 2).
 
 use crate::agent::AgentArgs;
-use crate::autonomous_loop::Settings;
 use crate::routing::RouterClientArgs;
 use crate::session::CheckpointRetry;
-use crate::team_lead::TeamSettings;
+use crate::settings::{self, Settings, TeamSettings};
 use redis::IntoConnectionInfo as _;
 use service_kit::security::{ClientSecurity, SecurityError};
 use service_kit::server::ServerArgs;
@@ -26,68 +25,68 @@ use std::time::Duration;
 )]
 pub struct Args {
     /// gRPC listen address.
-    #[arg(long, env = "EXECUTOR_LISTEN", default_value = "0.0.0.0:50052")]
+    #[arg(long, env = "EXECUTOR_LISTEN", default_value = settings::LISTEN)]
     pub listen: String,
     /// Redis URL (`redis://[:password@]host:port/db` or `rediss://` for TLS).
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/",
+        default_value = settings::REDIS_URL,
         hide_env_values = true,
         hide_default_value = true
     )]
     pub redis_url: String,
     /// Prefix of every Redis key this executor uses.
-    #[arg(long, env = "EXECUTOR_KEY_PREFIX", default_value = "taskrouter")]
+    #[arg(long, env = "EXECUTOR_KEY_PREFIX", default_value = settings::KEY_PREFIX)]
     pub key_prefix: String,
     /// TLS files for a rediss:// URL.
     #[command(flatten)]
     pub redis_tls: RedisTlsArgs,
     /// Router service address (http:// or https://); empty disables routing (every task
     /// takes the single path).
-    #[arg(long, env = "ROUTER_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "ROUTER_ADDR", default_value = settings::ROUTER_ADDR)]
     pub router_addr: String,
     /// TLS and token of the calls to the router.
     #[command(flatten)]
     pub router_client: RouterClientArgs,
     /// Deadline of one Route call; past it the task takes the single path.
-    #[arg(long, env = "EXECUTOR_ROUTE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub route_timeout: Duration,
+    #[arg(long, env = "EXECUTOR_ROUTE_TIMEOUT", default_value_t = settings::ROUTE_TIMEOUT.into())]
+    pub route_timeout: humantime::Duration,
     /// Worker id (queue consumer name and lease owner); defaults to $HOSTNAME-<pid>.
     #[arg(long, env = "EXECUTOR_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Queue workers in this process; 0 serves the API only.
-    #[arg(long, env = "EXECUTOR_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "EXECUTOR_CONCURRENCY", default_value_t = settings::CONCURRENCY)]
     pub concurrency: usize,
     /// Iteration bound when a request gives none.
-    #[arg(long, env = "EXECUTOR_MAX_ITERATIONS", default_value_t = 50)]
+    #[arg(long, env = "EXECUTOR_MAX_ITERATIONS", default_value_t = settings::MAX_ITERATIONS)]
     pub max_iterations: u32,
     /// Lease expiry: a crashed worker's task is picked up this long after its last heartbeat.
-    #[arg(long, env = "EXECUTOR_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub lease_ttl: Duration,
+    #[arg(long, env = "EXECUTOR_LEASE_TTL", default_value_t = settings::LEASE_TTL.into())]
+    pub lease_ttl: humantime::Duration,
     /// Deliveries after which a queue entry goes to the dead-letter stream.
-    #[arg(long, env = "EXECUTOR_MAX_DELIVERIES", default_value_t = 5)]
+    #[arg(long, env = "EXECUTOR_MAX_DELIVERIES", default_value_t = settings::MAX_DELIVERIES)]
     pub max_deliveries: u64,
     /// How long a finished task's state is kept (then Redis expires it).
-    #[arg(long, env = "EXECUTOR_ARCHIVE_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
-    pub archive_ttl: Duration,
+    #[arg(long, env = "EXECUTOR_ARCHIVE_TTL", default_value_t = settings::ARCHIVE_TTL.into())]
+    pub archive_ttl: humantime::Duration,
     /// On SIGTERM, how long the iteration in flight may run before it is abandoned.
-    #[arg(long, env = "EXECUTOR_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "EXECUTOR_SHUTDOWN_GRACE", default_value_t = settings::SHUTDOWN_GRACE.into())]
+    pub shutdown_grace: humantime::Duration,
     /// How long a failing checkpoint write is retried before the run stops (resumable).
-    #[arg(long, env = "EXECUTOR_CHECKPOINT_RETRY_BUDGET", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub checkpoint_retry_budget: Duration,
+    #[arg(long, env = "EXECUTOR_CHECKPOINT_RETRY_BUDGET", default_value_t = CheckpointRetry::default().budget.into())]
+    pub checkpoint_retry_budget: humantime::Duration,
     /// Wall-clock budget of one specialist on the team path.
-    #[arg(long, env = "EXECUTOR_SPECIALIST_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub specialist_timeout: Duration,
+    #[arg(long, env = "EXECUTOR_SPECIALIST_TIMEOUT", default_value_t = settings::SPECIALIST_TIMEOUT.into())]
+    pub specialist_timeout: humantime::Duration,
     /// Iterations one specialist may use.
-    #[arg(long, env = "EXECUTOR_SPECIALIST_MAX_ITERATIONS", default_value_t = 10)]
+    #[arg(long, env = "EXECUTOR_SPECIALIST_MAX_ITERATIONS", default_value_t = settings::SPECIALIST_MAX_ITERATIONS)]
     pub specialist_max_iterations: u32,
     /// Specialists running at once per task.
-    #[arg(long, env = "EXECUTOR_TEAM_MAX_PARALLEL", default_value_t = 4)]
+    #[arg(long, env = "EXECUTOR_TEAM_MAX_PARALLEL", default_value_t = settings::TEAM_MAX_PARALLEL)]
     pub team_max_parallel: usize,
     /// Largest accepted task description, in bytes.
-    #[arg(long, env = "EXECUTOR_MAX_DESCRIPTION_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "EXECUTOR_MAX_DESCRIPTION_BYTES", default_value_t = TaskLimits::default().max_description_bytes)]
     pub max_description_bytes: usize,
     /// Parse and validate the configuration, print one line and exit.
     #[arg(long)]
@@ -156,16 +155,16 @@ impl ExecutorConfig {
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
-            key_prefix: "taskrouter".into(),
+            key_prefix: settings::KEY_PREFIX.into(),
             redis_tls: RedisTls::default(),
             router_addr: None,
             router_security: ClientSecurity::default(),
-            route_timeout: Duration::from_secs(2),
+            route_timeout: settings::ROUTE_TIMEOUT,
             settings: Settings::default(),
             agent: AgentArgs::simulator(),
             server: ServerArgs::default(),
             limits: TaskLimits::default(),
-            health_interval: Duration::from_millis(500),
+            health_interval: settings::HEALTH_INTERVAL,
         }
     }
 }
@@ -214,14 +213,14 @@ impl Args {
         };
         positive(
             "--route-timeout / EXECUTOR_ROUTE_TIMEOUT",
-            self.route_timeout,
+            *self.route_timeout,
         )?;
-        positive("--archive-ttl / EXECUTOR_ARCHIVE_TTL", self.archive_ttl)?;
+        positive("--archive-ttl / EXECUTOR_ARCHIVE_TTL", *self.archive_ttl)?;
         positive(
             "--specialist-timeout / EXECUTOR_SPECIALIST_TIMEOUT",
-            self.specialist_timeout,
+            *self.specialist_timeout,
         )?;
-        if self.lease_ttl < Duration::from_secs(1) {
+        if *self.lease_ttl < Duration::from_secs(1) {
             return Err("--lease-ttl / EXECUTOR_LEASE_TTL: must be at least 1s".into());
         }
         if self.max_iterations == 0 || self.max_iterations > 100_000 {
@@ -258,7 +257,7 @@ impl Args {
                 );
             }
             Some(w) => w.clone(),
-            None => default_worker_id(),
+            None => settings::default_worker_id(),
         };
         Ok(ExecutorConfig {
             redis_url: self.redis_url.clone(),
@@ -266,26 +265,26 @@ impl Args {
             redis_tls,
             router_addr,
             router_security,
-            route_timeout: self.route_timeout,
+            route_timeout: *self.route_timeout,
             settings: Settings {
                 worker_id,
                 default_max_iterations: self.max_iterations,
-                lease_ttl: self.lease_ttl,
-                archive_ttl: self.archive_ttl,
-                shutdown_grace: self.shutdown_grace,
+                lease_ttl: *self.lease_ttl,
+                archive_ttl: *self.archive_ttl,
+                shutdown_grace: *self.shutdown_grace,
                 checkpoint_retry: CheckpointRetry {
-                    budget: self.checkpoint_retry_budget,
+                    budget: *self.checkpoint_retry_budget,
                     ..CheckpointRetry::default()
                 },
                 team: TeamSettings {
-                    specialist_timeout: self.specialist_timeout,
+                    specialist_timeout: *self.specialist_timeout,
                     specialist_max_iterations: self.specialist_max_iterations,
                     max_parallel: self.team_max_parallel,
                     ..TeamSettings::default()
                 },
                 max_deliveries: self.max_deliveries,
                 concurrency: self.concurrency,
-                poll_interval: Duration::from_millis(100),
+                ..Settings::default()
             },
             agent: self.agent.clone(),
             server: self.server.clone(),
@@ -293,7 +292,7 @@ impl Args {
                 max_description_bytes: self.max_description_bytes,
                 ..TaskLimits::default()
             },
-            health_interval: Duration::from_secs(1),
+            health_interval: settings::HEALTH_INTERVAL,
         })
     }
 }
@@ -411,14 +410,6 @@ pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, String> 
     })
 }
 
-fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or_else(|| "executor".to_string());
-    format!("{host}-{}", std::process::id())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +425,33 @@ mod tests {
         let cfg = parse(&[]).validate().unwrap();
         assert_eq!(cfg.settings.concurrency, 4);
         assert_eq!(cfg.router_addr.as_deref(), Some("http://127.0.0.1:50051"));
+    }
+
+    #[test]
+    fn flags_and_library_defaults_agree() {
+        let flags = parse(&[]).validate().unwrap();
+        let library = ExecutorConfig::for_redis(settings::REDIS_URL);
+        let (f, l) = (&flags.settings, &library.settings);
+        assert_eq!(f.default_max_iterations, l.default_max_iterations);
+        assert_eq!(f.lease_ttl, l.lease_ttl);
+        assert_eq!(f.archive_ttl, l.archive_ttl);
+        assert_eq!(f.shutdown_grace, l.shutdown_grace);
+        assert_eq!(f.checkpoint_retry.budget, l.checkpoint_retry.budget);
+        assert_eq!(f.team.specialist_timeout, l.team.specialist_timeout);
+        assert_eq!(
+            f.team.specialist_max_iterations,
+            l.team.specialist_max_iterations
+        );
+        assert_eq!(f.team.max_parallel, l.team.max_parallel);
+        assert_eq!(f.max_deliveries, l.max_deliveries);
+        assert_eq!(f.concurrency, l.concurrency);
+        assert_eq!(flags.key_prefix, library.key_prefix);
+        assert_eq!(flags.route_timeout, library.route_timeout);
+        assert_eq!(flags.health_interval, library.health_interval);
+        assert_eq!(
+            flags.limits.max_description_bytes,
+            library.limits.max_description_bytes
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The executor's one error enum, and its one mapping to `tonic::Status`.
 
+use service_kit::validation::Violations;
 use std::time::Duration;
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in the executor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A request field is invalid (already carries BadRequest details).
-    #[error("invalid request: {0}")]
-    InvalidRequest(Box<Status>),
+    /// A request failed validation; every problem is listed.
+    #[error("invalid request: {}", describe(.0))]
+    InvalidRequest(Violations),
     /// No state exists for the task.
     #[error("task {task_id} not found")]
     NotFound {
@@ -69,7 +70,7 @@ pub enum Error {
     #[error("agent failed: {0}")]
     AgentFailed(String),
     /// The executor is shutting down.
-    #[error("executor is shutting down")]
+    #[error("executor is shutting down; retry on another replica")]
     ShuttingDown,
     /// A configuration value is unusable (one line naming the setting).
     #[error("{0}")]
@@ -79,11 +80,28 @@ pub enum Error {
     Internal(String),
 }
 
+fn describe(v: &Violations) -> String {
+    v.as_slice()
+        .iter()
+        .map(|fv| format!("{}: {}", fv.field, fv.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Error {
+    /// `Ok(())` when validation found nothing, otherwise [`Error::InvalidRequest`].
+    pub fn check(v: Violations) -> Result<()> {
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(v))
+        }
+    }
+
     /// The gRPC code for this error: the single table callers can rely on.
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidRequest(s) => s.code(),
+            Error::InvalidRequest(_) => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::CorruptState { .. } => Code::DataLoss,
@@ -109,7 +127,8 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
-            Error::InvalidRequest(s) => *s,
+            // Carries google.rpc BadRequest details so clients can see every field.
+            Error::InvalidRequest(v) => v.into_status(),
             other => Status::new(other.code(), other.to_string()),
         }
     }
@@ -117,3 +136,29 @@ impl From<Error> for Status {
 
 /// Result alias for the executor.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::validation::field_violations;
+
+    #[test]
+    fn invalid_requests_become_invalid_argument_with_field_details() {
+        let mut v = Violations::new();
+        v.add("task.id", "must not be empty");
+        v.add("max_iterations", "must be at most 100000");
+        let status = Status::from(Error::check(v).unwrap_err());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<_> = field_violations(&status)
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert_eq!(fields, ["task.id", "max_iterations"]);
+        assert!(status.message().contains("task.id: must not be empty"));
+    }
+
+    #[test]
+    fn an_empty_set_of_violations_passes() {
+        assert!(Error::check(Violations::new()).is_ok());
+    }
+}

@@ -1,13 +1,12 @@
 //! The single path: one agent iterating until it reports done or the iteration bound,
 //! checkpointing SessionState after every iteration.
 
-use crate::agent::{IterationInput, IterationOutput};
-use crate::autonomous_loop::{PathOutcome, RunCtx, StepError};
+use crate::agent::IterationInput;
 use crate::error::Result;
+use crate::run::{PathOutcome, RunCtx, StepError};
 use crate::session::ActiveSession;
-use crate::session::active::now;
 use std::collections::VecDeque;
-use taskrouter_proto::v1::{AgentStep, IterationDone, IterationRecord, progress_event};
+use taskrouter_proto::v1::{AgentStep, IterationDone, progress_event};
 use tokio::sync::Mutex;
 
 /// Role name of the single-path agent.
@@ -74,7 +73,7 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
         let output = out.output.clone();
         {
             let mut s = session.lock().await;
-            let record = apply_iteration(&mut s, &ctx.worker_id, AGENT_ROLE, iteration, out);
+            let record = s.apply_iteration(&ctx.worker_id, AGENT_ROLE, iteration, out);
             s.state.result = record.output.clone();
             let ev = s.event(progress_event::Kind::Iteration(IterationDone {
                 record: Some(record.clone()),
@@ -91,32 +90,5 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
         if done {
             return Ok(PathOutcome::Completed);
         }
-    }
-}
-
-/// Adds one finished iteration to the state's totals and returns its log record.
-pub fn apply_iteration(
-    s: &mut ActiveSession,
-    worker_id: &str,
-    role: &str,
-    iteration: u32,
-    out: IterationOutput,
-) -> IterationRecord {
-    s.state.iteration_count += 1;
-    s.state.cost_usd += out.cost_usd;
-    s.state.tokens_in += out.tokens_in;
-    s.state.tokens_out += out.tokens_out;
-    s.state.last_error.clear();
-    s.state.worker_id = worker_id.to_string();
-    IterationRecord {
-        iteration,
-        role: role.to_string(),
-        output: out.output,
-        done: out.done,
-        cost_usd: out.cost_usd,
-        tokens_in: out.tokens_in,
-        tokens_out: out.tokens_out,
-        at: Some(now()),
-        worker_id: worker_id.to_string(),
     }
 }

@@ -2,16 +2,21 @@
 //! router service, runs it on the single path (IterationLoop) or the team path
 //! (TeamLead), and checkpoints its SessionState in Redis after every iteration.
 
+// Layers, top down (imports only point down): `service` (gRPC handlers) and `worker`
+// (queue pool) drive the engine, `autonomous_loop`; it runs the paths, `iteration_loop`
+// and `team_lead`, through the `run` contract; all of them write through `session`.
 pub mod agent;
 pub mod autonomous_loop;
 pub mod error;
 pub mod iteration_loop;
-pub mod lease;
 pub mod queue;
 pub mod routing;
+pub mod run;
 pub mod session;
+pub mod settings;
 pub mod team_lead;
 pub mod telemetry;
+pub mod worker;
 
 pub use error::{Error, Result};
 
@@ -44,6 +49,17 @@ pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<A
     })?;
     let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(conn.clone(), &config.key_prefix));
     let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::new(conn, &config.key_prefix));
+    build_engine_over(config, store, queue, shutdown)
+}
+
+/// The engine over the given store and queue (e.g. the in-memory ones of a local stack),
+/// with the router link, agent and settings from `config`.
+pub fn build_engine_over(
+    config: &ExecutorConfig,
+    store: Arc<dyn SessionStore>,
+    queue: Arc<dyn WorkQueue>,
+    shutdown: Shutdown,
+) -> Result<Arc<AutonomousLoop>> {
     let router = match &config.router_addr {
         Some(addr) => Some(
             RouterLink::with_security(addr, config.route_timeout, &config.router_security)
@@ -110,7 +126,7 @@ pub async fn serve_engine(
         redis_hint(&config.redis_url),
         shutdown.clone(),
     ));
-    let mut workers = engine.spawn_workers_if_enabled();
+    let mut workers = worker::spawn_pool(&engine);
     let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
     let router = builder
         .add_service(health)

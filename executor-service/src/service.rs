@@ -1,7 +1,8 @@
 //! The `taskrouter.v1.Executor` gRPC service: request validation, then the engine.
 
-use crate::autonomous_loop::{AutonomousLoop, RunOptions, is_final};
+use crate::autonomous_loop::{AutonomousLoop, is_final};
 use crate::error::Error;
+use crate::run::RunOptions;
 use service_kit::Shutdown;
 use service_kit::validation::{TaskLimits, Violations, check_task, check_task_id};
 use std::pin::Pin;
@@ -74,7 +75,7 @@ impl Executor for ExecutorService {
                 check_task(&mut v, "task", task, &self.limits);
             }
             check_bound(&mut v, req.max_iterations);
-            v.into_result()?;
+            Error::check(v)?;
             let task = req.task.unwrap_or_default();
             let (state, created) = self
                 .engine
@@ -105,7 +106,7 @@ impl Executor for ExecutorService {
                 }
             }
             check_bound(&mut v, req.max_iterations);
-            v.into_result()?;
+            Error::check(v)?;
             let task = req.task.unwrap_or_default();
             if id_only {
                 // An id alone can only resume: it must not create an empty, unvalidated task.
@@ -135,14 +136,14 @@ impl Executor for ExecutorService {
                     format!("must be at most {MAX_ITERATION_LIMIT}"),
                 );
             }
-            v.into_result()?;
+            Error::check(v)?;
             let state = self.engine.get(&req.task_id).await?;
             let iterations = if req.include_iterations {
                 let limit = match req.iteration_limit {
                     0 => 100,
                     n => n as usize,
                 };
-                self.engine.store().iterations(&req.task_id, limit).await?
+                self.engine.iterations(&req.task_id, limit).await?
             } else {
                 Vec::new()
             };
@@ -163,7 +164,7 @@ impl Executor for ExecutorService {
         let req = request.into_inner();
         let mut v = Violations::new();
         check_task_id(&mut v, "task_id", &req.task_id);
-        v.into_result()?;
+        Error::check(v)?;
         // NOT_FOUND up front rather than an empty stream.
         self.engine.get(&req.task_id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -175,7 +176,6 @@ impl Executor for ExecutorService {
             let mut idle_polls = 0u32;
             loop {
                 let batch = engine
-                    .store()
                     .events_after(&req.task_id, cursor.as_deref(), 100)
                     .await;
                 let events = match batch {
@@ -204,7 +204,7 @@ impl Executor for ExecutorService {
                         _ = tokio::time::sleep(poll) => {}
                         _ = tx.closed() => return,
                         _ = shutdown.wait() => {
-                            let _ = tx.send(Err(Status::unavailable("executor shutting down; watch again on another replica"))).await;
+                            let _ = tx.send(Err(Status::from(Error::ShuttingDown))).await;
                             return;
                         }
                     }
@@ -236,7 +236,7 @@ impl Executor for ExecutorService {
             let req = request.into_inner();
             let mut v = Violations::new();
             check_task_id(&mut v, "task_id", &req.task_id);
-            v.into_result()?;
+            Error::check(v)?;
             let state = self.engine.cancel(&req.task_id).await?;
             Ok(Response::new(CancelResponse { state: Some(state) }))
         }

@@ -4,13 +4,11 @@
 //! checkpointed; a resume skips finished specialists and re-enters the saved phase.
 
 use crate::agent::IterationInput;
-use crate::autonomous_loop::{PathOutcome, RunCtx, StepError, Stop};
 use crate::error::Result;
-use crate::iteration_loop::apply_iteration;
+use crate::run::{PathOutcome, RunCtx, StepError, Stop};
 use crate::session::ActiveSession;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 use taskrouter_proto::v1::{
     AgentStep, FallbackCause, IterationDone, PhaseChanged, SpecialistProgress, SpecialistStatus,
     Task, TeamPhase, progress_event,
@@ -21,30 +19,6 @@ use tracing::Instrument as _;
 
 /// Role name of the lead.
 pub const LEAD_ROLE: &str = "lead";
-
-/// Team path limits.
-#[derive(Clone, Debug)]
-pub struct TeamSettings {
-    /// Wall-clock budget of one specialist (restarts on resume).
-    pub specialist_timeout: Duration,
-    /// Iterations one specialist may use before it counts as failed.
-    pub specialist_max_iterations: u32,
-    /// Specialists running at once.
-    pub max_parallel: usize,
-    /// Largest number of specialists a plan may staff.
-    pub max_specialists: usize,
-}
-
-impl Default for TeamSettings {
-    fn default() -> Self {
-        Self {
-            specialist_timeout: Duration::from_secs(600),
-            specialist_max_iterations: 10,
-            max_parallel: 4,
-            max_specialists: 8,
-        }
-    }
-}
 
 enum SpecialistEnd {
     Done,
@@ -165,7 +139,7 @@ async fn analysis(
     }
     roles.truncate(ctx.team.max_specialists.max(1));
     let mut s = session.lock().await;
-    let record = apply_iteration(&mut s, &ctx.worker_id, LEAD_ROLE, 1, out);
+    let record = s.apply_iteration(&ctx.worker_id, LEAD_ROLE, 1, out);
     s.state.team_iterations += 1;
     s.state.specialists = roles
         .iter()
@@ -350,7 +324,7 @@ async fn specialist(
                 return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(stop)));
             }
             Err(StepError::Agent(e)) => {
-                let cause = if matches!(e, crate::Error::AgentTimeout(_)) {
+                let cause = if matches!(e, crate::error::Error::AgentTimeout(_)) {
                     FallbackCause::SpecialistTimeout
                 } else {
                     FallbackCause::SpecialistFailed
@@ -370,7 +344,7 @@ async fn specialist(
         if prior.len() > 5 {
             prior.pop_front();
         }
-        let record = apply_iteration(&mut s, &ctx.worker_id, role, iteration, out);
+        let record = s.apply_iteration(&ctx.worker_id, role, iteration, out);
         s.state.team_iterations += 1;
         if let Some(sp) = s.state.specialists.get_mut(idx) {
             sp.iterations = iteration;
@@ -419,7 +393,7 @@ async fn synthesis(
         }
     };
     let mut s = session.lock().await;
-    let record = apply_iteration(&mut s, &ctx.worker_id, LEAD_ROLE, 2, out);
+    let record = s.apply_iteration(&ctx.worker_id, LEAD_ROLE, 2, out);
     s.state.team_iterations += 1;
     s.state.result = record.output.clone();
     s.state.phase = TeamPhase::Done as i32;

@@ -326,7 +326,7 @@ async fn a_submit_retried_after_a_crash_before_queueing_still_runs_the_task() {
 #[tokio::test]
 async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without_another_iteration()
 {
-    use executor_service::lease::Lease;
+    use executor_service::session::Lease;
     use executor_service::session::{Checkpoint, SessionStore as _};
     let mut h = Harness::start(|c| c.settings.concurrency = 0).await;
     let task = sim_task("T-DONE-UNFINISHED", Complexity::Low, 2, &[]);

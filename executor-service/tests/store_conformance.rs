@@ -2,8 +2,8 @@
 //! the same behaviour is required of Redis and of the in-memory store used by the demo.
 
 use executor_service::Error;
-use executor_service::lease::Lease;
 use executor_service::queue::WorkQueue;
+use executor_service::session::Lease;
 use executor_service::session::{Checkpoint, CreateOutcome, SessionStore};
 use std::sync::Arc;
 use std::time::Duration;

@@ -92,82 +92,26 @@ fn codes(r: &RunResult) -> Vec<ReasonCode> {
 #[tokio::test]
 async fn the_seed_scenarios_route_and_complete() {
     let (mut h, _r) = with_router(|_| {}).await;
-    let cases = [
-        (
-            task(
-                "TEST-BUG-001",
-                "Fix typo in README",
-                Complexity::Low,
-                10.0,
-                &["org/docs"],
-                &[],
-            ),
-            RoutingDecision::UseSingleAgent,
-            ReasonCode::SimpleTask,
-        ),
-        (
-            task(
-                "TEST-FEATURE-001",
-                "Implement new payment processing",
-                Complexity::High,
-                500.0,
-                &["org/pay"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::HighComplexity,
-        ),
-        (
-            task(
-                "TEST-HIPAA-001",
-                "Rotate HIPAA credentials for the patient API",
-                Complexity::Medium,
-                50.0,
-                &["org/api"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::ComplianceSensitive,
-        ),
-        (
-            task(
-                "TEST-DEPLOY-001",
-                "Deploy the billing service to production",
-                Complexity::Medium,
-                50.0,
-                &["org/billing"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::Deployment,
-        ),
-        (
-            task(
-                "TEST-XREPO-001",
-                "Rename the user id type",
-                Complexity::Medium,
-                50.0,
-                &["org/a", "org/b"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::CrossRepo,
-        ),
-    ];
-    for (t, decision, reason) in cases {
-        let id = t.id.clone();
-        let r = run(&mut h, t, 50).await;
-        assert_eq!(r.routing_decision, decision as i32, "{id}");
-        assert_eq!(
-            TaskStatus::try_from(r.status).unwrap(),
-            TaskStatus::Completed,
-            "{id}"
-        );
-        assert!(codes(&r).contains(&reason), "{id}: {:?}", codes(&r));
-        let s = r.state.unwrap();
-        assert!(s.fallback.is_none(), "{id} fell back: {:?}", s.fallback);
-        if decision == RoutingDecision::UseMultiAgent {
-            assert_eq!(r.path, ExecutionPath::MultiAgent as i32, "{id}");
+    // Every scenario of the plan that goes through the work queue, checked against the
+    // plan's expectations (the context reset has its own test below).
+    for sc in scenarios::plan()
+        .into_iter()
+        .filter(|sc| sc.mode == scenarios::Mode::Submit)
+    {
+        let id = sc.task.id.clone();
+        let r = run(&mut h, sc.task.clone(), 50).await;
+        let s = r.state.clone().unwrap();
+        let outcome = scenarios::Outcome {
+            scenario: sc.name,
+            task_id: id.clone(),
+            trace_id: String::new(),
+            state: Some(s.clone()),
+            runs: Vec::new(),
+            failures: Vec::new(),
+        };
+        let failures = scenarios::check(&sc, &outcome);
+        assert!(failures.is_empty(), "{id}: {failures:?}");
+        if sc.expect.path == ExecutionPath::MultiAgent {
             assert_eq!(s.phase, TeamPhase::Done as i32, "{id}");
             assert!(!s.specialists.is_empty());
             assert!(
@@ -176,8 +120,6 @@ async fn the_seed_scenarios_route_and_complete() {
                     .all(|sp| sp.status == SpecialistStatus::Done as i32)
             );
             assert!(!s.result.is_empty());
-        } else {
-            assert_eq!(r.path, ExecutionPath::SingleAgent as i32);
         }
     }
     h.stop().await;
@@ -187,14 +129,7 @@ async fn the_seed_scenarios_route_and_complete() {
 async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_total() {
     let (mut h, _r) = with_router(|_| {}).await;
     // HIGH + HIPAA + $250 staffs four specialists; 1 analysis + 4 x 2 + 1 synthesis = 10.
-    let t = task(
-        "TEST-RESUME-001",
-        "Complex feature with HIPAA compliance",
-        Complexity::High,
-        250.0,
-        &["org/ehr"],
-        &[("sim.specialist_iterations", "2")],
-    );
+    let t = scenarios::Scenario::by_id("TEST-RESUME-001").task;
     let first = run(&mut h, t.clone(), 2).await;
     assert_eq!(
         first.routing_decision,
@@ -531,4 +466,68 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
         assert_eq!(second.iterations_this_run, 10 - bound, "{id}");
     }
     h.stop().await;
+}
+
+#[tokio::test]
+async fn the_shadow_decision_is_recorded_beside_the_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    // The candidate would send a $50 task to the team path; the built-in policy does not.
+    std::fs::write(
+        &candidate,
+        "[rules]\nvalue_threshold_usd = 10.0\n[multi_agent]\nrollout_percent = 100\n",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router_shutdown = service_kit::Shutdown::new();
+    tokio::spawn(router_service::serve(
+        router_service::RouterConfig {
+            shadow_policy_path: Some(candidate),
+            ..router_service::RouterConfig::with_defaults()
+        },
+        listener,
+        router_shutdown.clone(),
+    ));
+    assert!(
+        test_support::wait_for_grpc_serving(addr, "taskrouter.v1.Router", Duration::from_secs(10))
+            .await
+    );
+    let mut h = Harness::start(|c| c.router_addr = Some(format!("http://{addr}"))).await;
+
+    let r = run(
+        &mut h,
+        task(
+            "SHADOW-1",
+            "Fix a flaky test",
+            Complexity::Low,
+            50.0,
+            &["org/a"],
+            &[],
+        ),
+        10,
+    )
+    .await;
+    let state = r.state.unwrap();
+    assert_eq!(state.path, ExecutionPath::SingleAgent as i32);
+    let live = state.analysis.unwrap();
+    let shadow = state.shadow_analysis.expect("shadow decision recorded");
+    assert_eq!(live.decision, RoutingDecision::UseSingleAgent as i32);
+    assert_eq!(shadow.decision, RoutingDecision::UseMultiAgent as i32);
+    assert_ne!(shadow.policy_version, live.policy_version);
+
+    // Stored: a later Get returns it too.
+    let got = h
+        .client
+        .get(GetRequest {
+            task_id: "SHADOW-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(got.shadow_analysis, Some(shadow));
+    router_shutdown.trigger();
 }

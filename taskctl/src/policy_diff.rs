@@ -6,8 +6,8 @@
 use crate::cli::{Cli, DiffArgs};
 use crate::client::{request, unary};
 use crate::error::{CliError, Exit, Result};
+use crate::output::{emit, emit_json};
 use crate::rollout::connect;
-use crate::{emit, emit_json};
 use rollout_controller::outcomes::{GroupStats, Outcome, OutcomeSource, RedisRecords, is_multi};
 use router_service::PolicyEngine;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 
 use crate::cli::{Cli, RecordsArgs, RolloutAction, RolloutArgs};
 use crate::error::{CliError, Exit, Result};
-use crate::{emit, emit_json};
+use crate::output::{emit, emit_json};
 use rollout_controller::state::{Event, Request, RolloutState, RolloutStore};
 use serde_json::json;
 use std::time::{Duration, UNIX_EPOCH};
@@ -77,7 +77,7 @@ pub fn connect(args: &RecordsArgs) -> Result<redis::aio::ConnectionManager> {
         CliError::Usage(format!(
             "--redis-url / REDIS_URL {}: {}",
             service_kit::redact::url(&args.redis_url),
-            crate::error::one_line(&e.to_string())
+            service_kit::status_text::one_line(&e.to_string())
         ))
     })
 }
@@ -87,7 +87,7 @@ pub fn redis_err(args: &RecordsArgs, e: rollout_controller::Error) -> CliError {
     CliError::Runtime(format!(
         "redis at {}: {}",
         service_kit::redact::url(&args.redis_url),
-        crate::error::one_line(&e.to_string())
+        service_kit::status_text::one_line(&e.to_string())
     ))
 }
 

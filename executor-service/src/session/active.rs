@@ -1,9 +1,9 @@
 //! The state of a task while a worker runs it: the latest SessionState, its stored
 //! version and the lease, with checkpointing that retries while Redis is briefly away.
 
-use super::{Checkpoint, SessionStore};
+use super::{Checkpoint, Lease, SessionStore};
+use crate::agent::IterationOutput;
 use crate::error::{Error, Result};
-use crate::lease::Lease;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, progress_event};
@@ -46,6 +46,29 @@ pub struct ActiveSession {
 }
 
 impl ActiveSession {
+    /// Opens a task for writing: takes its lease for `worker_id`, then re-reads the state
+    /// under the lease (the previous holder may have written since). `None` when
+    /// another worker holds the lease; on any error the lease is released again.
+    pub async fn open(
+        store: Arc<dyn SessionStore>,
+        task_id: &str,
+        worker_id: &str,
+        lease_ttl: Duration,
+        retry: CheckpointRetry,
+    ) -> Result<Option<Self>> {
+        let owner = Lease::new_owner(worker_id);
+        let Some(lease) = store.acquire_lease(task_id, &owner, lease_ttl).await? else {
+            return Ok(None);
+        };
+        match store.get(task_id).await {
+            Ok(state) => Ok(Some(Self::new(store, state, lease, retry))),
+            Err(e) => {
+                let _ = store.release_lease(&lease).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Wraps a freshly loaded state.
     pub fn new(
         store: Arc<dyn SessionStore>,
@@ -103,6 +126,34 @@ impl ActiveSession {
             sequence: 0,
             at: Some(now()),
             kind: Some(kind),
+        }
+    }
+
+    /// Adds one finished iteration to the state's totals and returns its log record
+    /// (written by the next [`commit`](Self::commit)).
+    pub fn apply_iteration(
+        &mut self,
+        worker_id: &str,
+        role: &str,
+        iteration: u32,
+        out: IterationOutput,
+    ) -> IterationRecord {
+        self.state.iteration_count += 1;
+        self.state.cost_usd += out.cost_usd;
+        self.state.tokens_in += out.tokens_in;
+        self.state.tokens_out += out.tokens_out;
+        self.state.last_error.clear();
+        self.state.worker_id = worker_id.to_string();
+        IterationRecord {
+            iteration,
+            role: role.to_string(),
+            output: out.output,
+            done: out.done,
+            cost_usd: out.cost_usd,
+            tokens_in: out.tokens_in,
+            tokens_out: out.tokens_out,
+            at: Some(now()),
+            worker_id: worker_id.to_string(),
         }
     }
 

@@ -7,9 +7,10 @@
 //! never use it for real work. Expiry is checked lazily against [`Instant`]s, as each
 //! key is touched, plus an occasional sweep so expired tasks do not pile up.
 
-use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
+use super::{
+    Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
+};
 use crate::error::{Error, Result};
-use crate::lease::Lease;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

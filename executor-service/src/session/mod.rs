@@ -1,4 +1,7 @@
-//! SessionState persistence: the [`SessionStore`] trait and its Redis implementation.
+//! The session layer, below the engine and the paths: SessionState persistence (the
+//! [`SessionStore`] trait, its Redis and in-memory implementations), the [`Lease`] a
+//! worker holds while it runs a task, its [`heartbeat`], and the [`ActiveSession`] a
+//! path writes its progress through.
 //!
 //! Layout per task (every key shares the Redis Cluster hash tag `{task_id}`):
 //! - `<prefix>:{id}:state` — hash: `schema`, `version`, `fence`, `status`, `evseq`, `task`
@@ -11,17 +14,41 @@
 //! - `<prefix>:{id}:cancel` — present once Cancel was requested.
 
 pub mod active;
+pub mod heartbeat;
 pub mod memory;
 pub mod redis_store;
 
-use crate::error::Result;
-use crate::lease::Lease;
+use crate::error::{Error, Result};
 use std::time::Duration;
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState};
 
 pub use active::{ActiveSession, CheckpointRetry};
+pub use heartbeat::Heartbeat;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
+
+/// A held lease: which worker runs a task. A lease is `SET NX PX` with an owner token,
+/// renewed by a [`Heartbeat`] while the task runs and released by a token-checked script.
+/// Each acquisition also yields a fencing token (a per-task counter) that every
+/// checkpoint carries, so a worker that lost its lease can no longer write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The task id.
+    pub task_id: String,
+    /// Unique owner token of this acquisition.
+    pub owner: String,
+    /// Fencing token: strictly greater than any earlier acquisition's.
+    pub fencing_token: u64,
+    /// Expiry the lease is (re)set to.
+    pub ttl: Duration,
+}
+
+impl Lease {
+    /// A new unique owner token for `worker_id`.
+    pub fn new_owner(worker_id: &str) -> String {
+        format!("{worker_id}:{}", uuid::Uuid::new_v4().simple())
+    }
+}
 
 /// The Redis keys of one task.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +136,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Loads a task's state (`version` filled from the store). `None` if unknown;
     /// `Error::CorruptState` if the value cannot be read (it is left in place).
     async fn load(&self, task_id: &str) -> Result<Option<SessionState>>;
+
+    /// Loads a task's state that must exist: `Error::NotFound` if it is unknown.
+    async fn get(&self, task_id: &str) -> Result<SessionState> {
+        self.load(task_id).await?.ok_or_else(|| Error::NotFound {
+            task_id: task_id.to_string(),
+        })
+    }
 
     /// Writes a checkpoint atomically if `expected_version` and the lease still hold.
     async fn checkpoint(&self, cp: Checkpoint<'_>) -> Result<CheckpointOutcome>;

@@ -2,9 +2,10 @@
 //! trip), not WATCH/MULTI: on a shared multiplexed connection other tasks' commands
 //! would interleave with a WATCH.
 
-use super::{Checkpoint, CheckpointOutcome, CreateOutcome, SessionStore, StoredEvent, TaskKeys};
+use super::{
+    Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
+};
 use crate::error::{Error, Result};
-use crate::lease::Lease;
 use prost::Message;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};

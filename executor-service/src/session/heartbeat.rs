@@ -1,32 +1,9 @@
-//! Leases: which worker runs a task. A lease is `SET NX PX` with an owner token,
-//! renewed as a heartbeat while the task runs and released by a token-checked script.
-//! Each acquisition also yields a fencing token (a per-task counter) that every
-//! checkpoint carries, so a worker that lost its lease can no longer write.
+//! The heartbeat that keeps a held lease alive while its task runs.
 
-use crate::session::SessionStore;
+use super::{Lease, SessionStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// A held lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    /// The task id.
-    pub task_id: String,
-    /// Unique owner token of this acquisition.
-    pub owner: String,
-    /// Fencing token: strictly greater than any earlier acquisition's.
-    pub fencing_token: u64,
-    /// Expiry the lease is (re)set to.
-    pub ttl: Duration,
-}
-
-impl Lease {
-    /// A new unique owner token for `worker_id`.
-    pub fn new_owner(worker_id: &str) -> String {
-        format!("{worker_id}:{}", uuid::Uuid::new_v4().simple())
-    }
-}
 
 /// Renews a lease every third of its TTL until dropped or stopped. If a renewal finds
 /// the lease gone, `lost()` turns true so the run stops at its next iteration boundary.

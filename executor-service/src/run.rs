@@ -1,0 +1,160 @@
+//! The run contract between the engine and the paths: what a path gets while it runs
+//! one task ([`RunCtx`]), how it ends ([`PathOutcome`], [`Stop`]) and the options of a
+//! run ([`RunOptions`]).
+
+use crate::agent::{IterationInput, IterationOutput, RetryPolicy, SharedAgent};
+use crate::error::Error;
+use crate::session::{Heartbeat, SessionStore};
+use crate::settings::TeamSettings;
+use service_kit::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
+use taskrouter_proto::v1::FallbackCause;
+use tracing::Instrument as _;
+
+/// Why a run stopped early without finishing the task (it stays resumable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The executor is shutting down.
+    Shutdown,
+    /// Another worker took over the lease.
+    LeaseLost,
+}
+
+/// How one path's run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathOutcome {
+    /// Done: the task is complete.
+    Completed,
+    /// The agent failed for good (after retries).
+    Failed(String),
+    /// Cancel was requested.
+    Cancelled,
+    /// The iteration bound was reached before the agent reported done.
+    BoundReached,
+    /// Stopped at an iteration boundary; resumable.
+    Stopped(Stop),
+    /// The team path failed; the single path takes over.
+    Fallback {
+        /// Why.
+        cause: FallbackCause,
+        /// One sentence of detail.
+        detail: String,
+    },
+}
+
+/// Why an agent step did not produce an output.
+#[derive(Debug)]
+pub enum StepError {
+    /// The agent failed (after retries).
+    Agent(Error),
+    /// The run must stop (shutdown grace ran out, or the lease was lost).
+    Stopped(Stop),
+}
+
+/// Everything a path needs while running one task.
+pub struct RunCtx {
+    /// Where state lives.
+    pub store: Arc<dyn SessionStore>,
+    /// The agent backend.
+    pub agent: SharedAgent,
+    /// Agent retry policy.
+    pub retry: RetryPolicy,
+    /// Team limits.
+    pub team: TeamSettings,
+    /// This worker's id (recorded in checkpoints).
+    pub worker_id: String,
+    shutdown: Shutdown,
+    shutdown_grace: Duration,
+    heartbeat: Heartbeat,
+}
+
+impl RunCtx {
+    /// The context of one run: `heartbeat` keeps its lease; on `shutdown` the iteration
+    /// in flight gets `shutdown_grace` to finish.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        agent: SharedAgent,
+        retry: RetryPolicy,
+        team: TeamSettings,
+        worker_id: String,
+        shutdown: Shutdown,
+        shutdown_grace: Duration,
+        heartbeat: Heartbeat,
+    ) -> Self {
+        Self {
+            store,
+            agent,
+            retry,
+            team,
+            worker_id,
+            shutdown,
+            shutdown_grace,
+            heartbeat,
+        }
+    }
+
+    /// Whether the run must stop at this iteration boundary.
+    pub fn stop_reason(&self) -> Option<Stop> {
+        if self.heartbeat.lost() {
+            Some(Stop::LeaseLost)
+        } else if self.shutdown.is_triggered() {
+            Some(Stop::Shutdown)
+        } else {
+            None
+        }
+    }
+
+    /// Runs one agent iteration with retries. On shutdown the iteration in flight gets
+    /// `shutdown_grace` to finish (so it can be checkpointed) before it is abandoned.
+    pub async fn call_agent(
+        &self,
+        input: IterationInput,
+    ) -> std::result::Result<IterationOutput, StepError> {
+        let span = tracing::info_span!(
+            "agent.iteration",
+            task.id = %input.task.id,
+            agent.kind = self.agent.kind(),
+            agent.role = %input.role,
+            agent.step = crate::agent::step_name(input.step),
+            agent.iteration = input.iteration,
+            agent.attempts = tracing::field::Empty,
+            agent.done = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let call = {
+            let recorder = span.clone();
+            async move {
+                let outcome =
+                    crate::agent::run_with_retry(self.agent.as_ref(), input, &self.retry).await;
+                recorder.record("agent.attempts", outcome.attempts() as u64);
+                match &outcome.result {
+                    Ok(out) => recorder.record("agent.done", out.done),
+                    Err(_) => recorder.record("otel.status_code", "ERROR"),
+                };
+                outcome.result
+            }
+            .instrument(span)
+        };
+        let grace = async {
+            self.shutdown.wait().await;
+            tokio::time::sleep(self.shutdown_grace).await;
+        };
+        tokio::select! {
+            r = call => r.map_err(StepError::Agent),
+            _ = grace => Err(StepError::Stopped(Stop::Shutdown)),
+        }
+    }
+}
+
+/// Options of one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue an existing task instead of refusing it.
+    pub resume: bool,
+    /// Bound on the task's total iterations (0 = saved bound or the default).
+    pub max_iterations: u32,
+    /// `Some(false)` forces the single path.
+    pub use_multi_agent: Option<bool>,
+}
