@@ -58,10 +58,12 @@ impl RouterService {
         let include_shadow = request.include_shadow;
         let task = request.task.unwrap_or_default();
         let shadow = self.shadow.as_ref().map(|s| s.current());
-        let evaluate = move |task: &Task| {
-            let analysis = policy.engine.evaluate(task);
-            let shadow = shadow.map(|s| s.engine.evaluate(task));
-            (analysis, shadow)
+        let evaluate = move |task: &Task| match &shadow {
+            Some(shadow) => {
+                let (live, candidate) = policy.engine.evaluate_pair(&shadow.engine, task);
+                (live, Some(candidate))
+            }
+            None => (policy.engine.evaluate(task), None),
         };
         let (analysis, shadow) = if task.description.len() > INLINE_EVALUATION_BYTES {
             // Scanning a long description takes milliseconds: keep it off the async workers.

@@ -14,6 +14,14 @@ const CANDIDATE_ALL: &str = "[multi_agent]\nrollout_percent = 100\n";
 const CANDIDATE_HIGH_THRESHOLD: &str =
     "[multi_agent]\nrollout_percent = 100\n[rules]\nvalue_threshold_usd = 1000000.0\n";
 
+/// Write aside, then rename over: an in-place write can be read half-done (an empty file
+/// is a valid policy).
+fn replace_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 fn version_of(text: &str) -> String {
     router_service::policy::policy_version(text.as_bytes())
 }
@@ -78,7 +86,7 @@ async fn an_edited_shadow_policy_is_reloaded_and_a_bad_one_is_not() {
     let router = start(dir.path()).await;
     let shadow_path = dir.path().join("candidate.toml");
 
-    std::fs::write(&shadow_path, CANDIDATE_HIGH_THRESHOLD).unwrap();
+    replace_atomically(&shadow_path, CANDIDATE_HIGH_THRESHOLD);
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut shadow = route(&router, true).await.shadow.unwrap();
     while shadow.policy_version != version_of(CANDIDATE_HIGH_THRESHOLD) {
@@ -88,7 +96,7 @@ async fn an_edited_shadow_policy_is_reloaded_and_a_bad_one_is_not() {
     }
     assert_eq!(shadow.decision, RoutingDecision::UseSingleAgent as i32);
 
-    std::fs::write(&shadow_path, "[multi_agent]\nrollout_percent = 900\n").unwrap();
+    replace_atomically(&shadow_path, "[multi_agent]\nrollout_percent = 900\n");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let after = route(&router, true).await;
     assert_eq!(

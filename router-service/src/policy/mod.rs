@@ -166,6 +166,34 @@ impl PolicyEngine {
     /// Decides the path of `task`. Total: an unvalidated task (unknown complexity, NaN
     /// value) simply fires fewer rules.
     pub fn evaluate(&self, task: &Task) -> RoutingAnalysis {
+        let found = self.matcher.scan(&task.description);
+        self.evaluate_scanned(task, &found)
+    }
+
+    /// Evaluates `task` under this policy and `other` (a shadow policy). When both have
+    /// the same keyword lists, the description is scanned once: the scan is most of the
+    /// cost of a long description.
+    pub fn evaluate_pair(
+        &self,
+        other: &PolicyEngine,
+        task: &Task,
+    ) -> (RoutingAnalysis, RoutingAnalysis) {
+        let (a, b) = (&self.settings.rules, &other.settings.rules);
+        if a.compliance_keywords == b.compliance_keywords
+            && a.deployment_keywords == b.deployment_keywords
+            && a.cross_repo_keywords == b.cross_repo_keywords
+        {
+            let found = self.matcher.scan(&task.description);
+            (
+                self.evaluate_scanned(task, &found),
+                other.evaluate_scanned(task, &found),
+            )
+        } else {
+            (self.evaluate(task), other.evaluate(task))
+        }
+    }
+
+    fn evaluate_scanned(&self, task: &Task, found: &Found) -> RoutingAnalysis {
         let s = &self.settings;
         let complexity = Complexity::try_from(task.complexity).unwrap_or(Complexity::Unspecified);
         let mut fired = Fired::default();
@@ -198,7 +226,6 @@ impl PolicyEngine {
             );
         }
 
-        let found = self.matcher.scan(&task.description);
         if let Some(kw) = keyword(
             &s.rules.compliance_keywords,
             found.get(Category::Compliance),

@@ -406,3 +406,35 @@ fn an_engine_rebuilt_from_get_policy_decides_like_the_original() {
         assert_eq!(rebuilt.evaluate(&task), original.evaluate(&task));
     }
 }
+
+#[test]
+fn a_pair_decides_like_two_separate_evaluations() {
+    let live = PolicyEngine::from_toml("[multi_agent]\nrollout_percent = 0\n", "l").unwrap();
+    let same_keywords =
+        PolicyEngine::from_toml("[rules]\nvalue_threshold_usd = 20.0\n", "s").unwrap();
+    let other_keywords =
+        PolicyEngine::from_toml("[rules]\ndeployment_keywords = [\"ship\"]\n", "o").unwrap();
+    for (i, text) in [
+        "deploy to prod",
+        "ship it",
+        "fix typo",
+        "rotate HIPAA secrets",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let task = Task {
+            id: format!("P-{i}"),
+            description: (*text).into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: 30.0,
+            ..Default::default()
+        };
+        for shadow in [&same_keywords, &other_keywords] {
+            assert_eq!(
+                live.evaluate_pair(shadow, &task),
+                (live.evaluate(&task), shadow.evaluate(&task))
+            );
+        }
+    }
+}
