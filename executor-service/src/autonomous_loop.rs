@@ -555,11 +555,15 @@ impl AutonomousLoop {
             )
         } else {
             let routed = match &self.router {
-                Some(router) => router.route(&task).await,
+                Some(router) => router.route_with_shadow(&task).await,
                 None => Err(Error::Router("no router configured".into())),
             };
             match routed {
-                Ok(a) => (a, "router"),
+                Ok(answer) => {
+                    // Recorded once with the decision, so outcomes can be grouped by it.
+                    s.state.shadow_analysis = answer.shadow;
+                    (answer.analysis, "router")
+                }
                 Err(e) => {
                     tracing::warn!(task_id = %task.id, error = %e, "router unavailable; using the single path");
                     s.state.fallback = Some(FallbackRecord {

@@ -389,3 +389,67 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_shadow_decision_is_recorded_beside_the_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    // The candidate would send a $50 task to the team path; the built-in policy does not.
+    std::fs::write(
+        &candidate,
+        "[rules]\nvalue_threshold_usd = 10.0\n[multi_agent]\nrollout_percent = 100\n",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router_shutdown = service_kit::Shutdown::new();
+    tokio::spawn(router_service::serve(
+        router_service::RouterConfig {
+            shadow_policy_path: Some(candidate),
+            ..router_service::RouterConfig::with_defaults()
+        },
+        listener,
+        router_shutdown.clone(),
+    ));
+    assert!(
+        test_support::wait_for_grpc_serving(addr, "taskrouter.v1.Router", Duration::from_secs(10))
+            .await
+    );
+    let mut h = Harness::start(|c| c.router_addr = Some(format!("http://{addr}"))).await;
+
+    let r = run(
+        &mut h.client,
+        task(
+            "SHADOW-1",
+            "Fix a flaky test",
+            Complexity::Low,
+            50.0,
+            &["org/a"],
+            &[],
+        ),
+        10,
+    )
+    .await;
+    let state = r.state.unwrap();
+    assert_eq!(state.path, ExecutionPath::SingleAgent as i32);
+    let live = state.analysis.unwrap();
+    let shadow = state.shadow_analysis.expect("shadow decision recorded");
+    assert_eq!(live.decision, RoutingDecision::UseSingleAgent as i32);
+    assert_eq!(shadow.decision, RoutingDecision::UseMultiAgent as i32);
+    assert_ne!(shadow.policy_version, live.policy_version);
+
+    // Stored: a later Get returns it too.
+    let got = h
+        .client
+        .get(GetRequest {
+            task_id: "SHADOW-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(got.shadow_analysis, Some(shadow));
+    router_shutdown.trigger();
+}

@@ -254,7 +254,12 @@ impl Workload for RouteMix {
     ) -> std::result::Result<usize, tonic::Status> {
         let mut task = self.pick(rng).clone();
         task.id = format!("bench-{:016x}", rng.next_u64());
-        let resp = client.route(RouteRequest { task: Some(task) }).await?;
+        let resp = client
+            .route(RouteRequest {
+                task: Some(task),
+                ..Default::default()
+            })
+            .await?;
         let decision = resp.into_inner().analysis.map(|a| a.decision);
         Ok(
             match decision.and_then(|d| RoutingDecision::try_from(d).ok()) {

@@ -21,6 +21,8 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     /// Policy file; `None` uses the built-in policy.
     pub policy_path: Option<PathBuf>,
+    /// Candidate policy evaluated beside the live one on every Route (never acted upon).
+    pub shadow_policy_path: Option<PathBuf>,
     /// Transport settings shared with the executor.
     pub server: ServerArgs,
     /// How often the policy file is re-read as a safety net for missed events; zero disables.
@@ -36,6 +38,7 @@ impl RouterConfig {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             policy_path: None,
+            shadow_policy_path: None,
             server: ServerArgs::default(),
             reload_poll_interval: service_kit::server::defaults::duration(
                 DEFAULT_POLICY_POLL_INTERVAL,
@@ -59,6 +62,10 @@ pub struct Args {
     /// Policy TOML file (hot-reloaded); the built-in policy when unset.
     #[arg(long = "policy", env = "ROUTER_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Candidate policy TOML file (hot-reloaded) evaluated beside the live one on every
+    /// Route; answers stay the live policy's. Unset: no shadow evaluation.
+    #[arg(long = "shadow-policy", env = "ROUTER_SHADOW_POLICY")]
+    pub shadow_policy: Option<PathBuf>,
     /// How often the policy file is re-read as a safety net for missed change events; 0 disables.
     #[arg(long, env = "ROUTER_POLICY_POLL_INTERVAL", default_value = DEFAULT_POLICY_POLL_INTERVAL, value_parser = humantime::parse_duration)]
     pub policy_poll_interval: Duration,
@@ -79,6 +86,7 @@ impl Args {
         RouterConfig {
             listen: self.listen,
             policy_path: self.policy.clone(),
+            shadow_policy_path: self.shadow_policy.clone(),
             server: self.server.clone(),
             reload_poll_interval: self.policy_poll_interval,
             reload_debounce: DEFAULT_RELOAD_DEBOUNCE,
@@ -132,6 +140,8 @@ mod tests {
             "/etc/router/policy.toml",
             "--policy-poll-interval",
             "250ms",
+            "--shadow-policy",
+            "/etc/router/candidate.toml",
             "--check-config",
         ])
         .unwrap();
@@ -142,6 +152,10 @@ mod tests {
             Some(PathBuf::from("/etc/router/policy.toml"))
         );
         assert_eq!(c.reload_poll_interval, Duration::from_millis(250));
+        assert_eq!(
+            c.shadow_policy_path,
+            Some(PathBuf::from("/etc/router/candidate.toml"))
+        );
         assert!(args.check_config);
     }
 

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod reload;
 pub mod rollout;
 pub mod service;
+pub mod shadow;
 
 pub use config::{Args, RouterConfig};
 pub use error::Error;
@@ -54,12 +55,21 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Startup(format!("policy load task failed: {e}")))??;
     let store = Arc::new(store);
+    let shadow = match config.shadow_policy_path.clone() {
+        Some(path) => {
+            let shadow = tokio::task::spawn_blocking(move || PolicyStore::load(Some(&path)))
+                .await
+                .map_err(|e| Error::Startup(format!("shadow policy load task failed: {e}")))??;
+            Some(Arc::new(shadow))
+        }
+        None => None,
+    };
 
     // The router's only dependency is its policy, in force once loaded above.
     let server = ServiceServer::new(&config.server, security)
         .descriptor_set(taskrouter_proto::FILE_DESCRIPTOR_SET)
         .service(
-            RouterServer::new(RouterService::new(store.clone()))
+            RouterServer::new(RouterService::new(store.clone()).with_shadow(shadow.clone()))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .start()
@@ -71,6 +81,14 @@ pub async fn serve(
         config.reload_debounce,
         shutdown.clone(),
     );
+    let shadow_reloader = shadow.clone().map(|shadow| {
+        reload::spawn_reloader(
+            shadow,
+            config.reload_poll_interval,
+            config.reload_debounce,
+            shutdown.clone(),
+        )
+    });
     tracing::info!(
         policy.version = %store.current().engine.version(),
         policy.source = %store.source(),
@@ -79,5 +97,8 @@ pub async fn serve(
     );
     let result = server.serve(listener, shutdown).await;
     reloader.abort();
+    if let Some(r) = shadow_reloader {
+        r.abort();
+    }
     result.map_err(Error::from)
 }

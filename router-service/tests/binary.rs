@@ -68,6 +68,26 @@ fn a_bad_policy_is_one_line_naming_the_key_and_exit_code_two() {
 }
 
 #[test]
+fn a_bad_shadow_policy_is_one_line_naming_the_flag_and_exit_code_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("candidate.toml");
+    std::fs::write(&path, "[multi_agent]\nrollout_percent = 101\n").unwrap();
+    let out = router()
+        .args(["--check-config", "--shadow-policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("error: --shadow-policy {}: ", path.display()))
+            && stderr.contains("multi_agent.rollout_percent")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_bad_flag_or_env_value_is_one_line_and_exit_code_two() {
     let out = router().args(["--listen", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -125,6 +145,7 @@ async fn the_binary_serves_route_and_exits_cleanly_on_sigterm() {
                 estimated_value_usd: 1.0,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -202,6 +223,7 @@ async fn decision_lines_are_json_and_sampled_and_flushed_at_exit() {
                     estimated_value_usd: 1.0,
                     ..Default::default()
                 }),
+                ..Default::default()
             })
             .await
             .unwrap();

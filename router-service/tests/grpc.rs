@@ -34,6 +34,7 @@ async fn route_answers_with_the_full_analysis() {
     let simple = client
         .route(RouteRequest {
             task: Some(valid()),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -54,7 +55,10 @@ async fn route_answers_with_the_full_analysis() {
     );
     t.repositories = vec!["org/a".into(), "org/b".into()];
     let multi = client
-        .route(RouteRequest { task: Some(t) })
+        .route(RouteRequest {
+            task: Some(t),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -162,7 +166,13 @@ async fn each_invalid_input_names_its_field() {
         ),
     ];
     for (field, task) in cases {
-        let status = client.route(RouteRequest { task }).await.unwrap_err();
+        let status = client
+            .route(RouteRequest {
+                task,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         let violations = field_violations(&status);
         assert_eq!(violations.len(), 1, "{field}: {violations:?}");
@@ -184,7 +194,10 @@ async fn several_invalid_fields_come_back_in_one_status() {
     let status = router
         .client()
         .await
-        .route(RouteRequest { task: Some(bad) })
+        .route(RouteRequest {
+            task: Some(bad),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     let fields: Vec<String> = field_violations(&status)
@@ -337,6 +350,7 @@ async fn a_bad_policy_file_fails_serve_before_serving() {
     std::fs::write(&path, "[rules]\nvalue_threshold_usd = -1.0\n").unwrap();
     let config = RouterConfig {
         policy_path: Some(path),
+        shadow_policy_path: None,
         ..RouterConfig::with_defaults()
     };
     let router = RunningRouter::start(config).await;
@@ -370,6 +384,7 @@ async fn a_description_at_the_size_limit_is_routed() {
                 description,
                 ..valid()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

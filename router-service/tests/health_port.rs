@@ -40,6 +40,7 @@ fn route_request() -> RouteRequest {
             &[],
             &[],
         )),
+        ..Default::default()
     }
 }
 

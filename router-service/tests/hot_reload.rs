@@ -16,6 +16,7 @@ const PERCENT_100: &str = "[multi_agent]\nrollout_percent = 100\n";
 fn config(path: &Path, poll: Duration) -> RouterConfig {
     RouterConfig {
         policy_path: Some(path.to_path_buf()),
+        shadow_policy_path: None,
         reload_poll_interval: poll,
         ..RouterConfig::with_defaults()
     }
@@ -109,6 +110,7 @@ async fn an_invalid_rewrite_keeps_the_old_policy_in_force() {
         .await
         .route(RouteRequest {
             task: Some(task("TASK-1", "Fix typo", Complexity::Low, 1.0, &[], &[])),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -149,7 +151,10 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     let mut client = router.client().await;
     let high = || task("TEST-FEATURE-001", "x", Complexity::High, 0.0, &[], &[]);
     let before = client
-        .route(RouteRequest { task: Some(high()) })
+        .route(RouteRequest {
+            task: Some(high()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -168,7 +173,10 @@ async fn a_configmap_symlink_swap_is_picked_up() {
         "symlink swap not picked up"
     );
     let after = client
-        .route(RouteRequest { task: Some(high()) })
+        .route(RouteRequest {
+            task: Some(high()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -16,7 +16,9 @@ pub mod input;
 pub mod names;
 /// Terminal output, shared with the load generator (which `taskctl bench` fronts).
 pub use taskrouter_loadgen::output;
+pub mod policy_diff;
 pub mod render;
+pub mod rollout;
 
 use cli::{Cli, Command};
 use error::{CliError, Exit};
@@ -38,7 +40,11 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Get(a) => commands::get(&cli, a).await,
         Command::Watch(a) => commands::watch(&cli, a).await,
         Command::Cancel(a) => commands::cancel(&cli, a).await,
-        Command::Policy => commands::policy(&cli).await,
+        Command::Policy(a) => match &a.action {
+            None => commands::policy(&cli).await,
+            Some(cli::PolicyAction::Diff(d)) => policy_diff::diff(&cli, d).await,
+        },
+        Command::Rollout(a) => rollout::run(&cli, a).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
         Command::Bench(a) => bench(&cli, a).await,
     }

@@ -390,3 +390,54 @@ fn get_policy_message_mirrors_the_settings() {
     assert_eq!(p.max_description_bytes, 1024 * 1024);
     assert!(p.compliance_keywords.contains(&"hipaa".to_string()));
 }
+
+#[test]
+fn an_engine_rebuilt_from_get_policy_decides_like_the_original() {
+    let text = "[multi_agent]\nrollout_percent = 40\n[rules]\nvalue_threshold_usd = 250.0\n";
+    let original = PolicyEngine::from_toml(text, "t").unwrap();
+    let rebuilt = PolicyEngine::from_proto(&original.to_proto(), original.version(), "r").unwrap();
+    assert_eq!(rebuilt.settings(), original.settings());
+    assert_eq!(rebuilt.version(), original.version());
+    for i in 0..50 {
+        let task = Task {
+            id: format!("T-{i}"),
+            description: "deploy the service".into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: f64::from(i) * 10.0,
+            ..Default::default()
+        };
+        assert_eq!(rebuilt.evaluate(&task), original.evaluate(&task));
+    }
+}
+
+#[test]
+fn a_pair_decides_like_two_separate_evaluations() {
+    let live = PolicyEngine::from_toml("[multi_agent]\nrollout_percent = 0\n", "l").unwrap();
+    let same_keywords =
+        PolicyEngine::from_toml("[rules]\nvalue_threshold_usd = 20.0\n", "s").unwrap();
+    let other_keywords =
+        PolicyEngine::from_toml("[rules]\ndeployment_keywords = [\"ship\"]\n", "o").unwrap();
+    for (i, text) in [
+        "deploy to prod",
+        "ship it",
+        "fix typo",
+        "rotate HIPAA secrets",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let task = Task {
+            id: format!("P-{i}"),
+            description: (*text).into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: 30.0,
+            ..Default::default()
+        };
+        for shadow in [&same_keywords, &other_keywords] {
+            assert_eq!(
+                live.evaluate_pair(shadow, &task),
+                (live.evaluate(&task), shadow.evaluate(&task))
+            );
+        }
+    }
+}

@@ -375,7 +375,14 @@ fn route_answers_every_task_with_an_analysis_or_invalid_argument_naming_the_fiel
     check("Route", maybe_task().prop_map(Case), |Case(task)| {
         let fields = task_fields(task.as_ref());
         let mut client = env.router();
-        let r = env.call("Route", CALL_LIMIT, client.route(RouteRequest { task }));
+        let r = env.call(
+            "Route",
+            CALL_LIMIT,
+            client.route(RouteRequest {
+                task,
+                ..Default::default()
+            }),
+        );
         outcomes.saw(&r);
         match r {
             Ok(resp) => {

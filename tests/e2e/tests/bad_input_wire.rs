@@ -113,7 +113,11 @@ fn raw_body() -> impl Strategy<Value = Vec<u8>> {
         repositories: vec!["org/a".into()],
         labels: [("k".to_string(), "v".to_string())].into(),
     };
-    let valid = RouteRequest { task: Some(task) }.encode_to_vec();
+    let valid = RouteRequest {
+        task: Some(task),
+        ..Default::default()
+    }
+    .encode_to_vec();
     let mutated = {
         let valid = valid.clone();
         vec((0..valid.len(), any::<u8>()), 1..6).prop_map(move |edits| {
@@ -221,6 +225,7 @@ fn a_message_above_the_size_limit_is_resource_exhausted() {
         Duration::from_secs(30),
         router.route(RouteRequest {
             task: Some(huge_task("BIG-1", 6 << 20)),
+            ..Default::default()
         }),
     );
     let route = r.expect_err("a 6 MiB Route is refused");

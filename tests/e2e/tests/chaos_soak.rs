@@ -125,7 +125,13 @@ async fn a_mixed_load_soak_has_no_errors_and_flat_memory() {
                     tally.count(&tally.routes, ok, "GetPolicy");
                 }
                 let t = mixed_task(100 + r, n);
-                let ok = match client.route(RouteRequest { task: Some(t) }).await {
+                let ok = match client
+                    .route(RouteRequest {
+                        task: Some(t),
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(resp) => resp.into_inner().analysis.is_some(),
                     Err(_) => false,
                 };
