@@ -25,6 +25,12 @@ need_root_install() {
 
 command -v redis-server >/dev/null || need_root_install redis-server
 command -v redis-server >/dev/null || { echo "error: redis-server still not on PATH" >&2; exit 1; }
+# Workspace tests push to bare repositories over file:// with the git command line.
+command -v git >/dev/null || need_root_install git
+command -v git >/dev/null || { echo "error: git still not on PATH" >&2; exit 1; }
+# redis-cli creates the Redis Cluster of the cluster tests (Debian: redis-tools).
+command -v redis-cli >/dev/null || need_root_install redis-tools
+command -v redis-cli >/dev/null || { echo "error: redis-cli still not on PATH" >&2; exit 1; }
 # `taskctl top` is tested on a real terminal (tmux); the dashboard in headless Chromium.
 command -v tmux >/dev/null || need_root_install tmux
 command -v chromium >/dev/null || need_root_install chromium

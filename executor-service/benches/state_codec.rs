@@ -64,6 +64,7 @@ fn state() -> SessionState {
                 iterations: 2,
                 output: "edited 3 files; tests pass; 2 review comments addressed".into(),
                 last_error: String::new(),
+                repos: Vec::new(),
             })
             .collect(),
         cost_usd: 0.0142,

@@ -11,15 +11,18 @@ use crate::run::{PathOutcome, RunCtx, RunOptions, Stop};
 use crate::session::active::now;
 use crate::session::{ActiveSession, CreateOutcome, Heartbeat, SessionStore, StoredEvent};
 use crate::settings::Settings;
+use crate::workspace::{TaskWorkspace, Workspaces};
+use prost::Message as _;
 use service_kit::Shutdown;
 use std::sync::Arc;
+use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{
     ExecutionPath, FallbackCause, FallbackRecord, Finished, IterationRecord, ProgressEvent,
     ReasonCode, Routed, RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus,
     progress_event,
 };
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 /// The executor's engine.
 pub struct AutonomousLoop {
@@ -30,7 +33,7 @@ pub struct AutonomousLoop {
     retry: RetryPolicy,
     settings: Settings,
     shutdown: Shutdown,
-    wake: Notify,
+    workspaces: Option<Arc<Workspaces>>,
 }
 
 /// A state's status (UNSPECIFIED when unknown).
@@ -79,6 +82,7 @@ pub fn run_result(state: &SessionState, before: u32) -> RunResult {
         cost_usd: state.cost_usd,
         result: state.result.clone(),
         state: Some(state.clone()),
+        repos: state.repos.clone(),
     }
 }
 
@@ -102,8 +106,14 @@ impl AutonomousLoop {
             retry,
             settings,
             shutdown,
-            wake: Notify::new(),
+            workspaces: None,
         }
+    }
+
+    /// The same engine with durable git workspaces (see [`crate::workspace`]).
+    pub fn with_workspaces(mut self, workspaces: Option<Arc<Workspaces>>) -> Self {
+        self.workspaces = workspaces;
+        self
     }
 
     /// The state store.
@@ -126,11 +136,6 @@ impl AutonomousLoop {
         &self.shutdown
     }
 
-    /// Woken when a task is submitted, so an idle worker reads the queue at once.
-    pub(crate) fn submitted(&self) -> &Notify {
-        &self.wake
-    }
-
     /// Opens `task_id` for writing under a fresh lease of this worker (see
     /// [`ActiveSession::open`]); `None` when another worker holds it.
     pub(crate) async fn open_session(&self, task_id: &str) -> Result<Option<ActiveSession>> {
@@ -142,6 +147,20 @@ impl AutonomousLoop {
             self.settings.checkpoint_retry,
         )
         .await
+    }
+
+    /// The task's workspaces for a run under `session`'s lease: on when workspaces are
+    /// configured and the task names repositories.
+    fn task_workspace(&self, session: &ActiveSession) -> Option<TaskWorkspace> {
+        let ws = self.workspaces.as_ref()?;
+        if session.task().repositories.is_empty() {
+            return None;
+        }
+        Some(TaskWorkspace::new(
+            ws.clone(),
+            &session.state.task_id,
+            session.lease().fencing_token,
+        ))
     }
 
     fn new_state(&self, task: Task, max_iterations: u32, use_multi: Option<bool>) -> SessionState {
@@ -185,26 +204,36 @@ impl AutonomousLoop {
         }
         let id = task.id.clone();
         let state = self.new_state(task, max_iterations, use_multi_agent);
-        let ev = Self::event(&id, progress_event::Kind::Submitted(Submitted {}));
-        match self.store.create(&state, &ev).await? {
+        // Queued first, carrying the initial state: if this process stops before the
+        // state is stored, the worker that reads the entry stores it: nothing is left
+        // PENDING without an entry, with or without the caller's retry. Queueing is
+        // idempotent per id, so a PENDING task is never queued twice.
+        self.queue
+            .enqueue(&id, traceparent, &state.encode_to_vec())
+            .await?;
+        match self.create_state(&state).await? {
             CreateOutcome::Created(state) => {
-                self.queue.enqueue(&id, traceparent).await?;
-                self.wake.notify_one();
                 tracing::info!(task_id = %id, "task submitted");
                 Ok((state, true))
             }
-            CreateOutcome::Existing(state) => {
-                // A crash between storing a task and queueing it would leave it PENDING
-                // forever, and the caller's retry lands here: a task nobody has started
-                // is queued again. A duplicate entry is harmless (it is acknowledged once
-                // the task is final).
-                if status_of(&state) == TaskStatus::Pending {
-                    self.queue.enqueue(&id, traceparent).await?;
-                    self.wake.notify_one();
-                }
-                Ok((state, false))
+            // A worker that read the entry first stored exactly this state.
+            CreateOutcome::Existing(stored)
+                if stored.created_at == state.created_at && stored.task == state.task =>
+            {
+                tracing::info!(task_id = %id, "task submitted");
+                Ok((stored, true))
             }
+            CreateOutcome::Existing(state) => Ok((state, false)),
         }
+    }
+
+    /// Stores a new task's state with its `Submitted` event (idempotent per id).
+    pub(crate) async fn create_state(&self, state: &SessionState) -> Result<CreateOutcome> {
+        let ev = Self::event(
+            &state.task_id,
+            progress_event::Kind::Submitted(Submitted {}),
+        );
+        self.store.create(state, &ev).await
     }
 
     /// Loads a task's state.
@@ -225,6 +254,18 @@ impl AutonomousLoop {
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
         self.store.events_after(task_id, cursor, limit).await
+    }
+
+    /// Like [`events_after`](Self::events_after), waiting up to `wait` for the first event
+    /// when there is none yet (a blocking read, no polling).
+    pub async fn wait_events(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.wait_events(task_id, cursor, limit, wait).await
     }
 
     /// Requests cancellation; a task nobody runs is cancelled at once.
@@ -275,10 +316,18 @@ impl AutonomousLoop {
             total_iterations: session.state.iteration_count,
             cost_usd: session.state.cost_usd,
             error: session.state.last_error.clone(),
+            repos: session.state.repos.clone(),
         }));
         session
             .commit(None, &[ev], Some(self.settings.archive_ttl))
             .await?;
+        if let Some(ws) = &self.workspaces {
+            // Branches stay on the remote; local worktrees go, mirrors stay (bounded).
+            let repos: Vec<String> = session.state.repos.iter().map(|r| r.repo.clone()).collect();
+            if let Err(e) = ws.finish(&session.state.task_id, &repos).await {
+                tracing::warn!(task_id = %session.state.task_id, error = %e, "removing the task's worktrees failed");
+            }
+        }
         let outcome = match status {
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
@@ -337,30 +386,36 @@ impl AutonomousLoop {
         let on_beat = {
             let queue = self.queue.clone();
             let consumer = self.settings.worker_id.clone();
-            let entry_id = entry.map(|d| d.entry_id.clone());
+            let entry = entry.cloned();
             move || {
                 let queue = queue.clone();
                 let consumer = consumer.clone();
-                let entry_id = entry_id.clone();
+                let entry = entry.clone();
                 Box::pin(async move {
-                    if let Some(id) = entry_id {
+                    if let Some(d) = entry {
                         // Keeps a long task's queue entry from looking abandoned.
-                        let _ = queue.touch(&consumer, &id).await;
+                        let _ = queue.touch(&consumer, &d).await;
                     }
                 }) as futures::future::BoxFuture<'static, ()>
             }
         };
+        // The entry's idle time restarts with the lease, so it is reclaimable right when
+        // the lease has expired, not earlier (when the claim would find the lease held).
+        on_beat().await;
         let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
-        let ctx = Arc::new(RunCtx::new(
-            self.store.clone(),
-            self.agent.clone(),
-            self.retry.clone(),
-            self.settings.team.clone(),
-            self.settings.worker_id.clone(),
-            self.shutdown.clone(),
-            self.settings.shutdown_grace,
-            heartbeat,
-        ));
+        let ctx = Arc::new(
+            RunCtx::new(
+                self.store.clone(),
+                self.agent.clone(),
+                self.retry.clone(),
+                self.settings.team.clone(),
+                self.settings.worker_id.clone(),
+                self.shutdown.clone(),
+                self.settings.shutdown_grace,
+                heartbeat,
+            )
+            .with_workspace(self.task_workspace(&session)),
+        );
         let before = session.state.iteration_count;
         let session = Arc::new(Mutex::new(session));
         let result = self
@@ -400,11 +455,38 @@ impl AutonomousLoop {
             }
             if let Some(n) = delivery_count {
                 s.state.delivery_count = n.min(u32::MAX as u64) as u32;
+                let progressed = crate::worker::made_progress(&s.state);
+                s.state.stalled_deliveries = crate::worker::stalled_deliveries(&s.state);
+                // This start's own checkpoint is not progress; any later one is.
+                s.state.delivery_start_version = s.version() + 1;
+                if n > 1 {
+                    crate::telemetry::redelivered(progressed);
+                }
             }
             let mut events = Vec::new();
             if s.state.analysis.is_none() {
                 let routed = self.route(&mut s).await;
                 events.push(s.event(progress_event::Kind::Routed(routed)));
+            }
+            if let Some(tw) = &ctx.workspace
+                && s.state.repos.is_empty()
+            {
+                // Recorded once, so every replica starts from the same base even if the
+                // base ref moves later.
+                let task = s.task().clone();
+                match tw.start(&task).await {
+                    Ok(repos) => s.state.repos = repos,
+                    Err(e) => {
+                        // As in `run::workspace_failure`: the same failure again is
+                        // not progress, so nothing is written for it.
+                        let message = e.to_string();
+                        if s.state.last_error != message || !events.is_empty() {
+                            s.state.last_error = message;
+                            s.commit(None, &events, None).await?;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             s.state.status = TaskStatus::InProgress as i32;
             s.state.worker_id = self.settings.worker_id.clone();
@@ -473,11 +555,15 @@ impl AutonomousLoop {
             )
         } else {
             let routed = match &self.router {
-                Some(router) => router.route(&task).await,
+                Some(router) => router.route_with_shadow(&task).await,
                 None => Err(Error::Router("no router configured".into())),
             };
             match routed {
-                Ok(a) => (a, "router"),
+                Ok(answer) => {
+                    // Recorded once with the decision, so outcomes can be grouped by it.
+                    s.state.shadow_analysis = answer.shadow;
+                    (answer.analysis, "router")
+                }
                 Err(e) => {
                     tracing::warn!(task_id = %task.id, error = %e, "router unavailable; using the single path");
                     s.state.fallback = Some(FallbackRecord {

@@ -69,6 +69,11 @@ pub enum Error {
     /// injected fault. The message never contains the task description.
     #[error("agent failed: {0}")]
     AgentFailed(String),
+    /// A git workspace operation failed (git missing, the remote unreachable, a full
+    /// disk). The message names the repository, never credentials; the iteration is
+    /// retried later and nothing is half-committed.
+    #[error("workspace: {0}")]
+    Workspace(String),
     /// The executor is shutting down.
     #[error("executor is shutting down; retry on another replica")]
     ShuttingDown,
@@ -112,6 +117,7 @@ impl Error {
             Error::Router(_) => Code::Unavailable,
             Error::AgentTimeout(_) => Code::DeadlineExceeded,
             Error::AgentFailed(_) => Code::Internal,
+            Error::Workspace(_) => Code::Unavailable,
             Error::ShuttingDown => Code::Unavailable,
             Error::Config(_) => Code::FailedPrecondition,
             Error::Internal(_) => Code::Internal,

@@ -3,7 +3,7 @@
 
 use crate::agent::IterationInput;
 use crate::error::Result;
-use crate::run::{PathOutcome, RunCtx, StepError};
+use crate::run::{PathOutcome, RunCtx, StepError, workspace_failure};
 use crate::session::ActiveSession;
 use std::collections::VecDeque;
 use taskrouter_proto::v1::{AgentStep, IterationDone, progress_event};
@@ -51,6 +51,16 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             }
             s.state.iteration_count - s.state.team_iterations + 1
         };
+        let workspace = match &ctx.workspace {
+            Some(tw) => {
+                let heads = session.lock().await.state.repos.clone();
+                match tw.prepare(AGENT_ROLE, &heads).await {
+                    Ok(w) => Some(w),
+                    Err(e) => return Err(workspace_failure(session, e).await),
+                }
+            }
+            None => None,
+        };
         let input = IterationInput {
             task: task.clone(),
             role: AGENT_ROLE.to_string(),
@@ -58,6 +68,7 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             step: AgentStep::Iteration,
             prior_outputs: prior.iter().cloned().collect(),
             context: Vec::new(),
+            workspace,
         };
         let out = match ctx.call_agent(input).await {
             Ok(out) => out,
@@ -71,8 +82,34 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
         };
         let done = out.done;
         let output = out.output.clone();
+        // The code first: pushed (a compare-and-swap on the branch) before the
+        // checkpoint that records it, so a checkpoint never names a commit the remote
+        // does not have.
+        let repos = match &ctx.workspace {
+            Some(tw) => {
+                let heads = session.lock().await.state.repos.clone();
+                let recorded = tw
+                    .record(
+                        AGENT_ROLE,
+                        iteration,
+                        &heads,
+                        &out.output,
+                        out.changed_paths.as_deref(),
+                        &[],
+                    )
+                    .await;
+                match recorded {
+                    Ok(r) => Some(r),
+                    Err(e) => return Err(workspace_failure(session, e).await),
+                }
+            }
+            None => None,
+        };
         {
             let mut s = session.lock().await;
+            if let Some(repos) = repos {
+                s.state.repos = repos;
+            }
             let record = s.apply_iteration(&ctx.worker_id, AGENT_ROLE, iteration, out);
             s.state.result = record.output.clone();
             let ev = s.event(progress_event::Kind::Iteration(IterationDone {

@@ -10,6 +10,7 @@ pub mod autonomous_loop;
 pub mod error;
 pub mod iteration_loop;
 pub mod queue;
+pub mod redis_connection;
 pub mod routing;
 pub mod run;
 pub mod session;
@@ -19,6 +20,7 @@ pub mod team_lead;
 pub mod telemetry;
 pub mod ui;
 pub mod worker;
+pub mod workspace;
 
 pub use error::{Error, Result};
 
@@ -32,8 +34,10 @@ use crate::queue::{RedisQueue, WorkQueue};
 use crate::routing::RouterLink;
 use crate::session::{RedisStore, SessionStore};
 use service_kit::Shutdown;
-use service_kit::server::{HealthReporter, ServingStatus};
+use service_kit::health::Readiness;
+use service_kit::server::{ServeError, ServiceServer};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use taskrouter_proto::v1::executor_server::ExecutorServer;
 
 /// gRPC service name used for the executor's health status.
@@ -41,16 +45,23 @@ pub const SERVICE_NAME: &str = "taskrouter.v1.Executor";
 
 /// The engine over Redis built from `config`.
 pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<AutonomousLoop>> {
-    let client =
-        config::redis_client(&config.redis_url, &config.redis_tls).map_err(Error::Config)?;
-    let conn = session::redis_store::connect_lazy_client(client).map_err(|e| {
+    let target = config::redis_target(&config.redis_url, &config.redis_tls, config.redis_cluster)
+        .map_err(Error::Config)?;
+    let conn = target.shared().map_err(|e| {
         Error::Config(format!(
             "--redis-url / REDIS_URL: cannot use it ({})",
             e.category()
         ))
     })?;
-    let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(conn.clone(), &config.key_prefix));
-    let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::new(conn, &config.key_prefix));
+    let store: Arc<dyn SessionStore> = Arc::new(
+        RedisStore::new(conn.clone(), &config.key_prefix).with_blocking_reads(target.clone()),
+    );
+    let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::sharded(
+        conn,
+        target,
+        &config.key_prefix,
+        config.queue_shards,
+    ));
     build_engine_over(config, store, queue, shutdown)
 }
 
@@ -70,15 +81,22 @@ pub fn build_engine_over(
         None => None,
     };
     let agent = build_agent(&config.agent).map_err(Error::Config)?;
-    Ok(Arc::new(AutonomousLoop::new(
-        store,
-        queue,
-        router,
-        agent,
-        config.agent.retry_policy(),
-        config.settings.clone(),
-        shutdown,
-    )))
+    let workspaces = config
+        .workspace
+        .clone()
+        .map(|w| Arc::new(workspace::Workspaces::new(w)));
+    Ok(Arc::new(
+        AutonomousLoop::new(
+            store,
+            queue,
+            router,
+            agent,
+            config.agent.retry_policy(),
+            config.settings.clone(),
+            shutdown,
+        )
+        .with_workspaces(workspaces),
+    ))
 }
 
 /// Serves the executor on `listener` until `shutdown` fires: the gRPC API, health,
@@ -102,84 +120,54 @@ pub async fn serve_engine(
     shutdown: Shutdown,
 ) -> Result<()> {
     // TLS files and the token are read before anything serves.
-    let mut builder = config
+    let security = config
         .server
-        .builder()
+        .load_security()
         .map_err(|e| Error::Config(e.to_string()))?;
+    let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
+    let readiness = Readiness::new("store", config.health_interval, store_check(engine.clone()))
+        .with_hint(redis_hint(&config.redis_url));
     telemetry::register();
-    let (reporter, health) = service_kit::server::health();
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    // Bound before the workers start, so a failure leaves nothing running.
-    let health_port = config
-        .server
-        .start_health_port(health.clone())
+    // The dashboard takes the same token as the gRPC API.
+    let ui_token = security.token.clone();
+    // Bound (health port included) before the workers start, so a failure leaves
+    // nothing running.
+    let server = ServiceServer::new(&config.server, security)
+        .descriptor_set(taskrouter_proto::FILE_DESCRIPTOR_SET)
+        .service(ExecutorServer::new(svc))
+        .ready_when(readiness)
+        .start()
         .await
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let monitor = tokio::spawn(health_monitor(
-        engine.clone(),
-        reporter.clone(),
-        config.health_interval,
-        redis_hint(&config.redis_url),
-        shutdown.clone(),
-    ));
+        .map_err(serve_error)?;
     let ui = match &config.ui {
         Some(settings) => {
-            let token = config
-                .server
-                .load_security()
-                .map_err(|e| Error::Config(e.to_string()))?
-                .token;
-            Some(ui::start(engine.clone(), token, settings, shutdown.clone()).await?)
+            Some(ui::start(engine.clone(), ui_token, settings, shutdown.clone()).await?)
         }
         None => None,
     };
     let mut workers = worker::spawn_pool(&engine);
-    let svc = service::ExecutorService::new(engine.clone(), config.limits, shutdown.clone());
-    let router = builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(service_kit::server::Observed::new(
-            service_kit::validation::OversizeIsResourceExhausted::new(ExecutorServer::new(svc)),
-        ));
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, store = engine.store().kind(), workers = engine.settings().concurrency, security = %config.server.security_summary(), "executor listening");
-    let server = tokio::spawn(service_kit::server::serve(
-        router,
-        listener,
-        shutdown.clone(),
-        config.server.drain_timeout,
-    ));
-    shutdown.wait().await;
-    telemetry::serving(false);
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    while workers.join_next().await.is_some() {}
-    monitor.abort();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-    }
-    if let Some(ui) = ui {
-        ui.stopped().await;
-    }
-    // Kept up (NOT_SERVING) while the workers and the main port wound down.
-    if let Some(port) = health_port {
-        port.stop().await;
-    }
+    // On shutdown the workers checkpoint and release their leases while calls drain.
+    let workers_done = async move {
+        telemetry::serving(false);
+        while workers.join_next().await.is_some() {}
+        if let Some(ui) = ui {
+            ui.stopped().await;
+        }
+    };
+    let result = server.serve_until(listener, shutdown, workers_done).await;
     tracing::info!("executor stopped");
-    Ok(())
+    result.map_err(serve_error)
+}
+
+/// How the server builder's errors read as this crate's.
+fn serve_error(e: ServeError) -> Error {
+    if e.is_config() {
+        Error::Config(e.to_string())
+    } else {
+        Error::Internal(e.to_string())
+    }
 }
 
 /// What to check first when the store does not answer. A `rediss://` URL pointed at a
@@ -197,51 +185,46 @@ fn redis_hint(url: &str) -> &'static str {
     }
 }
 
-/// Keeps health in step with the store: SERVING while it answers, NOT_SERVING while not.
-async fn health_monitor(
+/// The executor's readiness: the store answers and the queue's consumer group exists
+/// (created once). Records the queue depth while at it.
+fn store_check(
     engine: Arc<AutonomousLoop>,
-    reporter: HealthReporter,
-    every: std::time::Duration,
-    hint: &'static str,
-    shutdown: Shutdown,
-) {
-    let mut group_ready = false;
-    let mut last: Option<bool> = None;
-    while !shutdown.is_triggered() {
-        let mut problem = engine.store().ping().await.err();
-        if problem.is_none() && !group_ready {
-            match engine.queue().ensure_group().await {
-                Ok(()) => group_ready = true,
-                Err(e) => problem = Some(e),
-            }
-        }
-        let ok = problem.is_none();
-        if ok && let Ok(depth) = engine.queue().depth().await {
-            telemetry::queue_depth(depth.length, depth.pending);
-        }
-        if last != Some(ok) && !shutdown.is_triggered() {
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            telemetry::serving(ok);
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            reporter.set_service_status("", status).await;
-            match &problem {
-                None => tracing::info!("store reachable; serving"),
+) -> impl Fn() -> futures::future::BoxFuture<'static, std::result::Result<(), String>>
++ Send
++ Sync
++ 'static {
+    let group_ready = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    move || {
+        let (engine, group_ready) = (engine.clone(), group_ready.clone());
+        let round = rounds.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let checked: std::result::Result<(), String> = async {
                 // Redis errors do not carry the URL today; redacted in case one ever does.
-                Some(e) => tracing::warn!(
-                    error = %service_kit::redact::passwords_in(&e.to_string()),
-                    hint,
-                    "store unreachable; NOT_SERVING until it answers"
-                ),
+                let redacted =
+                    |e: &dyn std::fmt::Display| service_kit::redact::passwords_in(&e.to_string());
+                engine.store().ping().await.map_err(|e| redacted(&e))?;
+                if !group_ready.load(Ordering::Relaxed) {
+                    engine
+                        .queue()
+                        .ensure_group()
+                        .await
+                        .map_err(|e| redacted(&e))?;
+                    group_ready.store(true, Ordering::Relaxed);
+                }
+                // The depth gauges every tenth round: two commands per shard, and an idle
+                // executor should cost Redis only a few commands per second.
+                if round.is_multiple_of(10)
+                    && let Ok(depth) = engine.queue().depth().await
+                {
+                    telemetry::queue_depth(depth.length, depth.pending);
+                }
+                Ok(())
             }
-            last = Some(ok);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait() => {}
-        }
+            .await;
+            // The gauge the NOT_SERVING alert reads follows the same check as health.
+            telemetry::serving(checked.is_ok());
+            checked
+        })
     }
 }

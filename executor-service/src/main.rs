@@ -45,14 +45,13 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let telemetry =
-        match service_kit::telemetry::init("executor-service", args.telemetry.log_format) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let telemetry = match service_kit::telemetry::init("executor-service", &args.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let code = if args.rebuild_indexes {
         rebuild_indexes(&config).await
     } else {

@@ -111,6 +111,12 @@ impl RouterLink {
 
     /// Asks the router for a decision within the deadline.
     pub async fn route(&self, task: &Task) -> Result<RoutingAnalysis> {
+        self.route_with_shadow(task).await.map(|r| r.analysis)
+    }
+
+    /// Asks the router for a decision and, when it runs a shadow policy, for what that
+    /// policy would have decided.
+    pub async fn route_with_shadow(&self, task: &Task) -> Result<RouteAnswer> {
         let span = tracing::info_span!(
             "grpc.client",
             otel.name = "taskrouter.v1.Router/Route",
@@ -137,9 +143,10 @@ impl RouterLink {
         result
     }
 
-    async fn route_inner(&self, task: &Task) -> Result<RoutingAnalysis> {
+    async fn route_inner(&self, task: &Task) -> Result<RouteAnswer> {
         let mut req = tonic::Request::new(RouteRequest {
             task: Some(task.clone()),
+            include_shadow: true,
         });
         req.set_timeout(self.timeout);
         let mut client = self.client.clone();
@@ -148,10 +155,24 @@ impl RouterLink {
             .await
             .map_err(|_| Error::Router(format!("no answer within {:?}", self.timeout)))?
             .map_err(|s| Error::Router(format!("{:?}: {}", s.code(), s.message())))?;
-        resp.into_inner()
+        let resp = resp.into_inner();
+        let analysis = resp
             .analysis
-            .ok_or_else(|| Error::Router("response without an analysis".into()))
+            .ok_or_else(|| Error::Router("response without an analysis".into()))?;
+        Ok(RouteAnswer {
+            analysis,
+            shadow: resp.shadow,
+        })
     }
+}
+
+/// The router's answer: its decision, and the shadow policy's when it runs one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteAnswer {
+    /// The live decision.
+    pub analysis: RoutingAnalysis,
+    /// What the shadow policy would have decided (never acted upon).
+    pub shadow: Option<RoutingAnalysis>,
 }
 
 /// A single-agent analysis with one reason: the seed's `fallback_to_single_agent`, used

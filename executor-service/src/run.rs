@@ -4,8 +4,9 @@
 
 use crate::agent::{IterationInput, IterationOutput, RetryPolicy, SharedAgent};
 use crate::error::Error;
-use crate::session::{Heartbeat, SessionStore};
+use crate::session::{ActiveSession, Heartbeat, SessionStore};
 use crate::settings::TeamSettings;
+use crate::workspace::TaskWorkspace;
 use service_kit::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct RunCtx {
     pub team: TeamSettings,
     /// This worker's id (recorded in checkpoints).
     pub worker_id: String,
+    /// Durable git workspaces of the task, when on and the task names repositories.
+    pub workspace: Option<TaskWorkspace>,
     shutdown: Shutdown,
     shutdown_grace: Duration,
     heartbeat: Heartbeat,
@@ -89,10 +92,17 @@ impl RunCtx {
             retry,
             team,
             worker_id,
+            workspace: None,
             shutdown,
             shutdown_grace,
             heartbeat,
         }
+    }
+
+    /// The same context with the task's workspaces.
+    pub fn with_workspace(mut self, workspace: Option<TaskWorkspace>) -> Self {
+        self.workspace = workspace;
+        self
     }
 
     /// Whether the run must stop at this iteration boundary.
@@ -159,4 +169,25 @@ pub struct RunOptions {
     pub max_iterations: u32,
     /// `Some(false)` forces the single path.
     pub use_multi_agent: Option<bool>,
+}
+
+/// Records a workspace failure as the task's last error (checkpointed, fenced) and
+/// returns it: the run stops and the iteration is retried on a later delivery. A stale
+/// write is returned as is (this worker may no longer write).
+pub async fn workspace_failure(session: &tokio::sync::Mutex<ActiveSession>, e: Error) -> Error {
+    if matches!(e, Error::StaleWrite { .. }) {
+        return e;
+    }
+    let mut s = session.lock().await;
+    tracing::warn!(task_id = %s.state.task_id, error = %e, "workspace step failed; the iteration will be retried");
+    // The same failure again is not progress: no write, so a delivery that keeps
+    // failing counts as stalled and is dead-lettered in the end.
+    let message = e.to_string();
+    if s.state.last_error != message {
+        s.state.last_error = message;
+        if let Err(write) = s.commit(None, &[], None).await {
+            return write;
+        }
+    }
+    e
 }

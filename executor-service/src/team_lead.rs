@@ -3,10 +3,11 @@
 //! their outputs (synthesis). Every phase change and specialist iteration is
 //! checkpointed; a resume skips finished specialists and re-enters the saved phase.
 
-use crate::agent::IterationInput;
+use crate::agent::{AgentWorkspace, IterationInput};
 use crate::error::Result;
-use crate::run::{PathOutcome, RunCtx, StepError, Stop};
+use crate::run::{PathOutcome, RunCtx, StepError, Stop, workspace_failure};
 use crate::session::ActiveSession;
+use crate::workspace::TaskWorkspace;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use taskrouter_proto::v1::{
@@ -88,6 +89,7 @@ async fn lead_step(
     task: &Arc<Task>,
     step: AgentStep,
     context: Vec<String>,
+    workspace: Option<AgentWorkspace>,
 ) -> std::result::Result<crate::agent::IterationOutput, StepError> {
     let iteration = if step == AgentStep::Analysis { 1 } else { 2 };
     let input = IterationInput {
@@ -97,6 +99,7 @@ async fn lead_step(
         step,
         prior_outputs: Vec::new(),
         context,
+        workspace,
     };
     ctx.call_agent(input).await
 }
@@ -117,7 +120,15 @@ async fn analysis(
             .map(|a| a.suggested_roles.clone())
             .unwrap_or_default()
     };
-    let out = match lead_step(ctx, task, AgentStep::Analysis, suggested.clone()).await {
+    let heads = session.lock().await.state.repos.clone();
+    let workspace = match &ctx.workspace {
+        Some(tw) => match tw.prepare(LEAD_ROLE, &heads).await {
+            Ok(w) => Some(w),
+            Err(e) => return Err(workspace_failure(session, e).await),
+        },
+        None => None,
+    };
+    let out = match lead_step(ctx, task, AgentStep::Analysis, suggested.clone(), workspace).await {
         Ok(out) => out,
         Err(StepError::Stopped(stop)) => return Ok(Some(PathOutcome::Stopped(stop))),
         Err(StepError::Agent(e)) => {
@@ -138,7 +149,21 @@ async fn analysis(
         roles.push("implementer".to_string());
     }
     roles.truncate(ctx.team.max_specialists.max(1));
+    let heads = match &ctx.workspace {
+        Some(tw) => {
+            let changed = out.changed_paths.as_deref();
+            match tw
+                .record(LEAD_ROLE, 1, &heads, &out.output, changed, &[])
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => return Err(workspace_failure(session, e).await),
+            }
+        }
+        None => heads,
+    };
     let mut s = session.lock().await;
+    s.state.repos = heads;
     let record = s.apply_iteration(&ctx.worker_id, LEAD_ROLE, 1, out);
     s.state.team_iterations += 1;
     s.state.specialists = roles
@@ -146,6 +171,12 @@ async fn analysis(
         .map(|r| SpecialistProgress {
             role: r.clone(),
             status: SpecialistStatus::Pending as i32,
+            // Each specialist branches from the task branch as analysis left it.
+            repos: ctx
+                .workspace
+                .as_ref()
+                .map(|tw| tw.role_heads(r, &s.state.repos))
+                .unwrap_or_default(),
             ..Default::default()
         })
         .collect();
@@ -288,8 +319,22 @@ async fn specialist(
                 prior.push_back(sp.output.clone());
             }
             let n = sp.iterations + 1;
+            let heads = sp.repos.clone();
             s.in_flight += 1;
-            n
+            (n, heads)
+        };
+        let (iteration, heads) = iteration;
+        let workspace = match &ctx.workspace {
+            Some(tw) => match tw.prepare(role, &heads).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    let mut s = session.lock().await;
+                    s.in_flight = s.in_flight.saturating_sub(1);
+                    drop(s);
+                    return Err(workspace_failure(session, e).await);
+                }
+            },
+            None => None,
         };
         let input = IterationInput {
             task: task.clone(),
@@ -298,6 +343,7 @@ async fn specialist(
             step: AgentStep::Specialist,
             prior_outputs: prior.iter().cloned().collect(),
             context: Vec::new(),
+            workspace,
         };
         // Only the agent call races the team stop and the deadline: a checkpoint, once
         // started, always completes.
@@ -313,8 +359,31 @@ async fn specialist(
                 ));
             }
         };
+        // The code first: pushed on the specialist's branch before the checkpoint.
+        let recorded = match (&result, &ctx.workspace) {
+            (Some(Ok(out)), Some(tw)) => Some(
+                tw.record(
+                    role,
+                    iteration,
+                    &heads,
+                    &out.output,
+                    out.changed_paths.as_deref(),
+                    &[],
+                )
+                .await,
+            ),
+            _ => None,
+        };
         let mut s = session.lock().await;
         s.in_flight = s.in_flight.saturating_sub(1);
+        let new_heads = match recorded {
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                drop(s);
+                return Err(workspace_failure(session, e).await);
+            }
+            None => None,
+        };
         let Some(result) = result else {
             return Ok(SpecialistEnd::Abandoned);
         };
@@ -348,6 +417,9 @@ async fn specialist(
         s.state.team_iterations += 1;
         if let Some(sp) = s.state.specialists.get_mut(idx) {
             sp.iterations = iteration;
+            if let Some(h) = new_heads {
+                sp.repos = h;
+            }
             sp.output = record.output.clone();
             sp.last_error.clear();
             sp.status = if done {
@@ -374,15 +446,45 @@ async fn synthesis(
     session: &Mutex<ActiveSession>,
     task: &Arc<Task>,
 ) -> Result<Option<PathOutcome>> {
-    let context: Vec<String> = {
+    let (mut context, heads, specialist_heads): (Vec<String>, _, Vec<_>) = {
         let s = session.lock().await;
-        s.state
-            .specialists
-            .iter()
-            .map(|sp| format!("{}: {}", sp.role, sp.output))
-            .collect()
+        (
+            s.state
+                .specialists
+                .iter()
+                .map(|sp| format!("{}: {}", sp.role, sp.output))
+                .collect(),
+            s.state.repos.clone(),
+            s.state
+                .specialists
+                .iter()
+                .map(|sp| sp.repos.clone())
+                .collect(),
+        )
     };
-    let out = match lead_step(ctx, task, AgentStep::Synthesis, context).await {
+    // Every specialist branch is merged into the task branch; conflicts are left in
+    // the lead's worktree, named in its context, for it to resolve.
+    let mut merged = Vec::new();
+    let mut pending = Vec::new();
+    let workspace = match &ctx.workspace {
+        Some(tw) => {
+            let prepared = match tw.prepare(LEAD_ROLE, &heads).await {
+                Ok(w) => w,
+                Err(e) => return Err(workspace_failure(session, e).await),
+            };
+            match tw.merge(LEAD_ROLE, &heads, &specialist_heads).await {
+                Ok((m, p)) => {
+                    merged = m;
+                    pending = p;
+                }
+                Err(e) => return Err(workspace_failure(session, e).await),
+            }
+            context.extend(TaskWorkspace::conflict_lines(&pending));
+            Some(prepared)
+        }
+        None => None,
+    };
+    let out = match lead_step(ctx, task, AgentStep::Synthesis, context, workspace).await {
         Ok(out) => out,
         Err(StepError::Stopped(stop)) => return Ok(Some(PathOutcome::Stopped(stop))),
         Err(StepError::Agent(e)) => {
@@ -392,7 +494,29 @@ async fn synthesis(
             }));
         }
     };
+    let heads = match &ctx.workspace {
+        Some(tw) => {
+            if let Err(e) = tw.conclude(LEAD_ROLE, &heads, &pending).await {
+                // Markers left (or a second conflict): the single path continues from
+                // the task branch, which did not move.
+                return Ok(Some(PathOutcome::Fallback {
+                    cause: FallbackCause::SynthesisFailed,
+                    detail: format!("lead synthesis left the merge unresolved: {e}"),
+                }));
+            }
+            let changed = out.changed_paths.as_deref();
+            match tw
+                .record(LEAD_ROLE, 2, &heads, &out.output, changed, &merged)
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => return Err(workspace_failure(session, e).await),
+            }
+        }
+        None => heads,
+    };
     let mut s = session.lock().await;
+    s.state.repos = heads;
     let record = s.apply_iteration(&ctx.worker_id, LEAD_ROLE, 2, out);
     s.state.team_iterations += 1;
     s.state.result = record.output.clone();

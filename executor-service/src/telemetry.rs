@@ -42,9 +42,22 @@ pub fn reclaimed(n: usize) {
     metrics::counter!("taskrouter_queue_reclaims_total").increment(n as u64);
 }
 
+/// Counts redeliveries of a queue entry, by whether the previous delivery made progress
+/// (a checkpoint after its start). Only `progress="no"` ones count toward dead-lettering.
+pub fn redelivered(progressed: bool) {
+    let progress = if progressed { "yes" } else { "no" };
+    metrics::counter!("taskrouter_queue_redeliveries_total", "progress" => progress).increment(1);
+}
+
 /// Counts dead-lettered tasks.
 pub fn dead_lettered() {
     metrics::counter!("taskrouter_dead_letters_total").increment(1);
+}
+
+/// Counts a state write whose index update failed (List lags for that task until its
+/// next write or `--rebuild-indexes`).
+pub fn index_write_failed() {
+    metrics::counter!("taskrouter_index_write_failures_total").increment(1);
 }
 
 /// Sets the queue depth gauges.
@@ -70,5 +83,6 @@ pub fn register() {
     metrics::counter!("taskrouter_dead_letters_total").increment(0);
     metrics::counter!("taskrouter_checkpoint_retries_total").increment(0);
     metrics::counter!("taskrouter_queue_reclaims_total").increment(0);
+    metrics::counter!("taskrouter_index_write_failures_total").increment(0);
     serving(false);
 }

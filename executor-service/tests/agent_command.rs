@@ -42,6 +42,7 @@ fn input(step: AgentStep, role: &str, iteration: u32) -> IterationInput {
         step,
         prior_outputs: vec!["first try".into()],
         context: vec!["implementer".into(), "security".into()],
+        workspace: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn environment_is_cleared_except_the_allow_list() {
                 step: AgentStep::Iteration,
                 prior_outputs: Vec::new(),
                 context: Vec::new(),
+                workspace: None,
             };
             let out = agent.run_iteration(input).await.unwrap();
             // "NAME,NAME,...|secret value"

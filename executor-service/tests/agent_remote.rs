@@ -110,6 +110,7 @@ fn input(step: AgentStep, role: &str, iteration: u32) -> IterationInput {
         step,
         prior_outputs: vec!["a".into(), "b".into()],
         context: vec!["implementer".into(), "reviewer".into()],
+        workspace: None,
     }
 }
 

@@ -2,12 +2,13 @@
 
 mod common;
 
-use common::{Harness, sim_task, wait_final};
+use common::Harness;
 use std::time::Duration;
 use taskrouter_proto::v1::{
     CancelRequest, Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RunRequest,
     SubmitRequest, Task, TaskStatus, WatchRequest, progress_event,
 };
+use test_support::client::{resume, run, sim_task, state, wait_final, wait_state};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -19,40 +20,13 @@ fn status(s: i32) -> TaskStatus {
 async fn bounded_run_then_resume_gives_eight_more_and_ten_total() {
     let mut h = Harness::start(|_| {}).await;
     let task = sim_task("TEST-RESUME-001", Complexity::Low, 10, &[]);
-    let first = h
-        .client
-        .run(RunRequest {
-            task: Some(task.clone()),
-            resume: false,
-            max_iterations: 2,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let first = run(&mut h.client, task.clone(), 2).await;
     assert_eq!(status(first.status), TaskStatus::InProgress);
     assert_eq!(first.iterations_this_run, 2);
     assert_eq!(first.total_iterations, 2);
 
     // A context reset: only the id comes back, with resume and a larger bound.
-    let second = h
-        .client
-        .run(RunRequest {
-            task: Some(Task {
-                id: task.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 10,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let second = resume(&mut h.client, &task.id, 10).await;
     assert_eq!(status(second.status), TaskStatus::Completed);
     assert_eq!(second.iterations_this_run, 8);
     assert_eq!(second.total_iterations, 10);
@@ -324,6 +298,37 @@ async fn a_submit_retried_after_a_crash_before_queueing_still_runs_the_task() {
 }
 
 #[tokio::test]
+async fn a_submitter_that_stopped_after_queueing_before_storing_still_gets_its_task_run() {
+    use executor_service::queue::WorkQueue as _;
+    use prost::Message as _;
+    let mut h = Harness::start(|_| {}).await;
+    let task = sim_task("T-QUEUED-ONLY", Complexity::Low, 3, &[]);
+    // What a crash between queueing the task and storing it leaves behind: the entry
+    // with the initial state, no state. Nobody retries.
+    let queue =
+        executor_service::queue::RedisQueue::new(h.redis.connection_manager().await, "trtest");
+    queue
+        .enqueue(&task.id, "", &pending_state(&task).encode_to_vec())
+        .await
+        .unwrap();
+    let s = wait_final(&mut h.client, &task.id, Duration::from_secs(15)).await;
+    assert_eq!(status(s.status), TaskStatus::Completed);
+    assert_eq!(s.iteration_count, 3);
+    // A later retry of the same Submit finds the finished task.
+    let r = h
+        .client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.created);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without_another_iteration()
 {
     use executor_service::session::Lease;
@@ -370,22 +375,7 @@ async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without
     }
     store.release_lease(&lease).await.unwrap();
 
-    let r = h
-        .client
-        .run(RunRequest {
-            task: Some(Task {
-                id: task.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 0,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let r = resume(&mut h.client, &task.id, 0).await;
     assert_eq!(status(r.status), TaskStatus::Completed);
     assert_eq!(
         r.iterations_this_run, 0,
@@ -421,7 +411,11 @@ async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_fo
         .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     let _: String = redis::cmd("XADD")
-        .arg("trtest:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("trtest", 1)[0]
+                .stream
+                .as_str(),
+        )
         .arg("*")
         .arg("task_id")
         .arg("BAD-BYTES")
@@ -433,7 +427,11 @@ async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_fo
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let dead: u64 = redis::cmd("XLEN")
-            .arg("trtest:deadletter")
+            .arg(
+                executor_service::queue::redis_queue::shard_keys("trtest", 1)[0]
+                    .dead_letters
+                    .as_str(),
+            )
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -447,7 +445,11 @@ async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_fo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let queued: u64 = redis::cmd("XLEN")
-        .arg("trtest:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("trtest", 1)[0]
+                .stream
+                .as_str(),
+        )
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -473,23 +475,10 @@ async fn cancel_stops_a_running_task_at_the_next_boundary() {
         .await
         .unwrap();
     // Let it get going.
-    loop {
-        let s = h
-            .client
-            .get(GetRequest {
-                task_id: task.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap();
-        if s.iteration_count >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_state(&mut h.client, &task.id, Duration::from_secs(60), |s| {
+        s.iteration_count >= 3
+    })
+    .await;
     let resp = h
         .client
         .cancel(CancelRequest {
@@ -562,17 +551,7 @@ async fn completed_task_is_archived_with_the_configured_ttl_and_still_readable()
             .unwrap();
         assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{key} ttl {ttl}");
     }
-    let s = h
-        .client
-        .get(GetRequest {
-            task_id: task.id,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-        .unwrap();
+    let s = state(&mut h.client, &task.id).await;
     assert!(s.archived);
     assert_eq!(status(s.status), TaskStatus::Completed);
     assert!(s.archive_expires_at.is_some());
@@ -771,11 +750,14 @@ async fn bad_requests_get_invalid_argument_naming_the_field() {
     );
     // Nothing was stored by the rejected requests.
     let mut conn = h.redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("trtest:{*")
         .query_async(&mut conn)
         .await
         .unwrap();
+    // The (empty) queue stream exists from the consumer group's creation.
+    let queue = executor_service::queue::redis_queue::shard_keys("trtest", 1);
+    keys.retain(|k| *k != queue[0].stream);
     assert!(keys.is_empty(), "{keys:?}");
     h.stop().await;
 }
@@ -805,17 +787,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
         .await
         .unwrap();
     let before = loop {
-        let s = h
-            .client
-            .get(GetRequest {
-                task_id: task.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap();
+        let s = state(&mut h.client, &task.id).await;
         if s.iteration_count >= 5 {
             break s.iteration_count;
         }
@@ -832,11 +804,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = test_support::client::channel(h.addr).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut not_serving = false;
     for _ in 0..50 {

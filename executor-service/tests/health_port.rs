@@ -11,39 +11,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::GetRequest;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
-use test_support::{RedisServer, TestPki, free_port, wait_for_grpc_serving_at};
+use test_support::client::{endpoint, tls_endpoint};
+use test_support::{RedisServer, TestPki, free_port, health_status, wait_for_grpc_serving_at};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const TOKEN: &str = "executor-health-port-token-0123456789";
-
-fn plain(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-}
-
-fn tls(pki: &TestPki, addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(pki.client_config())
-        .unwrap()
-}
-
-async fn status(channel: Channel, service: &str) -> i32 {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
 
 /// Polls both ports until each reports `want` for the executor and for "".
 async fn wait_both(main: &Channel, health: &Channel, want: ServingStatus) {
@@ -51,8 +27,8 @@ async fn wait_both(main: &Channel, health: &Channel, want: ServingStatus) {
     loop {
         let mut seen = Vec::new();
         for service in [SERVICE_NAME, ""] {
-            seen.push(status(main.clone(), service).await);
-            seen.push(status(health.clone(), service).await);
+            seen.push(health_status(main.clone(), service).await.unwrap());
+            seen.push(health_status(health.clone(), service).await.unwrap());
         }
         if seen.iter().all(|s| *s == want as i32) {
             return;
@@ -83,11 +59,19 @@ async fn the_health_port_mirrors_the_tls_port_through_a_redis_outage_and_shutdow
     let shutdown = service_kit::Shutdown::new();
     let server = tokio::spawn(executor_service::serve(config, listener, shutdown.clone()));
     assert!(
-        wait_for_grpc_serving_at(tls(&pki, addr), SERVICE_NAME, Duration::from_secs(15)).await,
+        wait_for_grpc_serving_at(
+            tls_endpoint(addr.port(), pki.client_config()),
+            SERVICE_NAME,
+            Duration::from_secs(15)
+        )
+        .await,
         "executor never became SERVING on its TLS port"
     );
-    let main = tls(&pki, addr).connect().await.unwrap();
-    let health = plain(health_addr).connect().await.unwrap();
+    let main = tls_endpoint(addr.port(), pki.client_config())
+        .connect()
+        .await
+        .unwrap();
+    let health = endpoint(health_addr).connect().await.unwrap();
     wait_both(&main, &health, ServingStatus::Serving).await;
 
     // Nothing but health on the health port, even with the right token.
@@ -134,7 +118,7 @@ async fn the_health_port_mirrors_the_tls_port_through_a_redis_outage_and_shutdow
         .expect("executor stopped in time")
         .unwrap()
         .unwrap();
-    let gone = plain(health_addr)
+    let gone = endpoint(health_addr)
         .connect_timeout(Duration::from_secs(1))
         .connect()
         .await;

@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{Harness, sim_task, wait_final};
+use common::Harness;
 use std::time::Duration;
 use taskrouter_proto::v1::{
     Complexity, ExecutionPath, ListIterationsRequest, ListTasksRequest, ReasonCode, RunRequest,
     SubmitRequest, TaskStatus,
 };
+use test_support::client::{sim_task, wait_final};
 use tonic::Code;
 
 fn field_of(status: &tonic::Status) -> Vec<String> {

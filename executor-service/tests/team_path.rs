@@ -3,13 +3,14 @@
 
 mod common;
 
-use common::{Harness, wait_final};
+use common::Harness;
 use std::collections::HashMap;
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunRequest,
-    RunResult, SpecialistStatus, SubmitRequest, Task, TaskStatus, TeamPhase,
+    Complexity, ExecutionPath, FallbackCause, GetRequest, ReasonCode, RoutingDecision, RunResult,
+    SpecialistStatus, SubmitRequest, TaskStatus, TeamPhase,
 };
+use test_support::client::{resume, run, task, wait_final, wait_state};
 
 /// An in-process router with the embedded default policy; returns its address.
 async fn start_router() -> (std::net::SocketAddr, service_kit::Shutdown) {
@@ -40,42 +41,6 @@ async fn with_router(
     (h, router_shutdown)
 }
 
-fn task(
-    id: &str,
-    description: &str,
-    complexity: Complexity,
-    value: f64,
-    repos: &[&str],
-    labels: &[(&str, &str)],
-) -> Task {
-    Task {
-        id: id.into(),
-        description: description.into(),
-        complexity: complexity as i32,
-        estimated_value_usd: value,
-        repositories: repos.iter().map(|r| r.to_string()).collect(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-    }
-}
-
-async fn run(h: &mut Harness, t: Task, max: u32) -> RunResult {
-    h.client
-        .run(RunRequest {
-            task: Some(t),
-            resume: false,
-            max_iterations: max,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap()
-}
-
 fn codes(r: &RunResult) -> Vec<ReasonCode> {
     r.state
         .as_ref()
@@ -99,7 +64,7 @@ async fn the_seed_scenarios_route_and_complete() {
         .filter(|sc| sc.mode == scenarios::Mode::Submit)
     {
         let id = sc.task.id.clone();
-        let r = run(&mut h, sc.task.clone(), 50).await;
+        let r = run(&mut h.client, sc.task.clone(), 50).await;
         let s = r.state.clone().unwrap();
         let outcome = scenarios::Outcome {
             scenario: sc.name,
@@ -130,7 +95,7 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
     let (mut h, _r) = with_router(|_| {}).await;
     // HIGH + HIPAA + $250 staffs four specialists; 1 analysis + 4 x 2 + 1 synthesis = 10.
     let t = scenarios::Scenario::by_id("TEST-RESUME-001").task;
-    let first = run(&mut h, t.clone(), 2).await;
+    let first = run(&mut h.client, t.clone(), 2).await;
     assert_eq!(
         first.routing_decision,
         RoutingDecision::UseMultiAgent as i32
@@ -144,22 +109,7 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
     assert_eq!(saved.phase, TeamPhase::Specialists as i32);
     assert_eq!(saved.specialists.len(), 4, "{:?}", saved.specialists);
 
-    let second = h
-        .client
-        .run(RunRequest {
-            task: Some(Task {
-                id: t.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 10,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let second = resume(&mut h.client, &t.id, 10).await;
     assert_eq!(
         TaskStatus::try_from(second.status).unwrap(),
         TaskStatus::Completed
@@ -222,7 +172,7 @@ async fn assert_falls_back(
             l
         },
     );
-    let r = run(&mut h, t, 50).await;
+    let r = run(&mut h.client, t, 50).await;
     assert_eq!(
         r.routing_decision,
         RoutingDecision::UseMultiAgent as i32,
@@ -316,7 +266,7 @@ async fn an_unreachable_router_means_the_single_path_with_the_reason_recorded() 
         &["org/a"],
         &[("sim.iterations", "2")],
     );
-    let r = run(&mut h, t, 10).await;
+    let r = run(&mut h.client, t, 10).await;
     assert_eq!(
         TaskStatus::try_from(r.status).unwrap(),
         TaskStatus::Completed
@@ -359,23 +309,10 @@ async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_un
         })
         .await
         .unwrap();
-    loop {
-        let s = h
-            .client
-            .get(GetRequest {
-                task_id: t.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap();
-        if s.iteration_count >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_state(&mut h.client, &t.id, Duration::from_secs(60), |s| {
+        s.iteration_count >= 4
+    })
+    .await;
     h.redis.stop();
     // Far longer than the retry budget: the run gives up, without marking anything done.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -415,7 +352,7 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
             &["org/ehr"],
             &[("sim.specialist_iterations", "2"), ("sim.latency_ms", "30")],
         );
-        let first = run(&mut h, t, bound).await;
+        let first = run(&mut h.client, t, bound).await;
         assert_eq!(
             TaskStatus::try_from(first.status).unwrap(),
             TaskStatus::InProgress,
@@ -441,22 +378,7 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
             "{id}: memory and Redis agree"
         );
         assert_eq!(log.state.unwrap().iteration_count, bound);
-        let second = h
-            .client
-            .run(RunRequest {
-                task: Some(Task {
-                    id: id.clone(),
-                    ..Default::default()
-                }),
-                resume: true,
-                max_iterations: 10,
-                use_multi_agent: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .result
-            .unwrap();
+        let second = resume(&mut h.client, &id, 10).await;
         assert_eq!(
             TaskStatus::try_from(second.status).unwrap(),
             TaskStatus::Completed,
@@ -466,4 +388,68 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
         assert_eq!(second.iterations_this_run, 10 - bound, "{id}");
     }
     h.stop().await;
+}
+
+#[tokio::test]
+async fn the_shadow_decision_is_recorded_beside_the_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    // The candidate would send a $50 task to the team path; the built-in policy does not.
+    std::fs::write(
+        &candidate,
+        "[rules]\nvalue_threshold_usd = 10.0\n[multi_agent]\nrollout_percent = 100\n",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router_shutdown = service_kit::Shutdown::new();
+    tokio::spawn(router_service::serve(
+        router_service::RouterConfig {
+            shadow_policy_path: Some(candidate),
+            ..router_service::RouterConfig::with_defaults()
+        },
+        listener,
+        router_shutdown.clone(),
+    ));
+    assert!(
+        test_support::wait_for_grpc_serving(addr, "taskrouter.v1.Router", Duration::from_secs(10))
+            .await
+    );
+    let mut h = Harness::start(|c| c.router_addr = Some(format!("http://{addr}"))).await;
+
+    let r = run(
+        &mut h.client,
+        task(
+            "SHADOW-1",
+            "Fix a flaky test",
+            Complexity::Low,
+            50.0,
+            &["org/a"],
+            &[],
+        ),
+        10,
+    )
+    .await;
+    let state = r.state.unwrap();
+    assert_eq!(state.path, ExecutionPath::SingleAgent as i32);
+    let live = state.analysis.unwrap();
+    let shadow = state.shadow_analysis.expect("shadow decision recorded");
+    assert_eq!(live.decision, RoutingDecision::UseSingleAgent as i32);
+    assert_eq!(shadow.decision, RoutingDecision::UseMultiAgent as i32);
+    assert_ne!(shadow.policy_version, live.policy_version);
+
+    // Stored: a later Get returns it too.
+    let got = h
+        .client
+        .get(GetRequest {
+            task_id: "SHADOW-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(got.shadow_analysis, Some(shadow));
+    router_shutdown.trigger();
 }

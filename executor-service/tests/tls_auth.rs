@@ -3,12 +3,12 @@
 //! over `rediss://`, and no secret in any output.
 
 use service_kit::auth::{BearerToken, ClientInterceptor};
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, ReasonCode, RunRequest, Task, TaskStatus};
+use test_support::client::tls_endpoint;
 use test_support::{
     RedisOptions, RedisServer, ServiceProcess, TestPki, free_port, wait_for_grpc_serving_at,
     wait_for_tcp,
@@ -67,22 +67,14 @@ fn executor_command() -> Command {
 }
 
 fn task(id: &str) -> Task {
-    Task {
-        id: id.into(),
-        description: "fix a typo in the README heading".into(),
-        complexity: Complexity::Low as i32,
-        estimated_value_usd: 10.0,
-        repositories: vec!["org/app".into()],
-        labels: HashMap::from([("sim.iterations".to_string(), "2".to_string())]),
-    }
-}
-
-fn tls_endpoint(pki: &TestPki, port: u16) -> Endpoint {
-    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(pki.client_config())
-        .unwrap()
+    test_support::client::task(
+        id,
+        "fix a typo in the README heading",
+        Complexity::Low,
+        10.0,
+        &["org/app"],
+        &[("sim.iterations", "2")],
+    )
 }
 
 type Client = ExecutorClient<InterceptedService<Channel, ClientInterceptor>>;
@@ -202,7 +194,7 @@ async fn executor_routes_over_mutual_tls_with_tokens_and_a_password_protected_re
         "router never became SERVING: {}",
         router.log_contents()
     );
-    let endpoint = tls_endpoint(&pki, port);
+    let endpoint = tls_endpoint(port, pki.client_config());
     assert!(
         wait_for_grpc_serving_at(endpoint.clone(), SERVICE, Duration::from_secs(30)).await,
         "executor never became SERVING (health needs no token): {}",
@@ -513,19 +505,15 @@ async fn start_secured_agent(pki: &TestPki) -> (u16, service_kit::Shutdown) {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let router =
-        args.builder()
-            .unwrap()
-            .add_service(taskrouter_proto::v1::agent_server::AgentServer::new(
-                OkAgent,
-            ));
+    let server = service_kit::server::ServiceServer::new(&args, args.load_security().unwrap())
+        .service(taskrouter_proto::v1::agent_server::AgentServer::new(
+            OkAgent,
+        ))
+        .start()
+        .await
+        .unwrap();
     let shutdown = service_kit::Shutdown::new();
-    tokio::spawn(service_kit::server::serve(
-        router,
-        listener,
-        shutdown.clone(),
-        Duration::from_secs(1),
-    ));
+    tokio::spawn(server.serve(listener, shutdown.clone()));
     (port, shutdown)
 }
 
@@ -537,6 +525,7 @@ fn agent_input() -> executor_service::agent::IterationInput {
         step: taskrouter_proto::v1::AgentStep::Iteration,
         prior_outputs: Vec::new(),
         context: Vec::new(),
+        workspace: None,
     }
 }
 

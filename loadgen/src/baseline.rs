@@ -1,5 +1,6 @@
 //! The empty-RPC baseline: `taskrouter.v1.Router/GetPolicy` answered with an empty
-//! `GetPolicyResponse` by a plain tonic server in this process.
+//! `GetPolicyResponse` by a plain tonic server in this process (or, with `--serve`, in a
+//! process of its own, for comparisons with a service binary).
 //!
 //! GetPolicy is the existing RPC whose request and response can both be empty (zero bytes
 //! on the wire), so no new proto is needed and the server does no work at all: no lock,
@@ -27,15 +28,19 @@ use tonic::{Request, Response, Status};
 /// What the baseline calls, for reports.
 pub const RPC: &str = "taskrouter.v1.Router/GetPolicy (empty request, empty response)";
 
-/// A Router whose GetPolicy answers an empty message; Route is not served.
+/// What the bytes-matched baseline calls, for reports.
+pub const BYTES_RPC: &str =
+    "taskrouter.v1.Router/Route (the same task mix, decoded, empty response)";
+
+/// A Router whose GetPolicy answers an empty message, and whose Route decodes the
+/// request and answers an empty one: the bytes-matched baseline, which receives exactly
+/// the payloads `bench route` sends but does no work on them.
 struct EmptyRouter;
 
 #[tonic::async_trait]
 impl Router for EmptyRouter {
     async fn route(&self, _: Request<RouteRequest>) -> Result<Response<RouteResponse>, Status> {
-        Err(Status::unimplemented(
-            "the baseline server answers GetPolicy only",
-        ))
+        Ok(Response::new(RouteResponse::default()))
     }
 
     async fn get_policy(
@@ -58,9 +63,14 @@ impl EmptyServer {
     /// Starts a plain tonic server (tonic's defaults, TCP_NODELAY like `Server::serve`)
     /// on a free 127.0.0.1 port.
     pub async fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`Self::start`], on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::Runtime(format!("cannot bind 127.0.0.1: {e}")))?;
+            .map_err(|e| Error::Runtime(format!("cannot bind {addr}: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Runtime(format!("baseline server address: {e}")))?;
@@ -214,8 +224,24 @@ pub fn report(
     Verdict::Failed
 }
 
+/// Flags of `bench baseline`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BaselineArgs {
+    /// Load flags.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Instead of measuring, serve the empty server on this loopback address until
+    /// SIGINT/SIGTERM: a baseline in its own process for `bench route --baseline`.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<SocketAddr>,
+}
+
 /// `taskctl bench baseline`.
-pub async fn run(opts: &Options, args: &LoadArgs) -> Result<Verdict> {
+pub async fn run(opts: &Options, args: &BaselineArgs) -> Result<Verdict> {
+    if let Some(addr) = args.serve {
+        return serve(addr).await;
+    }
+    let args = &args.load;
     let plan = args.plan(opts.timeout);
     let (measured, target) = measure(&plan, opts.timeout).await?;
     Ok(report(
@@ -232,4 +258,16 @@ pub async fn run(opts: &Options, args: &LoadArgs) -> Result<Verdict> {
         Value::Null,
         &[],
     ))
+}
+
+/// `bench baseline --serve ADDR`: the empty server until SIGINT/SIGTERM.
+async fn serve(addr: SocketAddr) -> Result<Verdict> {
+    super::require_loopback("--serve", &addr.to_string())?;
+    let server = EmptyServer::start_on(addr).await?;
+    emit(&format!("empty RPC server listening on {}", server.addr));
+    let stop = Shutdown::new();
+    stop.trigger_on_signals();
+    stop.wait().await;
+    server.stop().await;
+    Ok(Verdict::Passed)
 }

@@ -15,7 +15,7 @@ mod baseline;
 pub mod error;
 mod execute;
 mod load;
-mod output;
+pub mod output;
 mod redis;
 mod route;
 mod target;
@@ -59,8 +59,9 @@ pub enum BenchMode {
     /// Route calls with a realistic task mix, and the empty-RPC baseline in the same run
     /// (against a router started in this process unless --router / TASKCTL_ROUTER is set).
     Route(route::RouteArgs),
-    /// The empty-RPC baseline alone: a trivial tonic server in this process.
-    Baseline(LoadArgs),
+    /// The empty-RPC baseline alone: a trivial tonic server in this process (or, with
+    /// --serve, that server alone, for a baseline in its own process).
+    Baseline(baseline::BaselineArgs),
     /// Tasks through executor processes on Redis, end to end.
     Execute(execute::ExecuteArgs),
     /// `redis-benchmark -t set` against a private (or the given loopback) Redis.

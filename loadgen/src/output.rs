@@ -1,4 +1,5 @@
-//! Report output: a closed stdout or stderr (e.g. `| head`) is not worth a panic.
+//! Terminal output for reports and commands (`taskctl` uses it too): a closed stdout or
+//! stderr (e.g. `| head`) is not worth a panic.
 
 use std::io::Write;
 

@@ -15,8 +15,9 @@ use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{Complexity, RouteRequest, RoutingDecision, Task};
 use tonic::transport::Channel;
 
-/// The targets, printed next to the ratios.
-const TARGET_THROUGHPUT_RATIO: f64 = 0.80;
+/// The targets, printed next to the ratios (throughput against the empty RPC with the
+/// short mix, against the bytes-matched baseline with the standard one).
+const TARGET_THROUGHPUT_RATIO: f64 = 0.90;
 const TARGET_P99_RATIO: f64 = 2.0;
 
 /// Description sizes of the standard mix and their weights (out of 100): most tasks are a
@@ -53,6 +54,10 @@ pub struct RouteArgs {
     /// The task mix.
     #[arg(long, value_enum, default_value_t = MixArg::Standard)]
     pub mix: MixArg,
+    /// The empty server the baselines call (loopback only), e.g. one started with
+    /// `taskctl bench baseline --serve` in its own process; default: one in this process.
+    #[arg(long, value_name = "URL")]
+    pub baseline: Option<String>,
 }
 
 /// Filler prose without any policy keyword, to pad descriptions to size.
@@ -249,7 +254,12 @@ impl Workload for RouteMix {
     ) -> std::result::Result<usize, tonic::Status> {
         let mut task = self.pick(rng).clone();
         task.id = format!("bench-{:016x}", rng.next_u64());
-        let resp = client.route(RouteRequest { task: Some(task) }).await?;
+        let resp = client
+            .route(RouteRequest {
+                task: Some(task),
+                ..Default::default()
+            })
+            .await?;
         let decision = resp.into_inner().analysis.map(|a| a.decision);
         Ok(
             match decision.and_then(|d| RoutingDecision::try_from(d).ok()) {
@@ -318,14 +328,16 @@ pub async fn run(opts: &Options, args: &RouteArgs) -> Result<Verdict> {
     let plan = args.load.plan(opts.timeout);
     let mix = Arc::new(RouteMix::new(args.mix));
     let router = RouterTarget::start(opts).await?;
-    let result = measure_both(opts, &plan, &router, mix.clone()).await;
+    let result = measure_both(opts, &plan, &router, mix.clone(), args.baseline.as_deref()).await;
     let route_target = router.description.clone();
     router.stop().await;
-    let (route, base, base_target) = result?;
+    let (route, base, bytes, base_target) = result?;
     let ratio_json = json!({
         "throughput": round(ratio(route.throughput(), base.throughput()), 3),
         "p50": round(ratio(route.latency.p50 as f64, base.latency.p50 as f64), 3),
         "p99": round(ratio(route.latency.p99 as f64, base.latency.p99 as f64), 3),
+        "throughput_vs_bytes_matched": round(ratio(route.throughput(), bytes.throughput()), 3),
+        "p99_vs_bytes_matched": round(ratio(route.latency.p99 as f64, bytes.latency.p99 as f64), 3),
         "target_throughput_at_least": TARGET_THROUGHPUT_RATIO,
         "target_p99_at_most": TARGET_P99_RATIO,
     });
@@ -336,6 +348,11 @@ pub async fn run(opts: &Options, args: &RouteArgs) -> Result<Verdict> {
             ratio(route.throughput(), base.throughput()),
             ratio(route.latency.p99 as f64, base.latency.p99 as f64),
             ratio(route.latency.p50 as f64, base.latency.p50 as f64),
+        ),
+        format!(
+            "route/bytes-matched baseline: throughput {:.2}, p99 {:.2}",
+            ratio(route.throughput(), bytes.throughput()),
+            ratio(route.latency.p99 as f64, bytes.latency.p99 as f64),
         ),
         format!(
             "route decisions: {}; mix: {} rule kinds x {:?} byte descriptions (weights {:?}%), mean {} bytes",
@@ -364,6 +381,13 @@ pub async fn run(opts: &Options, args: &RouteArgs) -> Result<Verdict> {
                 extra: Value::Null,
             },
             Entry {
+                name: "baseline_bytes",
+                rpc: baseline::BYTES_RPC,
+                target: &base_target,
+                measured: &bytes,
+                extra: Value::Null,
+            },
+            Entry {
                 name: "route",
                 rpc: match args.mix {
                     MixArg::Standard => "taskrouter.v1.Router/Route (standard task mix)",
@@ -384,15 +408,59 @@ async fn measure_both(
     plan: &load::Plan,
     router: &RouterTarget,
     mix: Arc<RouteMix>,
-) -> Result<(super::Measured, super::Measured, String)> {
+    baseline_url: Option<&str>,
+) -> Result<(super::Measured, super::Measured, super::Measured, String)> {
     // Check the router first: a dead target should fail before the baseline runs.
     let channels = load::connect_all(&router.url, plan.connections, opts.timeout).await?;
     // The in-process router is not ready until its policy is loaded; an external one
     // may report either the service or the whole server.
     wait_serving(channels[0].clone(), "", opts.timeout).await?;
-    let (base, base_target) = baseline::measure(plan, opts.timeout).await?;
+    let (empty, bytes, base_target) = match baseline_url {
+        Some(url) => {
+            let url = loopback_url("--baseline", url)?;
+            let base = load::connect_all(&url, plan.connections, opts.timeout).await?;
+            let empty = load::drive(Arc::new(baseline::EmptyRpc), &base, plan).await?;
+            let bytes = load::drive(mix.clone(), &base, plan).await?;
+            (empty, bytes, format!("empty RPC server at {url}"))
+        }
+        None => {
+            let server = baseline::EmptyServer::start().await?;
+            let url = format!("http://{}", server.addr);
+            let measured = async {
+                let base = load::connect_all(&url, plan.connections, opts.timeout).await?;
+                let empty = load::drive(Arc::new(baseline::EmptyRpc), &base, plan).await?;
+                let bytes = load::drive(mix.clone(), &base, plan).await?;
+                Ok::<_, Error>((empty, bytes))
+            }
+            .await;
+            server.stop().await;
+            let (empty, bytes) = measured?;
+            (
+                empty,
+                bytes,
+                format!("plain tonic server in this process at {url}"),
+            )
+        }
+    };
     let route = load::drive(mix, &channels, plan).await?;
-    Ok((route, base, base_target))
+    Ok((route, empty, bytes, base_target))
+}
+
+/// `address` as an `http://` URL, refused unless it is loopback.
+fn loopback_url(flag: &str, address: &str) -> Result<String> {
+    let address = address.trim();
+    require_loopback(flag, address)?;
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    if !url.starts_with("http://") {
+        return Err(Error::Usage(format!(
+            "{flag}: bench speaks plaintext http:// only"
+        )));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]

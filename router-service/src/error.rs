@@ -72,6 +72,17 @@ impl Error {
     }
 }
 
+impl From<service_kit::server::ServeError> for Error {
+    fn from(e: service_kit::server::ServeError) -> Self {
+        use service_kit::server::ServeError;
+        match e {
+            e if e.is_config() => Error::Config(e.to_string()),
+            ServeError::Transport(t) => Error::Transport(t),
+            other => Error::Startup(other.to_string()),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {

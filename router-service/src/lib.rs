@@ -11,6 +11,7 @@ pub mod policy;
 pub mod reload;
 pub mod rollout;
 pub mod service;
+pub mod shadow;
 
 pub use config::{Args, RouterConfig};
 pub use error::Error;
@@ -20,8 +21,7 @@ pub use rollout::rollout_bucket;
 pub use service::RouterService;
 
 use service_kit::Shutdown;
-use service_kit::health_port::HealthPortError;
-use service_kit::server::ServingStatus;
+use service_kit::server::ServiceServer;
 use std::sync::Arc;
 use taskrouter_proto::v1::router_server::RouterServer;
 use tokio::net::TcpListener;
@@ -34,9 +34,10 @@ pub const SERVICE_NAME: &str = <RouterServer<RouterService> as NamedService>::NA
 const MAX_DECODING_MESSAGE_BYTES: usize =
     policy::MAX_DESCRIPTION_BYTES_CEILING as usize + 1024 * 1024;
 
-/// Serves the router on `listener` until `shutdown` fires, then reports NOT_SERVING,
-/// stops accepting connections and lets in-flight calls finish. With `--health-listen`,
-/// health is also served in plaintext on that port until the main server has stopped.
+/// Serves the router on `listener` until `shutdown` fires, through the shared server
+/// builder: NOT_SERVING until the policy is in force, then SERVING; on shutdown
+/// NOT_SERVING, then the drain. With `--health-listen`, health is also served in
+/// plaintext on that port until the main server has stopped.
 ///
 /// Fails before serving if the policy cannot be loaded.
 pub async fn serve(
@@ -49,39 +50,30 @@ pub async fn serve(
         .server
         .load_security()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let (health, health_service) = service_kit::server::health();
-    // Not ready until the policy is in force.
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-
     let path = config.policy_path.clone();
     let store = tokio::task::spawn_blocking(move || PolicyStore::load(path.as_deref()))
         .await
         .map_err(|e| Error::Startup(format!("policy load task failed: {e}")))??;
     let store = Arc::new(store);
-    let reflection = service_kit::server::reflection(&[taskrouter_proto::FILE_DESCRIPTOR_SET])
-        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
-    let router_service = service_kit::server::Observed::new(
-        service_kit::validation::OversizeIsResourceExhausted::new(
-            RouterServer::new(RouterService::new(store.clone()))
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
-        ),
-    );
+    let shadow = match config.shadow_policy_path.clone() {
+        Some(path) => {
+            let shadow = tokio::task::spawn_blocking(move || PolicyStore::load(Some(&path)))
+                .await
+                .map_err(|e| Error::Startup(format!("shadow policy load task failed: {e}")))??;
+            Some(Arc::new(shadow))
+        }
+        None => None,
+    };
 
-    // Binds before anything else is spawned; the drop of `health_port` on an early
-    // return stops it.
-    let health_port = config
-        .server
-        .start_health_port(health_service.clone())
-        .await
-        .map_err(|e| match e {
-            HealthPortError::Addr(_) => Error::Config(e.to_string()),
-            HealthPortError::Bind { .. } => Error::Startup(e.to_string()),
-        })?;
+    // The router's only dependency is its policy, in force once loaded above.
+    let server = ServiceServer::new(&config.server, security)
+        .descriptor_set(taskrouter_proto::FILE_DESCRIPTOR_SET)
+        .service(
+            RouterServer::new(RouterService::new(store.clone()).with_shadow(shadow.clone()))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+        )
+        .start()
+        .await?;
 
     let reloader = reload::spawn_reloader(
         store.clone(),
@@ -89,50 +81,24 @@ pub async fn serve(
         config.reload_debounce,
         shutdown.clone(),
     );
-
-    let mut builder = config
-        .server
-        .builder_with(security)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let router = builder
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(router_service);
-
-    // The server drains on `drain`, which fires only after health says NOT_SERVING, so
-    // load balancers stop sending new calls before connections close.
-    let drain = Shutdown::new();
-    let drain_trigger = drain.clone();
-    let health_on_shutdown = health.clone();
-    let watcher = tokio::spawn(async move {
-        shutdown.wait().await;
-        health_on_shutdown
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
-        health_on_shutdown
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        drain_trigger.trigger();
+    let shadow_reloader = shadow.clone().map(|shadow| {
+        reload::spawn_reloader(
+            shadow,
+            config.reload_poll_interval,
+            config.reload_debounce,
+            shutdown.clone(),
+        )
     });
-
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(
         policy.version = %store.current().engine.version(),
         policy.source = %store.source(),
         security = %config.server.security_summary(),
         "router ready"
     );
-
-    let result =
-        service_kit::server::serve(router, listener, drain, config.server.drain_timeout).await;
-    // The health port reports NOT_SERVING for as long as the main port drains.
-    if let Some(port) = health_port {
-        port.stop().await;
-    }
-    watcher.abort();
+    let result = server.serve(listener, shutdown).await;
     reloader.abort();
+    if let Some(r) = shadow_reloader {
+        r.abort();
+    }
     result.map_err(Error::from)
 }

@@ -27,8 +27,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    let telemetry = match service_kit::telemetry::init("router-service", args.telemetry.log_format)
-    {
+    let telemetry = match service_kit::telemetry::init("router-service", &args.telemetry) {
         Ok(t) => t,
         Err(e) => return fail(CONFIG_ERROR, &e.to_string()),
     };
@@ -54,6 +53,11 @@ async fn run(args: Args) -> ExitCode {
         Ok(store) => store.current().engine.version().to_string(),
         Err(e) => return fail(CONFIG_ERROR, &policy_flag(&e)),
     };
+    if let Some(path) = &config.shadow_policy_path
+        && let Err(e) = PolicyStore::load(Some(path))
+    {
+        return fail(CONFIG_ERROR, &format!("--shadow-policy {e}"));
+    }
     service_kit::tls::install_crypto_provider();
     if let Err(e) = args.server.load_security() {
         return fail(CONFIG_ERROR, &e.to_string());

@@ -5,6 +5,7 @@
 
 use crate::error::Error;
 use crate::reload::PolicyStore;
+use crate::shadow::{SHADOW_DECISIONS_METRIC, SHADOW_REASON_DIFFERENCES_METRIC, differing_reasons};
 use service_kit::validation::{TaskLimits, Violations, check_task};
 use std::sync::Arc;
 use taskrouter_proto::v1::router_server::Router;
@@ -25,12 +26,22 @@ pub const DECISIONS_METRIC: &str = "taskrouter_routing_decisions_total";
 #[derive(Clone, Debug)]
 pub struct RouterService {
     store: Arc<PolicyStore>,
+    shadow: Option<Arc<PolicyStore>>,
 }
 
 impl RouterService {
     /// A service deciding with whatever policy `store` holds at each call.
     pub fn new(store: Arc<PolicyStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            shadow: None,
+        }
+    }
+
+    /// Also evaluates every task with the policy `shadow` holds (see [`crate::shadow`]).
+    pub fn with_shadow(mut self, shadow: Option<Arc<PolicyStore>>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     async fn route_task(&self, request: RouteRequest) -> Result<RouteResponse, Error> {
@@ -44,24 +55,37 @@ impl RouterService {
             }
             return Err(e);
         }
+        let include_shadow = request.include_shadow;
         let task = request.task.unwrap_or_default();
-        let analysis = if task.description.len() > INLINE_EVALUATION_BYTES {
+        let shadow = self.shadow.as_ref().map(|s| s.current());
+        let evaluate = move |task: &Task| match &shadow {
+            Some(shadow) => {
+                let (live, candidate) = policy.engine.evaluate_pair(&shadow.engine, task);
+                (live, Some(candidate))
+            }
+            None => (policy.engine.evaluate(task), None),
+        };
+        let (analysis, shadow) = if task.description.len() > INLINE_EVALUATION_BYTES {
             // Scanning a long description takes milliseconds: keep it off the async workers.
-            let (task, analysis) = tokio::task::spawn_blocking(move || {
-                let analysis = policy.engine.evaluate(&task);
-                (task, analysis)
+            let (task, decided) = tokio::task::spawn_blocking(move || {
+                let decided = evaluate(&task);
+                (task, decided)
             })
             .await
             .map_err(|e| Error::Internal(format!("evaluation task failed: {e}")))?;
-            record(&task, &analysis);
-            analysis
+            record(&task, &decided.0);
+            decided
         } else {
-            let analysis = policy.engine.evaluate(&task);
-            record(&task, &analysis);
-            analysis
+            let decided = evaluate(&task);
+            record(&task, &decided.0);
+            decided
         };
+        if let Some(shadow) = &shadow {
+            record_shadow(&analysis, shadow);
+        }
         Ok(RouteResponse {
             analysis: Some(analysis),
+            shadow: shadow.filter(|_| include_shadow),
         })
     }
 
@@ -162,6 +186,24 @@ pub fn reason_label(code: i32) -> &'static str {
     }
 }
 
+/// Counts one live/shadow pair and every reason code only one side gave.
+fn record_shadow(live: &RoutingAnalysis, shadow: &RoutingAnalysis) {
+    metrics::counter!(
+        SHADOW_DECISIONS_METRIC,
+        "live" => decision_label(live.decision),
+        "shadow" => decision_label(shadow.decision)
+    )
+    .increment(1);
+    for (code, side) in differing_reasons(live, shadow) {
+        metrics::counter!(
+            SHADOW_REASON_DIFFERENCES_METRIC,
+            "reason" => reason_label(code),
+            "side" => side
+        )
+        .increment(1);
+    }
+}
+
 fn record(task: &Task, analysis: &RoutingAnalysis) {
     let decision = decision_label(analysis.decision);
     let reasons: Vec<&str> = analysis
@@ -173,9 +215,11 @@ fn record(task: &Task, analysis: &RoutingAnalysis) {
         metrics::counter!(DECISIONS_METRIC, "decision" => decision, "reason" => *reason)
             .increment(1);
     }
+    // Joined once, for the span and the decision line.
+    let reasons = reasons.join(",");
     let span = tracing::Span::current();
     span.record("route.decision", decision);
-    span.record("route.reasons", reasons.join(",").as_str());
+    span.record("route.reasons", reasons.as_str());
     span.record("route.rollout_bucket", analysis.rollout_bucket);
     span.record(
         "route.multi_agent_recommended",
@@ -186,7 +230,7 @@ fn record(task: &Task, analysis: &RoutingAnalysis) {
         task.id = %task.id,
         task.description_bytes = task.description.len(),
         decision,
-        reasons = %reasons.join(","),
+        reasons = %reasons,
         multi_agent_recommended = analysis.multi_agent_recommended,
         rollout_bucket = analysis.rollout_bucket,
         score = analysis.score,

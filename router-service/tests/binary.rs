@@ -19,6 +19,8 @@ fn router() -> Command {
         "ROUTER_POLICY_POLL_INTERVAL",
         "TASKROUTER_METRICS_LISTEN",
         "TASKROUTER_LOG_FORMAT",
+        "TASKROUTER_LOG_DECISIONS_EVERY",
+        "RUST_LOG",
     ] {
         cmd.env_remove(var);
     }
@@ -62,6 +64,26 @@ fn a_bad_policy_is_one_line_naming_the_key_and_exit_code_two() {
             "error: --policy {}: rules.value_threshold_usd must be finite and >= 0\n",
             path.display()
         )
+    );
+}
+
+#[test]
+fn a_bad_shadow_policy_is_one_line_naming_the_flag_and_exit_code_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("candidate.toml");
+    std::fs::write(&path, "[multi_agent]\nrollout_percent = 101\n").unwrap();
+    let out = router()
+        .args(["--check-config", "--shadow-policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("error: --shadow-policy {}: ", path.display()))
+            && stderr.contains("multi_agent.rollout_percent")
+            && stderr.lines().count() == 1,
+        "{stderr}"
     );
 }
 
@@ -123,6 +145,7 @@ async fn the_binary_serves_route_and_exits_cleanly_on_sigterm() {
                 estimated_value_usd: 1.0,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -149,4 +172,91 @@ async fn the_binary_serves_route_and_exits_cleanly_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_lines_are_json_and_sampled_and_flushed_at_exit() {
+    let mut child = router()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-decisions-every",
+            "3",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("router listening") {
+                let _ = tx.send(line.clone());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let port: String = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let mut client = RouterClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    for i in 0..9 {
+        client
+            .route(RouteRequest {
+                task: Some(Task {
+                    id: format!("SAMPLED-{i}"),
+                    description: "Fix typo".into(),
+                    complexity: Complexity::Low as i32,
+                    estimated_value_usd: 1.0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    drop(client);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Everything logged before exit is on stderr: the writer thread was flushed.
+    let lines = reader.join().unwrap();
+    let decisions: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.contains("task routed"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        decisions.len(),
+        3,
+        "one in three of 9 decisions: {lines:#?}"
+    );
+    for d in &decisions {
+        assert_eq!(d["decision"], "single_agent", "{d}");
+        assert!(
+            d["task.id"].as_str().unwrap().starts_with("SAMPLED-"),
+            "{d}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("router stopped")),
+        "the last line before exit was lost: {lines:#?}"
+    );
 }

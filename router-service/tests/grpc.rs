@@ -2,24 +2,28 @@
 
 mod common;
 
-use common::{RunningRouter, task};
+use common::RunningRouter;
 use router_service::RouterConfig;
 use service_kit::validation::field_violations;
 use std::time::Duration;
 use taskrouter_proto::v1::{
     Complexity, GetPolicyRequest, ReasonCode, RouteRequest, RoutingDecision, Task,
 };
+use test_support::client::task;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 fn valid() -> Task {
-    task("TASK-1", "Fix typo in README", Complexity::Low, 10.0)
+    task(
+        "TASK-1",
+        "Fix typo in README",
+        Complexity::Low,
+        10.0,
+        &[],
+        &[],
+    )
 }
 
 #[tokio::test]
@@ -30,6 +34,7 @@ async fn route_answers_with_the_full_analysis() {
     let simple = client
         .route(RouteRequest {
             task: Some(valid()),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -45,10 +50,15 @@ async fn route_answers_with_the_full_analysis() {
         "Rotate HIPAA credentials and deploy to production",
         Complexity::High,
         500.0,
+        &[],
+        &[],
     );
     t.repositories = vec!["org/a".into(), "org/b".into()];
     let multi = client
-        .route(RouteRequest { task: Some(t) })
+        .route(RouteRequest {
+            task: Some(t),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -156,7 +166,13 @@ async fn each_invalid_input_names_its_field() {
         ),
     ];
     for (field, task) in cases {
-        let status = client.route(RouteRequest { task }).await.unwrap_err();
+        let status = client
+            .route(RouteRequest {
+                task,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         let violations = field_violations(&status);
         assert_eq!(violations.len(), 1, "{field}: {violations:?}");
@@ -178,7 +194,10 @@ async fn several_invalid_fields_come_back_in_one_status() {
     let status = router
         .client()
         .await
-        .route(RouteRequest { task: Some(bad) })
+        .route(RouteRequest {
+            task: Some(bad),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     let fields: Vec<String> = field_violations(&status)
@@ -258,33 +277,69 @@ async fn health_reports_serving_and_turns_not_serving_on_shutdown() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn reflection_lists_the_router_service() {
-    let router = RunningRouter::start(RouterConfig::with_defaults()).await;
-    let mut reflection = ServerReflectionClient::new(router.channel().await);
+/// The services `grpc.reflection.v1` lists, asked the way current clients ask.
+async fn list_services_v1(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection
+    let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::iter(vec![request]))
         .await
         .unwrap()
         .into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response: {response:?}");
+        panic!("unexpected v1 reflection response: {response:?}");
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"taskrouter.v1.Router".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
-    drop(responses);
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+/// The same through `grpc.reflection.v1alpha`, the version grpcio-reflection, Evans,
+/// Postman and older grpcurl speak.
+async fn list_services_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection response: {response:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_the_router_service() {
+    let router = RunningRouter::start(RouterConfig::with_defaults()).await;
+    let v1 = list_services_v1(router.channel().await).await;
+    let v1alpha = list_services_v1alpha(router.channel().await).await;
+    for names in [&v1, &v1alpha] {
+        for expected in [
+            "taskrouter.v1.Router",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing: {names:?}"
+            );
+        }
+    }
     router.stop().await;
 }
 
@@ -295,6 +350,7 @@ async fn a_bad_policy_file_fails_serve_before_serving() {
     std::fs::write(&path, "[rules]\nvalue_threshold_usd = -1.0\n").unwrap();
     let config = RouterConfig {
         policy_path: Some(path),
+        shadow_policy_path: None,
         ..RouterConfig::with_defaults()
     };
     let router = RunningRouter::start(config).await;
@@ -328,6 +384,7 @@ async fn a_description_at_the_size_limit_is_routed() {
                 description,
                 ..valid()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -13,38 +13,15 @@ use std::process::Command;
 use std::time::Duration;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{Complexity, GetPolicyRequest, RouteRequest};
-use test_support::{ServiceProcess, TestPki, free_port, wait_for_grpc_serving_at};
+use test_support::client::{endpoint, tls_endpoint};
+use test_support::{ServiceProcess, TestPki, free_port, health_status, wait_for_grpc_serving_at};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const TOKEN: &str = "router-health-port-token-0123456789";
 const BIN: &str = env!("CARGO_BIN_EXE_router-service");
-
-fn plain(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-}
-
-fn tls(pki: &TestPki, port: u16) -> Endpoint {
-    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(pki.client_config())
-        .unwrap()
-}
-
-async fn status(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
-}
 
 fn with_token<T>(message: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
@@ -55,12 +32,15 @@ fn with_token<T>(message: T) -> tonic::Request<T> {
 
 fn route_request() -> RouteRequest {
     RouteRequest {
-        task: Some(common::task(
+        task: Some(test_support::client::task(
             "health-port",
             "fix a typo",
             Complexity::Low,
             1.0,
+            &[],
+            &[],
         )),
+        ..Default::default()
     }
 }
 
@@ -84,18 +64,20 @@ async fn the_health_port_mirrors_the_tls_port_and_serves_nothing_else() {
     let pki = TestPki::generate();
     let health_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let router = RunningRouter::start(secured_config(&pki, health_addr)).await;
-    let main = tls(&pki, router.addr.port());
+    let main = tls_endpoint(router.addr.port(), pki.client_config());
     assert!(
         wait_for_grpc_serving_at(main.clone(), SERVICE_NAME, Duration::from_secs(10)).await,
         "router never became SERVING on its TLS port"
     );
     let main_channel = main.connect().await.unwrap();
-    let health_channel = plain(health_addr).connect().await.unwrap();
+    let health_channel = endpoint(health_addr).connect().await.unwrap();
 
     // Same statuses on both ports, without a token on either.
     for service in [SERVICE_NAME, ""] {
-        let on_main = status(main_channel.clone(), service).await.unwrap();
-        let on_health = status(health_channel.clone(), service).await.unwrap();
+        let on_main = health_status(main_channel.clone(), service).await.unwrap();
+        let on_health = health_status(health_channel.clone(), service)
+            .await
+            .unwrap();
         assert_eq!(on_health, ServingStatus::Serving as i32, "{service:?}");
         assert_eq!(on_health, on_main, "{service:?}");
     }
@@ -156,10 +138,10 @@ async fn the_health_port_mirrors_the_tls_port_and_serves_nothing_else() {
         .unwrap()
         .unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
-    let fresh = plain(health_addr).connect().await.unwrap();
+    let fresh = endpoint(health_addr).connect().await.unwrap();
     for service in [SERVICE_NAME, ""] {
         assert_eq!(
-            status(fresh.clone(), service).await.unwrap(),
+            health_status(fresh.clone(), service).await.unwrap(),
             ServingStatus::NotServing as i32,
             "{service:?} while draining"
         );
@@ -182,7 +164,7 @@ async fn the_health_port_mirrors_the_tls_port_and_serves_nothing_else() {
         .expect("serve returned after shutdown")
         .unwrap()
         .unwrap();
-    let gone = plain(health_addr)
+    let gone = endpoint(health_addr)
         .connect_timeout(Duration::from_secs(1))
         .connect()
         .await;
@@ -227,12 +209,18 @@ async fn the_binary_takes_the_health_port_from_its_environment() {
         ],
     );
     assert!(
-        wait_for_grpc_serving_at(plain(health_addr), SERVICE_NAME, Duration::from_secs(20)).await,
+        wait_for_grpc_serving_at(endpoint(health_addr), SERVICE_NAME, Duration::from_secs(20))
+            .await,
         "no plaintext health on {health}: {}",
         child.log_contents()
     );
     assert!(
-        wait_for_grpc_serving_at(tls(&pki, port), SERVICE_NAME, Duration::from_secs(5)).await,
+        wait_for_grpc_serving_at(
+            tls_endpoint(port, pki.client_config()),
+            SERVICE_NAME,
+            Duration::from_secs(5)
+        )
+        .await,
         "the gRPC port does not serve TLS: {}",
         child.log_contents()
     );

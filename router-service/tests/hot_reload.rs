@@ -3,11 +3,12 @@
 
 mod common;
 
-use common::{RunningRouter, task};
+use common::RunningRouter;
 use router_service::RouterConfig;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::{Complexity, GetPolicyRequest, RouteRequest, RoutingDecision};
+use test_support::client::task;
 
 const PERCENT_10: &str = "[multi_agent]\nrollout_percent = 10\n";
 const PERCENT_100: &str = "[multi_agent]\nrollout_percent = 100\n";
@@ -15,6 +16,7 @@ const PERCENT_100: &str = "[multi_agent]\nrollout_percent = 100\n";
 fn config(path: &Path, poll: Duration) -> RouterConfig {
     RouterConfig {
         policy_path: Some(path.to_path_buf()),
+        shadow_policy_path: None,
         reload_poll_interval: poll,
         ..RouterConfig::with_defaults()
     }
@@ -107,7 +109,8 @@ async fn an_invalid_rewrite_keeps_the_old_policy_in_force() {
         .client()
         .await
         .route(RouteRequest {
-            task: Some(task("TASK-1", "Fix typo", Complexity::Low, 1.0)),
+            task: Some(task("TASK-1", "Fix typo", Complexity::Low, 1.0, &[], &[])),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -146,9 +149,12 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     let router = RunningRouter::start(config(&path, Duration::ZERO)).await;
     assert_eq!(router.policy_version().await, version_of(PERCENT_10));
     let mut client = router.client().await;
-    let high = || task("TEST-FEATURE-001", "x", Complexity::High, 0.0);
+    let high = || task("TEST-FEATURE-001", "x", Complexity::High, 0.0, &[], &[]);
     let before = client
-        .route(RouteRequest { task: Some(high()) })
+        .route(RouteRequest {
+            task: Some(high()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -167,7 +173,10 @@ async fn a_configmap_symlink_swap_is_picked_up() {
         "symlink swap not picked up"
     );
     let after = client
-        .route(RouteRequest { task: Some(high()) })
+        .route(RouteRequest {
+            task: Some(high()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

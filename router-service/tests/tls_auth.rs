@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 use taskrouter_proto::v1::GetPolicyRequest;
 use taskrouter_proto::v1::router_client::RouterClient;
+use test_support::client::{endpoint, tls_endpoint};
 use test_support::{ServiceProcess, TestPki, free_port, wait_for_grpc_serving_at};
 use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -26,20 +27,6 @@ fn tls_args(pki: &TestPki, mutual: bool) -> ServerTlsArgs {
         tls_key: Some(pki.server_key.clone()),
         tls_client_ca: mutual.then(|| pki.ca.clone()),
     }
-}
-
-fn https(router: &RunningRouter, tls: ClientTlsConfig) -> Endpoint {
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", router.addr.port()))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .unwrap()
-}
-
-fn plain(router: &RunningRouter) -> Endpoint {
-    Endpoint::from_shared(format!("http://{}", router.addr))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
 }
 
 /// Starts a router and waits until health, reached through `endpoint`, says SERVING.
@@ -77,8 +64,8 @@ async fn tls_serves_tls_clients_and_refuses_plaintext() {
     let pki = TestPki::generate();
     let mut config = RouterConfig::with_defaults();
     config.server.tls = tls_args(&pki, false);
-    let router = start(config, |r| https(r, pki.client_config())).await;
-    let endpoint = https(&router, pki.client_config());
+    let router = start(config, |r| tls_endpoint(r.addr.port(), pki.client_config())).await;
+    let endpoint = tls_endpoint(router.addr.port(), pki.client_config());
     let channel = endpoint.connect().await.unwrap();
     assert!(!get_policy(channel, None).await.unwrap().is_empty());
 
@@ -111,8 +98,11 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let pki = TestPki::generate();
     let mut config = RouterConfig::with_defaults();
     config.server.tls = tls_args(&pki, true);
-    let router = start(config, |r| https(r, pki.client_config_with_identity())).await;
-    let good = https(&router, pki.client_config_with_identity());
+    let router = start(config, |r| {
+        tls_endpoint(r.addr.port(), pki.client_config_with_identity())
+    })
+    .await;
+    let good = tls_endpoint(router.addr.port(), pki.client_config_with_identity());
     assert!(
         !get_policy(good.connect().await.unwrap(), None)
             .await
@@ -127,7 +117,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
             pki.client_config_with_rogue_identity(),
         ),
     ] {
-        let endpoint = https(&router, tls).timeout(Duration::from_secs(5));
+        let endpoint = tls_endpoint(router.addr.port(), tls).timeout(Duration::from_secs(5));
         let served = match endpoint.connect().await {
             Err(_) => false,
             Ok(channel) => get_policy(channel, None).await.is_ok(),
@@ -142,8 +132,8 @@ async fn bearer_token_guards_everything_but_health() {
     let mut config = RouterConfig::with_defaults();
     config.server.auth.auth_token = Some(Secret::new(TOKEN));
     // `start` waits on health without a token: health is open for probes.
-    let router = start(config, plain).await;
-    let endpoint = plain(&router);
+    let router = start(config, |r| endpoint(r.addr)).await;
+    let endpoint = endpoint(router.addr);
     let channel = endpoint.connect().await.unwrap();
 
     for token in [None, Some("wrong-token-0123456789abcdef"), Some("")] {

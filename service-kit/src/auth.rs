@@ -7,7 +7,7 @@
 //! for probes; reflection needs the token. Client side, [`ClientInterceptor`] sends the
 //! token and the W3C trace context. Tokens are never logged.
 
-use crate::security::{Secret, SecurityError, read_file};
+use crate::credentials::{Secret, SecurityError, read_file};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -165,8 +165,8 @@ pub fn is_open_path(path: &str) -> bool {
 }
 
 /// Tower layer that checks the bearer token before any handler runs (a no-op without a
-/// token). Applied to the whole server by [`crate::server::ServerArgs::builder`], so a
-/// service added later cannot forget it.
+/// token). The server builder applies it to the whole server, so a service added later
+/// cannot forget it.
 #[derive(Clone, Debug, Default)]
 pub struct AuthLayer {
     token: Option<Arc<BearerToken>>,
@@ -222,11 +222,10 @@ where
             && !is_open_path(req.uri().path())
             && !token.verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
         {
-            let (service, _) = crate::server::split_grpc_path(req.uri().path());
+            let (service, _) = crate::grpc_path::split(req.uri().path());
             // The service name only: paths of unknown services are caller-chosen text.
             tracing::debug!(rpc.service = %service.chars().take(64).collect::<String>(), "call rejected: {REJECTION}");
-            let span = tracing::Span::current();
-            span.record("rpc.grpc.status_code", tonic::Code::Unauthenticated as i32);
+            // The observation layer outside this one records the status on the span.
             metrics::counter!("taskrouter_auth_rejected_total").increment(1);
             let response = tonic::Status::unauthenticated(REJECTION).into_http();
             return futures::future::Either::Right(futures::future::ready(Ok(response)));

@@ -2,13 +2,12 @@
 //!
 //! Kubernetes' native gRPC probes speak neither TLS nor bearer tokens, so a service whose
 //! gRPC port requires TLS would fail its own probes. This second port serves only
-//! `grpc.health.v1.Health`, in plaintext and without a token, from the same
-//! [`crate::server::HealthReporter`] state as the main port, so both always report the
-//! same SERVING / NOT_SERVING. Every other service is UNIMPLEMENTED there. It stays up
-//! while the main server drains (reporting NOT_SERVING) and stops after it.
+//! `grpc.health.v1.Health`, in plaintext and without a token, from the same health
+//! reporter as the main port, so both always report the same SERVING / NOT_SERVING.
+//! Every other service is UNIMPLEMENTED there. It stays up while the main server drains
+//! (reporting NOT_SERVING) and stops after it.
 
 use crate::Shutdown;
-use crate::auth::AuthLayer;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -80,18 +79,20 @@ impl HealthPort {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        // The no-op auth layer gives this server the main server's type, so both share
-        // `serve` and its bounded drain; health is open on the main port as well.
         let router = Server::builder()
             .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
             .load_shed(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
-            .layer(AuthLayer::new(None))
             .add_service(health);
         let stop = Shutdown::new();
-        let task = tokio::spawn(crate::server::serve(router, listener, stop.clone(), DRAIN));
+        let waiter = stop.clone();
+        let server = router
+            .serve_with_incoming_shutdown(crate::drain::incoming(listener), async move {
+                waiter.wait().await
+            });
+        let until = stop.clone();
+        let task = tokio::spawn(async move { crate::drain::bounded(server, &until, DRAIN).await });
         tracing::info!(%addr, "health port listening (plaintext, grpc.health.v1 only)");
         Self {
             addr,
@@ -128,7 +129,7 @@ impl Drop for HealthPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::ServingStatus;
+    use tonic_health::ServingStatus;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
@@ -149,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_reporters_status_and_stops() {
-        let (reporter, health) = crate::server::health();
+        let (reporter, health) = tonic_health::server::health_reporter();
         reporter
             .set_service_status("svc", ServingStatus::Serving)
             .await;
@@ -200,7 +201,7 @@ mod tests {
     #[tokio::test]
     async fn a_taken_address_is_a_bind_error_naming_the_setting() {
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (_, health) = crate::server::health();
+        let (_, health) = tonic_health::server::health_reporter();
         let e = HealthPort::bind(taken.local_addr().unwrap(), health)
             .await
             .unwrap_err();

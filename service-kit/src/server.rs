@@ -1,45 +1,50 @@
-//! The gRPC server settings both services share, and the pieces every server mounts:
-//! health (optionally also on a plaintext health-only port), reflection and the serve
-//! loop over an already-bound listener.
+//! The one server builder both services (and any gRPC server of the project) use:
+//! [`ServiceServer`] registers generated services (each with its health name), serves
+//! health and reflection (`grpc.reflection.v1` and `v1alpha`) for the descriptor sets
+//! given, applies observation, the size-limit status and bearer-token auth as tower
+//! layers around every route, optionally mirrors health on the plaintext health-only
+//! port, and runs the health lifecycle of [`crate::health`]: NOT_SERVING at start,
+//! SERVING when the dependency check answers, NOT_SERVING on shutdown, then the drain.
 
 use crate::Shutdown;
 use crate::auth::{AuthLayer, BearerToken, ServerAuthArgs};
+use crate::health::{HealthReporter, Lifecycle, Readiness};
 use crate::health_port::{HealthPort, HealthPortError};
+use crate::observe::ObserveLayer;
 use crate::security::SecurityError;
+use crate::size_limit::OversizeLayer;
 use crate::tls::ServerTlsArgs;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::ServerTlsConfig;
-use tower_layer::{Identity, Stack};
+use tonic_health::server::HealthService;
 
-/// The server builder [`ServerArgs::builder`] returns: tonic's, with the auth layer.
-pub type SecuredServer = Server<Stack<AuthLayer, Identity>>;
-/// A [`SecuredServer`] with its services added, ready for [`serve`].
-pub type SecuredRouter = tonic::transport::server::Router<Stack<AuthLayer, Identity>>;
-
-pub use tonic_health::ServingStatus;
-pub use tonic_health::server::HealthReporter;
+pub use crate::health::ServingStatus;
 
 /// Transport settings common to both services (flags and env vars).
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerArgs {
     /// Server-side deadline for every call; 0 (the default) leaves deadlines to the
     /// client's `grpc-timeout`, since the executor's `Run` waits for its task.
-    #[arg(long, env = "TASKROUTER_REQUEST_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKROUTER_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// Requests served at once per HTTP/2 connection; excess requests are shed with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
-    #[arg(long, env = "TASKROUTER_CONCURRENCY_LIMIT", default_value_t = 256)]
+    #[arg(long, env = "TASKROUTER_CONCURRENCY_LIMIT", default_value_t = defaults::CONCURRENCY_LIMIT)]
     pub concurrency_limit_per_connection: usize,
     /// Connections are closed gracefully after this age so clients reconnect and
     /// long-lived HTTP/2 connections rebalance across pods.
-    #[arg(long, env = "TASKROUTER_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKROUTER_MAX_CONNECTION_AGE", default_value = defaults::MAX_CONNECTION_AGE, value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
     /// On shutdown, how long open connections may keep in-flight calls going before
     /// they are closed.
-    #[arg(long, env = "TASKROUTER_DRAIN_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKROUTER_DRAIN_TIMEOUT", default_value = defaults::DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// TLS (and mutual TLS) of the gRPC port.
     #[command(flatten)]
@@ -63,13 +68,33 @@ pub struct ServerSecurity {
     pub token: Option<BearerToken>,
 }
 
+/// The defaults of [`ServerArgs`], written once: clap shows and parses these texts, and
+/// `Default` parses the same ones.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `--request-timeout`: none; deadlines are the client's.
+    pub const REQUEST_TIMEOUT: &str = "0s";
+    /// `--concurrency-limit-per-connection`.
+    pub const CONCURRENCY_LIMIT: usize = 256;
+    /// `--max-connection-age`.
+    pub const MAX_CONNECTION_AGE: &str = "5m";
+    /// `--drain-timeout`.
+    pub const DRAIN_TIMEOUT: &str = "15s";
+
+    /// One of the duration texts above as a `Duration` (a test checks they all parse).
+    pub fn duration(text: &str) -> Duration {
+        humantime::parse_duration(text).unwrap_or_default()
+    }
+}
+
 impl Default for ServerArgs {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::ZERO,
-            concurrency_limit_per_connection: 256,
-            max_connection_age: Duration::from_secs(300),
-            drain_timeout: Duration::from_secs(15),
+            request_timeout: defaults::duration(defaults::REQUEST_TIMEOUT),
+            concurrency_limit_per_connection: defaults::CONCURRENCY_LIMIT,
+            max_connection_age: defaults::duration(defaults::MAX_CONNECTION_AGE),
+            drain_timeout: defaults::duration(defaults::DRAIN_TIMEOUT),
             tls: ServerTlsArgs::default(),
             auth: ServerAuthArgs::default(),
             health_listen: String::new(),
@@ -92,19 +117,6 @@ impl ServerArgs {
         crate::health_port::parse_addr(&self.health_listen)
     }
 
-    /// Binds `--health-listen`, if set, and serves `health` there (plaintext, no token,
-    /// nothing else; see [`crate::health_port`]). Pass the health service mounted on the
-    /// main port, so both report the same statuses; stop the port after the main server.
-    pub async fn start_health_port<S: tonic_health::pb::health_server::Health>(
-        &self,
-        health: tonic_health::pb::health_server::HealthServer<S>,
-    ) -> Result<Option<HealthPort>, HealthPortError> {
-        match self.health_addr()? {
-            Some(addr) => HealthPort::bind(addr, health).await.map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// `plaintext`, `tls` or `mtls`, plus whether a token is required: for the startup log.
     pub fn security_summary(&self) -> String {
         let auth = if self.auth.auth_token_file.is_some() || self.auth.auth_token.is_some() {
@@ -114,225 +126,260 @@ impl ServerArgs {
         };
         format!("transport={} auth={auth}", self.tls.mode())
     }
+}
 
-    /// A tonic server builder with these settings, TLS when configured, the bearer-token
-    /// check in front of every service but health, HTTP/2 keepalive and one span per
-    /// request named `package.Service/Method` (RPC semantic conventions), parented on
-    /// the caller's W3C trace context. Request bodies are never recorded. Reads the TLS
-    /// and token files.
-    pub fn builder(&self) -> Result<SecuredServer, SecurityError> {
-        let security = self.load_security()?;
-        self.builder_with(security)
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A TLS or token setting is unusable (a configuration error).
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The health-only port is misconfigured or cannot be bound.
+    #[error(transparent)]
+    HealthPort(#[from] HealthPortError),
+    /// The reflection service cannot be built from the descriptor sets (a build defect).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed while serving.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServeError {
+    /// Whether the error is a configuration error (exit code 2) rather than the
+    /// environment refusing.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Security(_) | Self::HealthPort(HealthPortError::Addr(_))
+        )
+    }
+}
+
+/// The layers around every route, outermost first: observation (so it sees every
+/// status, rejections included), the size-limit status, then authentication.
+type Layers = tower_layer::Stack<
+    AuthLayer,
+    tower_layer::Stack<OversizeLayer, tower_layer::Stack<ObserveLayer, tower_layer::Identity>>,
+>;
+
+/// The server builder (see the module docs). Add services with [`ServiceServer::service`],
+/// then [`ServiceServer::start`] it and [`StartedServer::serve`] a listener.
+#[derive(Debug)]
+pub struct ServiceServer {
+    args: ServerArgs,
+    security: ServerSecurity,
+    routes: Routes,
+    names: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+    readiness: Option<Readiness>,
+}
+
+impl ServiceServer {
+    /// A server with `args`' transport settings and the already-loaded `security`.
+    pub fn new(args: &ServerArgs, security: ServerSecurity) -> Self {
+        Self {
+            args: args.clone(),
+            security,
+            routes: Routes::default(),
+            names: Vec::new(),
+            descriptor_sets: Vec::new(),
+            readiness: None,
+        }
     }
 
-    /// Like [`Self::builder`], with already-loaded security settings.
-    pub fn builder_with(&self, security: ServerSecurity) -> Result<SecuredServer, SecurityError> {
-        let mut b = Server::builder()
-            .concurrency_limit_per_connection(self.concurrency_limit_per_connection.max(1))
+    /// Registers a generated gRPC service; its name is reported by health.
+    pub fn service<S>(mut self, svc: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(svc);
+        self
+    }
+
+    /// Registers an encoded `FileDescriptorSet` with reflection.
+    pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// Reports SERVING only while `readiness` answers; without it the server is SERVING
+    /// as soon as it serves.
+    pub fn ready_when(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// Builds health and reflection, applies the TLS config and binds the health-only
+    /// port (if configured); every status is NOT_SERVING until [`StartedServer::serve`].
+    /// Nothing is left running on an error.
+    pub async fn start(self) -> Result<StartedServer, ServeError> {
+        let reporter = HealthReporter::new();
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            HealthService::from_health_reporter(reporter.clone()),
+        );
+        let lifecycle = Lifecycle::start(reporter, self.names.clone().into()).await;
+        let (v1, v1alpha) = reflection(&self.descriptor_sets)?;
+
+        let mut known = self.names.clone();
+        known.extend([
+            <tonic_health::pb::health_server::HealthServer<HealthService> as NamedService>::NAME,
+            REFLECTION_V1,
+            REFLECTION_V1ALPHA,
+        ]);
+        let mut server = Server::builder()
+            .concurrency_limit_per_connection(self.args.concurrency_limit_per_connection.max(1))
             .load_shed(true)
-            .max_connection_age(self.max_connection_age)
+            .max_connection_age(self.args.max_connection_age)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
-            .trace_fn(request_span);
-        if !self.request_timeout.is_zero() {
-            b = b.timeout(self.request_timeout);
+            .trace_fn(crate::observe::request_span);
+        if !self.args.request_timeout.is_zero() {
+            server = server.timeout(self.args.request_timeout);
         }
-        if let Some(tls) = security.tls {
+        if let Some(tls) = self.security.tls {
             crate::tls::install_crypto_provider();
-            b = b.tls_config(tls).map_err(|e| {
+            server = server.tls_config(tls).map_err(|e| {
                 SecurityError::Config(format!(
                     "--tls-cert / --tls-key: unusable ({})",
                     crate::tls::error_chain(&e)
                 ))
             })?;
         }
-        Ok(b.layer(AuthLayer::new(security.token)))
-    }
-}
+        let mut server: Server<Layers> = server
+            .layer(ObserveLayer::new(known))
+            .layer(OversizeLayer)
+            .layer(AuthLayer::new(self.security.token));
+        let router = server
+            .add_routes(self.routes)
+            .add_service(health.clone())
+            .add_service(v1)
+            .add_service(v1alpha);
 
-/// The server span of one gRPC request.
-pub fn request_span(req: &http::Request<()>) -> tracing::Span {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let path = req.uri().path();
-    let (service, method) = split_grpc_path(path);
-    let (host, port) = req
-        .uri()
-        .authority()
-        .map(|a| (a.host().to_string(), a.port_u16().unwrap_or(0)))
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "grpc.server",
-        otel.name = %path.trim_start_matches('/'),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        server.address = %host,
-        server.port = port,
-        trace_id = tracing::field::Empty,
-    );
-    let parent = crate::trace_context::extract(req.headers());
-    let remote = parent.span().span_context().clone();
-    let _ = span.set_parent(parent);
-    let own = span.context().span().span_context().clone();
-    let trace = if own.is_valid() { own } else { remote };
-    if trace.is_valid() {
-        span.record("trace_id", tracing::field::display(trace.trace_id()));
-    }
-    span
-}
-
-/// Wraps a generated gRPC server so every call records its status code on the request
-/// span and in `taskrouter_rpc_duration_seconds{service,method,code}`.
-#[derive(Clone, Debug)]
-pub struct Observed<S> {
-    inner: S,
-}
-
-impl<S> Observed<S> {
-    /// Observes `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for Observed<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> tower_service::Service<http::Request<B>> for Observed<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + tonic::server::NamedService
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = split_grpc_path(req.uri().path()).1.to_string();
-        let started = std::time::Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            // Errors are sent trailers-only, so their status is in the headers; a
-            // response without one is OK (a stream's final status is not known yet).
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(tonic::Code::from)
-                .unwrap_or(tonic::Code::Ok);
-            let span = tracing::Span::current();
-            span.record("rpc.grpc.status_code", code as i32);
-            if is_server_error(code) {
-                span.record("otel.status_code", "ERROR");
-            }
-            // Unknown paths would make label values unbounded.
-            let method = if code == tonic::Code::Unimplemented {
-                "unknown".to_string()
-            } else {
-                method
-            };
-            metrics::histogram!(
-                "taskrouter_rpc_duration_seconds",
-                "service" => S::NAME,
-                "method" => method,
-                "code" => format!("{code:?}"),
-            )
-            .record(started.elapsed().as_secs_f64());
-            Ok(resp)
+        let health_port = match self.args.health_addr()? {
+            Some(addr) => Some(HealthPort::bind(addr, health).await?),
+            None => None,
+        };
+        Ok(StartedServer {
+            router,
+            lifecycle,
+            readiness: self.readiness,
+            health_port,
+            drain_timeout: self.args.drain_timeout,
         })
     }
 }
 
-/// Codes that mark a server-side failure (per the RPC semantic conventions).
-fn is_server_error(code: tonic::Code) -> bool {
-    use tonic::Code::*;
-    matches!(
-        code,
-        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
-    )
-}
+/// gRPC names of the two reflection services.
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
-/// Splits `/pkg.Service/Method` into (`pkg.Service`, `Method`).
-pub fn split_grpc_path(path: &str) -> (&str, &str) {
-    let p = path.trim_start_matches('/');
-    match p.split_once('/') {
-        Some((s, m)) => (s, m),
-        None => (p, ""),
-    }
-}
-
-/// The standard `grpc.health.v1` service and its reporter.
-pub fn health() -> (
-    HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    tonic_health::server::health_reporter()
-}
-
-/// Server reflection (v1) for the given encoded descriptor sets.
-pub fn reflection(
+/// Reflection in both versions over the same descriptors (health's and both reflection
+/// services' included): `v1` for current clients, `v1alpha` for the many that still
+/// speak only it (grpcio-reflection, Evans, Postman, older grpcurl).
+fn reflection(
     descriptor_sets: &[&'static [u8]],
 ) -> Result<
-    tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
-        impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
-    >,
+    (
+        tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
+            impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
+        >,
+        tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer<
+            impl tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflection,
+        >,
+    ),
     tonic_reflection::server::Error,
 > {
-    let mut b = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for fds in descriptor_sets {
-        b = b.register_encoded_file_descriptor_set(fds);
-    }
-    b.build_v1()
+    let configure = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        for fds in descriptor_sets {
+            b = b.register_encoded_file_descriptor_set(fds);
+        }
+        b
+    };
+    Ok((configure().build_v1()?, configure().build_v1alpha()?))
 }
 
-/// Serves `router` on an already-bound listener until `shutdown` fires, then stops
-/// accepting connections and lets in-flight calls finish for up to `drain_timeout`.
-pub async fn serve(
-    router: SecuredRouter,
-    listener: TcpListener,
-    shutdown: Shutdown,
+/// A built server, NOT_SERVING until it serves (see [`ServiceServer::start`]).
+#[derive(Debug)]
+pub struct StartedServer {
+    router: tonic::transport::server::Router<Layers>,
+    lifecycle: Lifecycle,
+    readiness: Option<Readiness>,
+    health_port: Option<HealthPort>,
     drain_timeout: Duration,
-) -> Result<(), tonic::transport::Error> {
-    // Tonic applies the builder's `tcp_nodelay` only to listeners it binds itself; an
-    // accepted socket with Nagle on holds small responses back ~40 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let waiter = shutdown.clone();
-    let server = router.serve_with_incoming_shutdown(incoming, async move { waiter.wait().await });
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => return r,
-        _ = shutdown.wait() => {}
+}
+
+impl StartedServer {
+    /// The health-only port's address, when it is on.
+    pub fn health_port_addr(&self) -> Option<SocketAddr> {
+        self.health_port.as_ref().map(HealthPort::local_addr)
     }
-    // Draining: clients that keep connections open get `drain_timeout`, not forever.
-    match tokio::time::timeout(drain_timeout, &mut server).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!(
-                ?drain_timeout,
-                "connections still open after the drain timeout; closing them"
-            );
-            Ok(())
+
+    /// Serves `listener` until `shutdown` fires (see [`StartedServer::serve_until`]).
+    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServeError> {
+        self.serve_until(listener, shutdown, std::future::ready(()))
+            .await
+    }
+
+    /// Serves `listener` and runs the health lifecycle until `shutdown` fires; then
+    /// reports NOT_SERVING, stops accepting, lets in-flight calls finish for up to the
+    /// drain timeout while `wind_down` (the service's own background work) completes,
+    /// and stops the health-only port last, so probes see NOT_SERVING throughout.
+    pub async fn serve_until(
+        self,
+        listener: TcpListener,
+        shutdown: Shutdown,
+        wind_down: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        // The server drains on `drain`, which fires only after health says NOT_SERVING.
+        let drain = Shutdown::new();
+        let lifecycle = {
+            let (drain, shutdown) = (drain.clone(), shutdown.clone());
+            let (lifecycle, readiness) = (self.lifecycle, self.readiness);
+            async move {
+                lifecycle.run(readiness, shutdown).await;
+                drain.trigger();
+            }
+        };
+        let waiter = drain.clone();
+        let server = self
+            .router
+            .serve_with_incoming_shutdown(crate::drain::incoming(listener), async move {
+                waiter.wait().await
+            });
+        let serving = async {
+            let result = crate::drain::bounded(server, &drain, self.drain_timeout).await;
+            // A server that failed on its own stops the whole service.
+            shutdown.trigger();
+            result
+        };
+        let wind_down = async {
+            shutdown.wait().await;
+            wind_down.await;
+        };
+        let (result, (), ()) = tokio::join!(serving, lifecycle, wind_down);
+        if let Some(port) = self.health_port {
+            port.stop().await;
         }
+        result.map_err(ServeError::from)
     }
 }
 
@@ -341,11 +388,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_paths_split_into_service_and_method() {
-        assert_eq!(
-            split_grpc_path("/taskrouter.v1.Router/Route"),
-            ("taskrouter.v1.Router", "Route")
-        );
-        assert_eq!(split_grpc_path("/odd"), ("odd", ""));
+    fn default_texts_parse() {
+        for text in [
+            defaults::REQUEST_TIMEOUT,
+            defaults::MAX_CONNECTION_AGE,
+            defaults::DRAIN_TIMEOUT,
+        ] {
+            assert!(humantime::parse_duration(text).is_ok(), "{text}");
+        }
+        let d = ServerArgs::default();
+        assert_eq!(d.drain_timeout, Duration::from_secs(15));
+        assert_eq!(d.max_connection_age, Duration::from_secs(300));
     }
 }

@@ -2,11 +2,17 @@
 //!
 //! - Logs: `tracing` to stderr, text or JSON, filtered by `RUST_LOG` (default `info`).
 //!   Request and task spans carry a `trace_id` field, so every line logged inside them
-//!   names its trace.
-//! - Traces: OpenTelemetry over OTLP/gRPC, configured only by the standard `OTEL_*`
-//!   variables, and off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. W3C trace context is always
-//!   propagated, so a caller's trace continues through the services either way.
+//!   names its trace. Lines are handed to a writer thread (`tracing-appender`'s
+//!   non-blocking writer) that writes them in batches, so a request never waits for
+//!   stderr; [`TelemetryGuard::shutdown`] (or dropping the guard) flushes what is left.
+//!   Decision lines can be sampled (see [`crate::log_sampling`]).
+//! - Traces: OpenTelemetry over OTLP/gRPC, configured only by `OTEL_*` variables, and off
+//!   unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//!   set. Which spans are exported is `OTEL_TRACES_FILTER`'s choice (same syntax as
+//!   `RUST_LOG`; default [`DEFAULT_TRACE_FILTER`], the services' own spans), independent
+//!   of the log filter: `RUST_LOG=debug` does not export h2/hyper/tonic connection spans.
+//!   W3C trace context is always propagated, so a caller's trace continues through the
+//!   services either way.
 //! - Metrics: Prometheus text on `--metrics-listen` (`GET /metrics`).
 //!
 //! Task descriptions can hold patient data: nothing here records request bodies; the
@@ -15,6 +21,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -38,7 +45,32 @@ pub struct TelemetryArgs {
     /// Address of the Prometheus `/metrics` HTTP endpoint; empty disables it.
     #[arg(long, env = "TASKROUTER_METRICS_LISTEN", default_value = "")]
     pub metrics_listen: String,
+    /// Write one in N routing-decision log lines (`task routed`): 1 writes every one, 0
+    /// none. Metrics and traces still count every decision.
+    #[arg(long, env = "TASKROUTER_LOG_DECISIONS_EVERY", default_value_t = 1)]
+    pub log_decisions_every: u64,
 }
+
+impl Default for TelemetryArgs {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            metrics_listen: String::new(),
+            log_decisions_every: 1,
+        }
+    }
+}
+
+/// Spans exported when `OTEL_TRACES_FILTER` is unset: the services' own, at info.
+pub const DEFAULT_TRACE_FILTER: &str = "router_service=info,executor_service=info,service_kit=info";
+/// Environment variable choosing the exported spans (`RUST_LOG` syntax).
+pub const TRACE_FILTER_ENV: &str = "OTEL_TRACES_FILTER";
+/// Spans buffered for export when `OTEL_BSP_MAX_QUEUE_SIZE` is unset: the SDK's 2,048
+/// overflows (and drops spans) within a fraction of a second at full load.
+const DEFAULT_BSP_MAX_QUEUE_SIZE: usize = 16_384;
+/// Spans per export request when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is unset: fewer, larger
+/// requests cost the exporter less per span (2,048 spans stay far below 4 MiB).
+const DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE: usize = 2_048;
 
 /// Telemetry setup errors.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +83,9 @@ pub enum TelemetryError {
     /// The Prometheus exporter could not start.
     #[error("--metrics-listen: cannot start the metrics endpoint: {0}")]
     Metrics(String),
+    /// `OTEL_TRACES_FILTER` is not a filter.
+    #[error("OTEL_TRACES_FILTER: {0}")]
+    TraceFilter(String),
     /// The OTLP exporter could not be built from the `OTEL_*` variables.
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {0}")]
     Otlp(String),
@@ -60,6 +95,8 @@ pub enum TelemetryError {
 #[must_use = "dropping the guard without shutdown() may lose the last spans"]
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Flushes the log writer thread when dropped.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl TelemetryGuard {
@@ -68,9 +105,13 @@ impl TelemetryGuard {
         self.provider.is_some()
     }
 
-    /// Flushes buffered spans and stops the exporter.
+    /// Flushes buffered spans and stops the exporter, then flushes the log.
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
+        let Self {
+            provider,
+            log_writer,
+        } = self;
+        if let Some(p) = provider {
             if let Err(e) = p.force_flush() {
                 tracing::warn!(error = %e, "flushing spans failed");
             }
@@ -78,6 +119,7 @@ impl TelemetryGuard {
                 tracing::warn!(error = %e, "stopping the span exporter failed");
             }
         }
+        drop(log_writer);
     }
 }
 
@@ -97,20 +139,40 @@ pub fn otlp_requested() -> bool {
 /// `OTEL_SERVICE_NAME` is unset). Must run inside the Tokio runtime: the OTLP exporter's
 /// gRPC channel is bound to it, and built outside it would silently export nothing.
 /// Later calls in the same process only return a non-exporting guard (tests rely on it).
-pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
-    init_with_filter(service_name, format, "info")
+pub fn init(service_name: &str, args: &TelemetryArgs) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, args, "info")
 }
 
-/// Like [`init`], with `default_filter` as the log filter when `RUST_LOG` is unset.
+/// Like [`init`] with default flags, and `default_filter` as the log filter when
+/// `RUST_LOG` is unset.
 pub fn init_with_filter(
     service_name: &str,
     format: LogFormat,
     default_filter: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    let args = TelemetryArgs {
+        log_format: format,
+        ..TelemetryArgs::default()
+    };
+    install(service_name, &args, default_filter)
+}
+
+/// Lines the writer thread holds before a request waits for it: at most this many lines
+/// of memory, and a line is never dropped.
+const LOG_BUFFER_LINES: usize = 65_536;
+/// Bytes gathered before one write to stderr (the writer flushes whenever it runs dry).
+const LOG_WRITE_BYTES: usize = 64 * 1024;
+
+fn install(
+    service_name: &str,
+    args: &TelemetryArgs,
+    default_filter: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let format = args.log_format;
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let provider = if otlp_requested() {
+    let (provider, trace_filter) = if otlp_requested() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
@@ -119,48 +181,103 @@ pub fn init_with_filter(
         if !env_set("OTEL_SERVICE_NAME") {
             resource = resource.with_service_name(service_name.to_string());
         }
-        // Sampler and batch settings come from OTEL_TRACES_SAMPLER[_ARG] and OTEL_BSP_*.
-        Some(
-            opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_resource(resource.build())
-                .with_batch_exporter(exporter)
-                .build(),
-        )
+        // Sampler from OTEL_TRACES_SAMPLER[_ARG]; batch settings from OTEL_BSP_*.
+        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch_config())
+            .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_span_processor(processor)
+            .build();
+        (Some(provider), Some(trace_filter()?))
     } else {
-        None
+        (None, None)
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BYTES,
+            std::io::stderr(),
+        ));
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
+        // The current span names the request and task; the full span list would repeat
+        // its fields on every line.
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .boxed(),
     };
-    let otel = provider.as_ref().map(|p| {
+    let filter = filter.and(crate::log_sampling::DecisionSampler::new(
+        args.log_decisions_every,
+    ));
+    // Each layer has its own filter: logs follow RUST_LOG, exported spans
+    // OTEL_TRACES_FILTER. Per-span work is kept to what the backend shows: no thread
+    // names (an allocation per span), no source locations (the target names the
+    // module), no busy/idle timing (two clock reads per poll).
+    let otel = provider.as_ref().zip(trace_filter).map(|(p, f)| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("taskrouter"))
             .with_error_records_to_exceptions(true)
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(f)
     });
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .is_ok();
     match provider {
         Some(p) if installed => {
             opentelemetry::global::set_tracer_provider(p.clone());
-            Ok(TelemetryGuard { provider: Some(p) })
+            Ok(TelemetryGuard {
+                provider: Some(p),
+                log_writer: Some(log_writer),
+            })
         }
-        _ => Ok(TelemetryGuard { provider: None }),
+        _ if installed => Ok(TelemetryGuard {
+            provider: None,
+            log_writer: Some(log_writer),
+        }),
+        _ => Ok(TelemetryGuard {
+            provider: None,
+            log_writer: None,
+        }),
     }
+}
+
+/// The exported-span filter: `OTEL_TRACES_FILTER`, or [`DEFAULT_TRACE_FILTER`].
+fn trace_filter() -> Result<EnvFilter, TelemetryError> {
+    match std::env::var(TRACE_FILTER_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(v.trim()).map_err(|e| TelemetryError::TraceFilter(e.to_string()))
+        }
+        _ => Ok(EnvFilter::new(DEFAULT_TRACE_FILTER)),
+    }
+}
+
+/// `OTEL_BSP_*` where set; otherwise the SDK's defaults but for a larger queue and batch.
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let mut b = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if !env_set("OTEL_BSP_MAX_QUEUE_SIZE") {
+        b = b.with_max_queue_size(DEFAULT_BSP_MAX_QUEUE_SIZE);
+    }
+    if !env_set("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        b = b.with_max_export_batch_size(DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE);
+    }
+    b.build()
 }
 
 /// Installs only logging (no trace export); kept for tools and tests.

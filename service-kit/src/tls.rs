@@ -6,7 +6,7 @@
 //! changes (a checksum annotation on the pod template, or a reloader), which also keeps
 //! every replica on the same material. tonic has no hot swap of a server identity.
 
-use crate::security::{SecurityError, read_file, setting_name};
+use crate::credentials::{SecurityError, read_file, setting_name};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;

@@ -199,67 +199,6 @@ pub fn check_task(
     }
 }
 
-/// Wraps a generated gRPC server so a request above its decoding limit is answered
-/// `RESOURCE_EXHAUSTED`, as the gRPC status-code table prescribes, instead of the
-/// `OUT_OF_RANGE` tonic's decoder reports. Everything else passes through unchanged.
-#[derive(Clone, Debug)]
-pub struct OversizeIsResourceExhausted<S> {
-    inner: S,
-}
-
-impl<S> OversizeIsResourceExhausted<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService
-    for OversizeIsResourceExhausted<S>
-{
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> tower_service::Service<http::Request<B>> for OversizeIsResourceExhausted<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            // A decoding failure is answered trailers-only: its status is in the headers.
-            if Status::from_header_map(resp.headers()).is_some_and(|s| is_oversize(&s)) {
-                resp.headers_mut().insert(
-                    "grpc-status",
-                    http::HeaderValue::from(Code::ResourceExhausted as i32),
-                );
-            }
-            Ok(resp)
-        })
-    }
-}
-
-/// Whether `status` is tonic's "decoded message length too large".
-fn is_oversize(status: &Status) -> bool {
-    status.code() == Code::OutOfRange
-        && status
-            .message()
-            .contains("decoded message length too large")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,19 +259,6 @@ mod tests {
         let got = field_violations(&status);
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].field, "task.estimated_value_usd");
-    }
-
-    #[test]
-    fn only_the_decoders_size_error_counts_as_oversize() {
-        assert!(is_oversize(&Status::out_of_range(
-            "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes"
-        )));
-        assert!(!is_oversize(&Status::out_of_range(
-            "iteration 7 is out of range"
-        )));
-        assert!(!is_oversize(&Status::internal(
-            "decoded message length too large"
-        )));
     }
 
     #[test]

@@ -141,8 +141,10 @@ pub enum Command {
     List(ListArgs),
     /// Live view: counts by status and the running tasks, refreshed in place (q quits).
     Top(TopArgs),
-    /// Show the router's policy in force.
-    Policy,
+    /// Show the router's policy in force, or compare a candidate with it (`policy diff`).
+    Policy(PolicyArgs),
+    /// Show or steer the rollout controller (status, pause, resume, abort).
+    Rollout(RolloutArgs),
     /// Start both services in this process and run the plan's scenarios through them.
     Demo(DemoArgs),
     /// Measure throughput and latency over loopback gRPC (route, baseline, execute, redis).
@@ -396,6 +398,83 @@ pub struct DemoArgs {
     /// Use Redis at this URL instead of the in-memory store.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+}
+
+/// Flags of `policy`.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// Without a subcommand: show the policy in force.
+    #[command(subcommand)]
+    pub action: Option<PolicyAction>,
+}
+
+/// Subcommands of `policy`.
+#[derive(Subcommand, Debug)]
+pub enum PolicyAction {
+    /// Re-evaluate recorded tasks under the live and a candidate policy, and show which
+    /// tasks flip and how each group fared on the path it took.
+    Diff(DiffArgs),
+}
+
+/// Flags of `policy diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The candidate policy TOML file.
+    pub candidate: PathBuf,
+    /// Tasks finished within this long (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = parse_timeout)]
+    pub since: Duration,
+    /// Compare with this policy file instead of the one the router (--router) serves.
+    #[arg(long, value_name = "FILE")]
+    pub live: Option<PathBuf>,
+    /// Where the executor's records are.
+    #[command(flatten)]
+    pub records: RecordsArgs,
+}
+
+/// Where the executor's task records (and the rollout's record) are kept.
+#[derive(Args, Debug, Clone)]
+pub struct RecordsArgs {
+    /// Redis URL of the executor's records.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub redis_url: String,
+    /// Prefix of the executor's Redis keys (its --key-prefix).
+    #[arg(long, env = "TASKCTL_KEY_PREFIX", default_value = "taskrouter")]
+    pub key_prefix: String,
+}
+
+/// Flags of `rollout`.
+#[derive(Args, Debug)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: RolloutAction,
+    /// Where the rollout's record is.
+    #[command(flatten)]
+    pub records: RecordsArgs,
+}
+
+/// Subcommands of `rollout`.
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum RolloutAction {
+    /// Show the current step, gates and history.
+    Status {
+        /// How many history events to show.
+        #[arg(long, default_value_t = 20)]
+        events: usize,
+    },
+    /// Hold at the current step (failing gates still roll back).
+    Pause,
+    /// Continue a paused rollout.
+    Resume,
+    /// Set rollout_percent to 0 and stop the rollout.
+    Abort,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -39,7 +39,13 @@ pub async fn route(cli: &Cli, args: &TaskArgs) -> Result<Exit> {
         &conn,
         "Route",
         t,
-        client.route(request(RouteRequest { task: Some(task) }, t)),
+        client.route(request(
+            RouteRequest {
+                task: Some(task),
+                ..Default::default()
+            },
+            t,
+        )),
     )
     .await?;
     let analysis = resp
@@ -327,7 +333,7 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<Exit> {
 }
 
 /// A connection to the router with the command line's address, timeout, TLS and token.
-async fn router(cli: &Cli) -> Result<crate::client::Conn> {
+pub(crate) async fn router(cli: &Cli) -> Result<crate::client::Conn> {
     let security = cli.security.load().map_err(CliError::Usage)?;
     connect(Service::Router, &cli.router, cli.timeout, &security).await
 }

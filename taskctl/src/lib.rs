@@ -15,8 +15,11 @@ pub mod error;
 pub mod input;
 pub mod listing;
 pub mod names;
-pub mod output;
+/// Terminal output, shared with the load generator (which `taskctl bench` fronts).
+pub use taskrouter_loadgen::output;
+pub mod policy_diff;
 pub mod render;
+pub mod rollout;
 pub mod terminal;
 
 use cli::{Cli, Command};
@@ -41,7 +44,11 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Cancel(a) => commands::cancel(&cli, a).await,
         Command::List(a) => listing::list(&cli, a).await,
         Command::Top(a) => listing::top(&cli, a).await,
-        Command::Policy => commands::policy(&cli).await,
+        Command::Policy(a) => match &a.action {
+            None => commands::policy(&cli).await,
+            Some(cli::PolicyAction::Diff(d)) => policy_diff::diff(&cli, d).await,
+        },
+        Command::Rollout(a) => rollout::run(&cli, a).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
         Command::Bench(a) => bench(&cli, a).await,
     }

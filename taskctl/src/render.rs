@@ -5,7 +5,7 @@ use scenarios::Outcome;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{
-    ExecutionPath, FallbackRecord, GetPolicyResponse, IterationRecord, ProgressEvent,
+    ExecutionPath, FallbackRecord, GetPolicyResponse, IterationRecord, ProgressEvent, RepoBranch,
     RoutingAnalysis, RoutingDecision, RunResult, SessionState, SpecialistProgress, Task,
     progress_event,
 };
@@ -95,7 +95,36 @@ fn specialist_json(sp: &SpecialistProgress) -> Value {
         "iterations": sp.iterations,
         "output": sp.output,
         "last_error": sp.last_error,
+        "repos": repos_json(&sp.repos),
     })
+}
+
+/// Durable workspaces: branch and commits per repository.
+pub fn repos_json(repos: &[RepoBranch]) -> Value {
+    repos
+        .iter()
+        .map(|r| {
+            json!({
+                "repo": r.repo,
+                "branch": r.branch,
+                "base_commit": r.base_commit,
+                "commit": r.commit,
+            })
+        })
+        .collect()
+}
+
+/// One `repo: branch @ commit` line per repository (commits shortened to 12 digits).
+fn repos_text(out: &mut String, repos: &[RepoBranch]) {
+    for r in repos {
+        let _ = writeln!(
+            out,
+            "branch:          {} {} @ {}",
+            r.repo,
+            r.branch,
+            r.commit.get(..12).unwrap_or(&r.commit)
+        );
+    }
 }
 
 /// A SessionState (the task's description is reduced to its size).
@@ -130,6 +159,7 @@ pub fn state_json(s: &SessionState) -> Value {
         "archived": s.archived,
         "archive_expires_at": time_json(&s.archive_expires_at),
         "force_single_agent": s.force_single_agent,
+        "repos": repos_json(&s.repos),
     })
 }
 
@@ -161,6 +191,7 @@ pub fn run_result_json(r: &RunResult) -> Value {
         "cost_usd": r.cost_usd,
         "result": r.result,
         "state": r.state.as_ref().map(state_json),
+        "repos": repos_json(&r.repos),
     })
 }
 
@@ -197,6 +228,7 @@ pub fn event_json(e: &ProgressEvent) -> Value {
                 "total_iterations": f.total_iterations,
                 "cost_usd": f.cost_usd,
                 "error": f.error,
+                "repos": repos_json(&f.repos),
             }),
         ),
     };
@@ -425,6 +457,7 @@ pub fn state_text(s: &SessionState) -> String {
             service_kit::status_text::one_line(&s.result)
         );
     }
+    repos_text(&mut out, &s.repos);
     let _ = writeln!(
         out,
         "checkpoint:      version {}, fencing token {}, worker {}",
@@ -481,6 +514,7 @@ pub fn run_result_text(r: &RunResult) -> String {
     );
     let _ = writeln!(out, "fallback:        {}", fallback_text(&r.fallback));
     let _ = writeln!(out, "cost:            ${:.4}", r.cost_usd);
+    repos_text(&mut out, &r.repos);
     if let Some(s) = &r.state
         && !s.last_error.is_empty()
     {
@@ -595,6 +629,15 @@ pub fn event_line(e: &ProgressEvent) -> Option<String> {
             if !f.error.is_empty() {
                 let _ = write!(s, ": {}", service_kit::status_text::one_line(&f.error));
             }
+            for r in &f.repos {
+                let _ = write!(
+                    s,
+                    "; {} {} @ {}",
+                    r.repo,
+                    r.branch,
+                    r.commit.get(..12).unwrap_or(&r.commit)
+                );
+            }
             s
         }
     };
@@ -638,6 +681,12 @@ fn demo_cells(row: &Outcome) -> Vec<String> {
         row.state
             .as_ref()
             .map_or("-".into(), |s| status_short(s.status)),
+        row.state
+            .as_ref()
+            .and_then(|s| s.repos.first())
+            .map_or("-".into(), |r| {
+                format!("{}@{}", r.branch, r.commit.get(..10).unwrap_or(&r.commit))
+            }),
         row.trace_id.clone(),
         if row.failures.is_empty() {
             "ok".into()
@@ -657,6 +706,7 @@ pub fn demo_table(rows: &[Outcome]) -> String {
         "ITERATIONS",
         "FALLBACK",
         "STATUS",
+        "BRANCH",
         "TRACE",
         "CHECK",
     ]
@@ -704,6 +754,7 @@ pub fn demo_row_json(row: &Outcome) -> Value {
         })).collect::<Vec<_>>(),
         "fallback_cause": row.fallback().map(cause_name),
         "status": row.state.as_ref().map(|s| status_name(s.status)),
+        "repos": row.state.as_ref().map(|s| repos_json(&s.repos)),
         "trace_id": row.trace_id,
         "ok": row.failures.is_empty(),
         "failures": row.failures,

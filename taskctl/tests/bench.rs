@@ -66,8 +66,10 @@ async fn route_reports_its_ratio_to_the_baseline_of_the_same_run() {
     assert_eq!(v["mode"], "route");
     assert_eq!(v["config"]["connections"], 2);
     assert_sane(&v, "baseline", 300.0);
+    assert_sane(&v, "baseline_bytes", 300.0);
     assert_sane(&v, "route", 300.0);
     assert!(f(&v, "/ratio/throughput") > 0.0, "{v:#}");
+    assert!(f(&v, "/ratio/throughput_vs_bytes_matched") > 0.0, "{v:#}");
     assert!(f(&v, "/ratio/p99") > 0.0, "{v:#}");
     // The mix fires rules, so both decisions show up in 300 requests.
     assert!(f(&v, "/route/outcomes/multi") > 0.0, "{v:#}");
@@ -94,6 +96,41 @@ async fn route_drives_a_given_loopback_router() {
         v["route"]["target"],
         format!("router at http://{}", services.router)
     );
+}
+
+#[tokio::test]
+async fn route_compares_with_a_baseline_in_its_own_process() {
+    let port = test_support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskctl"))
+        .args(["bench", "baseline", "--serve", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the baseline server");
+    assert!(
+        test_support::wait_for_tcp(addr.parse().unwrap(), std::time::Duration::from_secs(20)).await,
+        "the baseline server did not start"
+    );
+    let url = format!("http://{addr}");
+    let mut args = vec!["bench", "route", "--baseline", &url];
+    args.extend(SMOKE);
+    let v = bench_json(&args).await;
+    assert_sane(&v, "baseline", 300.0);
+    assert_sane(&v, "baseline_bytes", 300.0);
+    assert_sane(&v, "route", 300.0);
+    assert_eq!(
+        v["baseline"]["target"],
+        format!("empty RPC server at {url}")
+    );
+    // The bytes-matched baseline answers Route with no decision at all.
+    assert_eq!(
+        f(&v, "/baseline_bytes/outcomes/no_decision"),
+        300.0,
+        "{v:#}"
+    );
+    server.kill().await.unwrap();
 }
 
 #[tokio::test]

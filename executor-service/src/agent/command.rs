@@ -203,6 +203,24 @@ struct StdinRequest<'a> {
     iteration: u32,
     prior_outputs: &'a [String],
     context: &'a [String],
+    /// Present only with durable workspaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace: Option<StdinWorkspace<'a>>,
+}
+
+#[derive(Serialize)]
+struct StdinWorkspace<'a> {
+    dir: &'a Path,
+    repos: Vec<StdinRepo<'a>>,
+}
+
+#[derive(Serialize)]
+struct StdinRepo<'a> {
+    repo: &'a str,
+    path: &'a Path,
+    branch: &'a str,
+    base_commit: &'a str,
+    commit: &'a str,
 }
 
 #[derive(Serialize)]
@@ -239,6 +257,20 @@ impl<'a> StdinRequest<'a> {
             iteration: input.iteration,
             prior_outputs: &input.prior_outputs,
             context: &input.context,
+            workspace: input.workspace.as_ref().map(|w| StdinWorkspace {
+                dir: &w.dir,
+                repos: w
+                    .repos
+                    .iter()
+                    .map(|r| StdinRepo {
+                        repo: &r.repo,
+                        path: &r.path,
+                        branch: &r.branch,
+                        base_commit: &r.base_commit,
+                        commit: &r.commit,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -400,6 +432,21 @@ fn parse_output(stdout: &[u8]) -> Result<IterationOutput> {
             .ok_or_else(|| bad("field `plan_roles` is not a list of strings".to_owned()))?,
         Some(_) => return Err(bad("field `plan_roles` is not a list of strings".to_owned())),
     };
+    let changed_paths = match field("changed_paths") {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("field `changed_paths` is not a list of strings".to_owned()))?,
+        ),
+        Some(_) => {
+            return Err(bad(
+                "field `changed_paths` is not a list of strings".to_owned()
+            ));
+        }
+    };
     Ok(IterationOutput {
         output,
         done,
@@ -407,6 +454,7 @@ fn parse_output(stdout: &[u8]) -> Result<IterationOutput> {
         tokens_in,
         tokens_out,
         plan_roles,
+        changed_paths,
     })
 }
 
@@ -427,7 +475,10 @@ impl Agent for CommandAgent {
             .kill_on_drop(true);
         #[cfg(unix)]
         command.process_group(0);
-        if let Some(dir) = &self.workdir {
+        // The task's workspace, when there is one, wins over --agent-workdir.
+        if let Some(ws) = &input.workspace {
+            command.current_dir(&ws.dir);
+        } else if let Some(dir) = &self.workdir {
             command.current_dir(dir);
         }
 
@@ -528,6 +579,7 @@ mod tests {
                 tokens_in: 3,
                 tokens_out: 4,
                 plan_roles: vec!["a".into()],
+                changed_paths: None,
             }
         );
         let out = parse_output(b" {\"output\":\"\",\"done\":false,\"cost_usd\":null}\n").unwrap();

@@ -15,6 +15,7 @@ pub use retry::{RetryOutcome, RetryPolicy, run_with_retry};
 pub use simulator::SimulatedAgent;
 
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 use std::sync::Arc;
 use taskrouter_proto::v1::{AgentStep, Task};
 
@@ -31,8 +32,36 @@ pub struct IterationInput {
     pub step: AgentStep,
     /// Outputs of this role's earlier iterations, most recent last (bounded by the caller).
     pub prior_outputs: Vec<String>,
-    /// ANALYSIS: the router's suggested roles. SYNTHESIS: "role: output" lines.
+    /// ANALYSIS: the router's suggested roles. SYNTHESIS: "role: output" lines (and
+    /// "conflict: <repo dir>/<path>" lines when merging the specialists conflicted).
     pub context: Vec<String>,
+    /// Durable workspaces: where the agent works and on which branches; `None` when
+    /// workspaces are off or the task names no repositories.
+    pub workspace: Option<AgentWorkspace>,
+}
+
+/// The checkout an iteration works in: one sub-directory per repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentWorkspace {
+    /// The agent's working directory.
+    pub dir: PathBuf,
+    /// Each repository's checkout.
+    pub repos: Vec<WorkspaceRepo>,
+}
+
+/// One repository's checkout in an [`AgentWorkspace`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkspaceRepo {
+    /// Repository name, as in the task.
+    pub repo: String,
+    /// Its directory (inside the workspace directory).
+    pub path: PathBuf,
+    /// The branch the iteration's changes are pushed to.
+    pub branch: String,
+    /// The commit the branch started from.
+    pub base_commit: String,
+    /// The commit the checkout is at.
+    pub commit: String,
 }
 
 /// What one iteration produced.
@@ -50,6 +79,9 @@ pub struct IterationOutput {
     pub tokens_out: u64,
     /// ANALYSIS only: the roles to staff (empty = the router's suggestion).
     pub plan_roles: Vec<String>,
+    /// Files the agent changed, relative to the workspace directory
+    /// (`<repo dir>/<path>`); `None` means unknown (everything is scanned).
+    pub changed_paths: Option<Vec<String>>,
 }
 
 /// A coding agent that runs one iteration at a time.

@@ -123,7 +123,21 @@ impl Agent for RemoteAgent {
             step,
             prior_outputs,
             context,
+            workspace,
         } = input;
+        let repos = workspace
+            .map(|w| {
+                w.repos
+                    .into_iter()
+                    .map(|r| taskrouter_proto::v1::RepoBranch {
+                        repo: r.repo,
+                        branch: r.branch,
+                        base_commit: r.base_commit,
+                        commit: r.commit,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut request = tonic::Request::new(RunIterationRequest {
             // Encoding needs an owned message; one copy per call.
             task: Some(Task::clone(&task)),
@@ -132,6 +146,7 @@ impl Agent for RemoteAgent {
             prior_outputs,
             step: step as i32,
             context,
+            repos,
         });
         // Tells the server the deadline (grpc-timeout) and enforces it on the client.
         request.set_timeout(self.timeout);
@@ -163,6 +178,8 @@ impl Agent for RemoteAgent {
             tokens_in: response.tokens_in,
             tokens_out: response.tokens_out,
             plan_roles: response.plan_roles,
+            // A remote agent cannot edit this executor's checkout.
+            changed_paths: Some(Vec::new()),
         })
     }
 

@@ -163,6 +163,7 @@ mod tests {
             step: AgentStep::Iteration,
             prior_outputs: Vec::new(),
             context: Vec::new(),
+            workspace: None,
         }
     }
 

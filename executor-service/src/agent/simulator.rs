@@ -2,7 +2,7 @@
 //! task's complexity and `sim.*` labels (see `docs/AGENTS.md`), including injected
 //! faults for exercising retries, timeouts and the team path's fallback.
 
-use super::{Agent, IterationInput, IterationOutput};
+use super::{Agent, AgentWorkspace, IterationInput, IterationOutput};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,6 +23,13 @@ pub const LABEL_FAIL_ROLE: &str = "sim.fail_role";
 pub const LABEL_HANG_ROLE: &str = "sim.hang_role";
 /// Label: a single-path iteration (u32) that fails on its first attempt only.
 pub const LABEL_FAIL_ITERATION: &str = "sim.fail_iteration";
+
+/// Label: with a workspace, every specialist writes this file (relative to each
+/// repository) instead of its own, so their branches conflict when merged.
+pub const LABEL_CONFLICT_FILE: &str = "sim.conflict_file";
+/// Label: `false` makes synthesis leave merge conflicts unresolved (default: the lead
+/// resolves them by keeping both sides).
+pub const LABEL_RESOLVE_CONFLICTS: &str = "sim.resolve_conflicts";
 
 /// Specialist iterations when `sim.specialist_iterations` is absent.
 pub const DEFAULT_SPECIALIST_ITERATIONS: u32 = 2;
@@ -184,6 +191,10 @@ impl Agent for SimulatedAgent {
             }
         };
 
+        let changed_paths = match &input.workspace {
+            Some(ws) => Some(edit_workspace(ws, &input).await?),
+            None => None,
+        };
         let description_len = input.task.description.len();
         Ok(IterationOutput {
             output,
@@ -192,12 +203,75 @@ impl Agent for SimulatedAgent {
             tokens_in: 200 + (description_len / 4) as u64,
             tokens_out: 150,
             plan_roles,
+            changed_paths,
         })
     }
 
     fn kind(&self) -> &'static str {
         "simulator"
     }
+}
+
+/// The simulator's real, deterministic change: appends `<role> iteration <n>` to
+/// `taskrouter-<role>.txt` (or `sim.conflict_file` for specialists) in every repository;
+/// synthesis first resolves merge conflicts by dropping the markers (both sides kept)
+/// unless `sim.resolve_conflicts=false`. Returns the changed paths.
+async fn edit_workspace(ws: &AgentWorkspace, input: &IterationInput) -> Result<Vec<String>> {
+    let io =
+        |e: std::io::Error| Error::AgentFailed(format!("simulator cannot edit its workspace: {e}"));
+    let mut changed = Vec::new();
+    if input.step == AgentStep::Analysis {
+        return Ok(changed);
+    }
+    let resolve = input
+        .task
+        .labels
+        .get(LABEL_RESOLVE_CONFLICTS)
+        .is_none_or(|v| v != "false");
+    for line in &input.context {
+        if let Some(path) = line.strip_prefix("conflict: ")
+            && resolve
+            && input.step == AgentStep::Synthesis
+        {
+            let file = ws.dir.join(path);
+            let text = tokio::fs::read_to_string(&file).await.map_err(io)?;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    !(l.starts_with("<<<<<<< ") || l.starts_with(">>>>>>> ") || *l == "=======")
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            tokio::fs::write(&file, kept).await.map_err(io)?;
+            changed.push(path.to_string());
+        }
+    }
+    let safe_role: String = input
+        .role
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = match input.task.labels.get(LABEL_CONFLICT_FILE) {
+        Some(f) if input.step == AgentStep::Specialist && !f.contains('/') && !f.is_empty() => {
+            f.clone()
+        }
+        _ => format!("taskrouter-{safe_role}.txt"),
+    };
+    for repo in &ws.repos {
+        let file = repo.path.join(&name);
+        let mut text = tokio::fs::read_to_string(&file).await.unwrap_or_default();
+        text.push_str(&format!("{} iteration {}\n", input.role, input.iteration));
+        tokio::fs::write(&file, text).await.map_err(io)?;
+        let rel = repo.path.strip_prefix(&ws.dir).unwrap_or(&repo.path);
+        changed.push(rel.join(&name).to_string_lossy().into_owned());
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -229,6 +303,7 @@ mod tests {
             step,
             prior_outputs: Vec::new(),
             context: Vec::new(),
+            workspace: None,
         }
     }
 

@@ -11,11 +11,13 @@
 //!   expired tasks leave every index (pruned by each List and a few per checkpoint);
 //! - `<prefix>:{index}:token-key` — random key that signs page tokens (shared by replicas).
 //!
-//! The create and checkpoint scripts update the index in the same script as the state
-//! (one atomic step on standalone Redis: a change is listed before the write returns).
-//! On Redis Cluster a script cannot span the task's slot and the index slot; there the
-//! index update is [`REINDEX`] sent right after the state write (same call, so still
-//! visible before the RPC returns) and the rebuild repairs what a crash in between leaves.
+//! Every script here touches index keys only (one slot); the task's own keys live in the
+//! slot of `{task_id}`. A state write is therefore two calls: the task script (create or
+//! checkpoint), then [`INDEX_PUT`] for that task, sent by the same store call before it
+//! returns, so a change is listed before the RPC or iteration that made it returns. The
+//! entry carries the task's version and an index write never replaces a newer one, so the
+//! second call is idempotent and order-proof. A crash between the two leaves the task
+//! listed as it was until its next write; `--rebuild-indexes` repairs every task at once.
 
 use super::listing::{Cursor, IndexEntry, ListQuery, TaskFilter};
 use std::sync::LazyLock;
@@ -71,25 +73,23 @@ pub const PRUNE_PER_WRITE: u32 = 16;
 /// Expired entries one List prunes before it counts.
 pub const PRUNE_PER_LIST: u32 = 10_000;
 
-/// KEYS: state, index entry hash. ARGV: task id, entry JSON.
-/// Re-indexes one task from its stored version and expiry, or drops it when its state is
-/// gone. Used by the rebuild (and by a cluster deployment after each state write).
-pub static REINDEX: LazyLock<redis::Script> = LazyLock::new(|| {
+/// KEYS: index entry hash. ARGV: task id, entry JSON, the task's version, archive TTL in
+/// ms (0: not archived).
+/// Indexes one task at `version` unless a newer version is indexed already (returns 1
+/// when written, 0 when not), and prunes a few expired entries in passing.
+pub static INDEX_PUT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r#"{INDEX_LUA}
-local pfx = string.sub(KEYS[2], 1, -6)
-local id = ARGV[1]
+local pfx = string.sub(KEYS[1], 1, -6)
+local now = ix_now()
 local e = cjson.decode(ARGV[2])
-local ver = redis.call('HGET', KEYS[1], 'version')
-if not ver then
-  local raw = redis.call('HGET', KEYS[2], id)
-  if raw then ix_del(pfx, id, cjson.decode(raw)) end
-  return 0
-end
-e.v = tonumber(ver)
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then e.x = ix_now() + ttl else e.x = 0 end
-return ix_put(pfx, id, e)
+e.v = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+e.x = 0
+if ttl > 0 then e.x = now + ttl end
+local done = ix_put(pfx, ARGV[1], e)
+ix_prune(pfx, now, {PRUNE_PER_WRITE})
+return done
 "#
     ))
 });

@@ -3,13 +3,12 @@
 //! would interleave with a WATCH.
 
 use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
-use super::redis_index::{
-    FilterArgs, INDEX_LUA, LIST, PRUNE_PER_WRITE, REINDEX, decode_entry, index_prefix,
-};
+use super::redis_index::{FilterArgs, INDEX_PUT, LIST, decode_entry, index_prefix};
 use super::{
     Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
 };
 use crate::error::{Error, Result};
+use crate::redis_connection::{RedisConn, RedisTarget};
 use prost::Message;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
@@ -21,52 +20,47 @@ use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, T
 /// Events kept per task stream (approximate trim).
 const EVENTS_MAXLEN: u64 = 10_000;
 
-/// KEYS: state, events, index entry hash. ARGV: schema, status, data, event, events_maxlen,
-/// task, index entry JSON, task id.
+/// KEYS: state, events. ARGV: schema, status, data, event, events_maxlen, task.
 /// Returns `{1}` when created, `{0, data, version, task}` when it already existed.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{INDEX_LUA}
+    Script::new(
+        r#"
 local existing = redis.call('HMGET', KEYS[1], 'data', 'version', 'task')
 if existing[1] then
-  return {{0, existing[1], existing[2] or '0', existing[3] or ''}}
+  return {0, existing[1], existing[2] or '0', existing[3] or ''}
 end
 redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'version', 1, 'fence', 0, 'status', ARGV[2], 'evseq', 1, 'data', ARGV[3], 'task', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'seq', 1, 'ev', ARGV[4])
-local e = cjson.decode(ARGV[7])
-e.v = 1
-e.x = 0
-ix_put(string.sub(KEYS[3], 1, -6), ARGV[8], e)
-return {{1}}
-"#
-    ))
+return {1}
+"#,
+    )
 });
 
-/// KEYS: state, log, events, lease, fence, cancel, index entry hash.
+/// KEYS: state, log, events, lease, fence, cancel.
 /// ARGV: expected_version, fencing_token, owner, data, status, log_entry, archive_ttl_ms,
-///       schema, events_maxlen, index entry JSON, task id, event...
+///       schema, events_maxlen, event...
 /// Returns `{version, cancel}` on success; `{-1, current}` version mismatch;
 /// `{-2, current}` lease not held; `{-3, current}` stale fencing token.
 static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{INDEX_LUA}
+    Script::new(
+        r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then
-  return {{-2, cur}}
+  return {-2, cur}
 end
 local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if tonumber(ARGV[2]) < fence then
-  return {{-3, cur}}
+  return {-3, cur}
 end
 if cur ~= tonumber(ARGV[1]) then
-  return {{-1, cur}}
+  return {-1, cur}
 end
 local ver = cur + 1
 redis.call('HSET', KEYS[1], 'schema', ARGV[8], 'version', ver, 'fence', ARGV[2], 'status', ARGV[5], 'data', ARGV[4])
 if ARGV[6] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[6])
 end
-for i = 12, #ARGV do
+for i = 10, #ARGV do
   local seq = redis.call('HINCRBY', KEYS[1], 'evseq', 1)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'ev', ARGV[i])
 end
@@ -76,17 +70,9 @@ if ttl > 0 then
     if i ~= 4 then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
 end
-local pfx = string.sub(KEYS[7], 1, -6)
-local now = ix_now()
-local e = cjson.decode(ARGV[10])
-e.v = ver
-e.x = 0
-if ttl > 0 then e.x = now + ttl end
-ix_put(pfx, ARGV[11], e)
-ix_prune(pfx, now, {PRUNE_PER_WRITE})
-return {{ver, redis.call('EXISTS', KEYS[6])}}
-"#
-    ))
+return {ver, redis.call('EXISTS', KEYS[6])}
+"#,
+    )
 });
 
 /// KEYS: lease, fence. ARGV: owner, ttl_ms. Returns the fencing token, or 0 if held by another.
@@ -125,26 +111,51 @@ return 0
     )
 });
 
-/// SessionState store on Redis (standalone, or any server speaking its protocol).
+/// SessionState store on Redis, standalone or Cluster (each script touches the keys of
+/// one task, which share the hash tag `{task_id}`).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     /// `<prefix>:{index}:`.
     index: String,
     /// The page-token key, read once.
     token_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    /// Where Watch's blocking reads open their connections; `None` waits by polling.
+    target: Option<RedisTarget>,
+    /// Idle dedicated connections for blocking reads (one per concurrent watcher at most).
+    blocking: Arc<std::sync::Mutex<Vec<RedisConn>>>,
 }
 
 impl RedisStore {
     /// A store using `conn` with keys under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+    pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {
-            conn,
+            conn: conn.into(),
             index: index_prefix(&prefix),
             prefix,
             token_key: Arc::default(),
+            target: None,
+            blocking: Default::default(),
+        }
+    }
+
+    /// Waits for events with blocking reads on dedicated connections opened from `target`.
+    pub fn with_blocking_reads(mut self, target: RedisTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    async fn blocking_conn(&self, target: &RedisTarget) -> Result<RedisConn> {
+        let idle = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => Ok(target.dedicated().await?),
         }
     }
 
@@ -153,8 +164,51 @@ impl RedisStore {
         format!("{}entry", self.index)
     }
 
+    /// Writes `state`'s index entry at `version` (archived for `ttl_ms` when > 0).
+    /// Idempotent, and never replaces an entry of a newer version, so a late or
+    /// repeated call is harmless.
+    async fn index_put(&self, state: &SessionState, version: u64, ttl_ms: u64) -> Result<()> {
+        let key = self.index_entry_key();
+        let mut conn = self.conn.clone();
+        let _: i64 = INDEX_PUT
+            .key(&key)
+            .arg(&state.task_id)
+            .arg(IndexEntry::of(state).to_json())
+            .arg(version)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&key))?;
+        Ok(())
+    }
+
+    /// The second step of every state write: the index update, in the index's own hash
+    /// slot (`{index}`), made before the write returns so `List` shows it at once. It is
+    /// not one script with the state write because on Redis Cluster a script may touch one
+    /// slot only. The state write has succeeded by now and is not undone: if this fails
+    /// (Redis went away in between, or the process died) the index lags until the task's
+    /// next write or `--rebuild-indexes` (docs/OPERATIONS.md).
+    async fn index_after_write(&self, state: &SessionState, version: u64, ttl_ms: u64) {
+        let mut last = None;
+        for _ in 0..2 {
+            match self.index_put(state, version, ttl_ms).await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            tracing::warn!(
+                task_id = %state.task_id,
+                version,
+                error = %e,
+                "index update failed after the state write; List lags for this task until its next write or --rebuild-indexes"
+            );
+            crate::telemetry::index_write_failed();
+        }
+    }
+
     /// Re-indexes the tasks behind `state_keys` (`<prefix>:{id}:state`); returns how many
-    /// still exist.
+    /// still exist. Each task is read in its own slot, then indexed in the index slot.
     async fn reindex_keys(&self, state_keys: &[String]) -> Result<u64> {
         let mut conn = self.conn.clone();
         let mut indexed = 0;
@@ -175,15 +229,18 @@ impl RedisStore {
                 }
                 Err(e) => return Err(e),
             };
-            let done: i64 = REINDEX
-                .key(key)
-                .key(self.index_entry_key())
-                .arg(id)
-                .arg(IndexEntry::of(&state).to_json())
-                .invoke_async(&mut conn)
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
                 .await
                 .map_err(map_err(key))?;
-            indexed += u64::from(done == 1);
+            // -2: expired since the load; -1: no expiry (not archived).
+            if pttl == -2 {
+                continue;
+            }
+            self.index_put(&state, state.version, pttl.max(0) as u64)
+                .await?;
+            indexed += 1;
         }
         Ok(indexed)
     }
@@ -275,20 +332,20 @@ impl SessionStore for RedisStore {
         let reply: Vec<Value> = CREATE
             .key(&keys.state)
             .key(&keys.events)
-            .key(self.index_entry_key())
             .arg(SESSION_SCHEMA_VERSION)
             .arg(status_name(stored.status))
             .arg(body.encode_to_vec())
             .arg(event.encode_to_vec())
             .arg(EVENTS_MAXLEN)
             .arg(task_bytes)
-            .arg(IndexEntry::of(&stored).to_json())
-            .arg(&stored.task_id)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err(&keys.state))?;
         match reply.first().and_then(as_i64) {
-            Some(1) => Ok(CreateOutcome::Created(stored)),
+            Some(1) => {
+                self.index_after_write(&stored, 1, 0).await;
+                Ok(CreateOutcome::Created(stored))
+            }
             Some(0) => {
                 let data = reply.get(1).and_then(as_bytes).unwrap_or_default();
                 let version = reply.get(2).and_then(as_i64).unwrap_or(0).max(0) as u64;
@@ -390,7 +447,6 @@ impl SessionStore for RedisStore {
             .key(&keys.lease)
             .key(&keys.fence)
             .key(&keys.cancel)
-            .key(self.index_entry_key())
             .arg(cp.expected_version)
             .arg(cp.lease.fencing_token)
             .arg(&cp.lease.owner)
@@ -399,9 +455,7 @@ impl SessionStore for RedisStore {
             .arg(cp.iteration.map(|r| r.encode_to_vec()).unwrap_or_default())
             .arg(ttl_ms)
             .arg(SESSION_SCHEMA_VERSION)
-            .arg(EVENTS_MAXLEN)
-            .arg(IndexEntry::of(cp.state).to_json())
-            .arg(&cp.state.task_id);
+            .arg(EVENTS_MAXLEN);
         for ev in cp.events {
             inv.arg(ev.encode_to_vec());
         }
@@ -424,10 +478,13 @@ impl SessionStore for RedisStore {
                 "fencing token {} is older than the stored one",
                 cp.lease.fencing_token
             ))),
-            v if v > 0 => Ok(CheckpointOutcome {
-                version: v as u64,
-                cancel_requested: second == 1,
-            }),
+            v if v > 0 => {
+                self.index_after_write(cp.state, v as u64, ttl_ms).await;
+                Ok(CheckpointOutcome {
+                    version: v as u64,
+                    cancel_requested: second == 1,
+                })
+            }
             _ => Err(Error::Internal(
                 "unexpected reply from the checkpoint script".into(),
             )),
@@ -515,20 +572,24 @@ impl SessionStore for RedisStore {
                 Some((id, decode_entry(pair.get(1)?).unwrap_or_default()))
             })
             .collect();
-        // The states of the page in one round trip (a pipeline: on a cluster each
-        // read goes to its own slot).
-        let mut pipe = redis::pipe();
-        for (id, _) in &listed {
-            pipe.cmd("HMGET")
-                .arg(self.keys(id).state)
-                .arg("data")
-                .arg("version");
-        }
-        let states: Vec<(Option<Vec<u8>>, Option<u64>)> = if listed.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(Error::Redis)?
-        };
+        // The states of the page, read concurrently over the multiplexed connection: one
+        // command per task, since on a cluster each task's keys live in their own slot
+        // (a pipeline must stay in one slot there).
+        let states: Vec<(Option<Vec<u8>>, Option<u64>)> =
+            futures::future::try_join_all(listed.iter().map(|(id, _)| {
+                let mut conn = self.conn.clone();
+                let key = self.keys(id).state;
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("data")
+                        .arg("version")
+                        .query_async::<(Option<Vec<u8>>, Option<u64>)>(&mut conn)
+                        .await
+                        .map_err(|e| map_err(&key)(e))
+                }
+            }))
+            .await?;
         let mut tasks = Vec::with_capacity(listed.len());
         for ((id, entry), (data, version)) in listed.iter().zip(states) {
             // Gone between the index read and this one (expired): not listed.
@@ -557,48 +618,51 @@ impl SessionStore for RedisStore {
     async fn rebuild_indexes(&self) -> Result<u64> {
         let mut conn = self.conn.clone();
         // Drop the index (not the token key), then index every task. A write racing
-        // with this re-indexes its own task; REINDEX never replaces a newer entry.
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.index))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(Error::Redis)?;
-            let doomed: Vec<&String> = keys.iter().filter(|k| !k.ends_with(":token-key")).collect();
-            if !doomed.is_empty() {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(doomed)
-                    .query_async(&mut conn)
+        // with this re-indexes its own task; an index write never replaces a newer entry.
+        // On a cluster every master is scanned (the index keys all sit in one slot).
+        let token_key = format!("{}token-key", self.index);
+        let nodes = self.conn.key_nodes().await.map_err(Error::Redis)?;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) = self
+                    .conn
+                    .scan_step(node, cursor, &format!("{}*", self.index), None)
                     .await
                     .map_err(Error::Redis)?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+                let doomed: Vec<&String> = keys.iter().filter(|k| **k != token_key).collect();
+                if !doomed.is_empty() {
+                    let _: i64 = redis::cmd("UNLINK")
+                        .arg(doomed)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(Error::Redis)?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         let mut indexed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:{{*}}:state", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("hash")
-                .query_async(&mut conn)
-                .await
-                .map_err(Error::Redis)?;
-            indexed += self.reindex_keys(&keys).await?;
-            cursor = next;
-            if cursor == 0 {
-                break;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) = self
+                    .conn
+                    .scan_step(
+                        node,
+                        cursor,
+                        &format!("{}:{{*}}:state", self.prefix),
+                        Some("hash"),
+                    )
+                    .await
+                    .map_err(Error::Redis)?;
+                indexed += self.reindex_keys(&keys).await?;
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         Ok(indexed)
@@ -656,39 +720,52 @@ impl SessionStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(map_err(&keys.events))?;
-        let Value::Array(entries) = reply else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let Value::Array(parts) = entry else { continue };
-            let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
-                continue;
-            };
-            let cursor = match id {
-                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                Value::SimpleString(s) => s.clone(),
-                _ => continue,
-            };
-            let mut seq = 0u64;
-            let mut ev = None;
-            for pair in fields.chunks(2) {
-                match (pair.first().and_then(as_bytes), pair.get(1)) {
-                    (Some(b"seq"), Some(v)) => seq = as_i64(v).unwrap_or(0).max(0) as u64,
-                    (Some(b"ev"), Some(v)) => ev = as_bytes(v).map(<[u8]>::to_vec),
-                    _ => {}
-                }
+        parse_events(&keys.events, reply)
+    }
+
+    async fn wait_events(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>> {
+        let Some(target) = &self.target else {
+            let got = self.events_after(task_id, cursor, limit).await?;
+            if !got.is_empty() {
+                return Ok(got);
             }
-            let Some(bytes) = ev else { continue };
-            let mut event =
-                ProgressEvent::decode(bytes.as_slice()).map_err(|e| Error::CorruptState {
-                    key: keys.events.clone(),
-                    reason: format!("not a ProgressEvent protobuf: {e}"),
-                })?;
-            event.sequence = seq;
-            out.push(StoredEvent { cursor, event });
-        }
-        Ok(out)
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            return self.events_after(task_id, cursor, limit).await;
+        };
+        let keys = self.keys(task_id);
+        let mut conn = self.blocking_conn(target).await?;
+        // Dropped on error or when the watcher leaves mid-wait: its state is unknown.
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .arg("BLOCK")
+            .arg(wait.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&keys.events)
+            .arg(cursor.unwrap_or("0-0"))
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.events))?;
+        self.blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        // [[key, entries]] (RESP2), {key: entries} (RESP3) or nil on timeout.
+        let entries = match reply {
+            Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                Value::Array(mut kv) if kv.len() == 2 => kv.swap_remove(1),
+                _ => Value::Nil,
+            },
+            Value::Map(mut m) if !m.is_empty() => m.swap_remove(0).1,
+            _ => Value::Nil,
+        };
+        parse_events(&keys.events, entries)
     }
 
     async fn acquire_lease(
@@ -755,17 +832,49 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(Error::Redis)?;
-        Ok(())
+        self.conn.check().await.map_err(Error::Redis)
     }
 
     fn kind(&self) -> &'static str {
         "redis"
     }
+}
+
+/// Parses stream entries `[[id, [seq, n, ev, bytes]], ...]` of the events stream `key`.
+fn parse_events(key: &str, reply: Value) -> Result<Vec<StoredEvent>> {
+    let Value::Array(entries) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+            continue;
+        };
+        let cursor = match id {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => continue,
+        };
+        let mut seq = 0u64;
+        let mut ev = None;
+        for pair in fields.chunks(2) {
+            match (pair.first().and_then(as_bytes), pair.get(1)) {
+                (Some(b"seq"), Some(v)) => seq = as_i64(v).unwrap_or(0).max(0) as u64,
+                (Some(b"ev"), Some(v)) => ev = as_bytes(v).map(<[u8]>::to_vec),
+                _ => {}
+            }
+        }
+        let Some(bytes) = ev else { continue };
+        let mut event =
+            ProgressEvent::decode(bytes.as_slice()).map_err(|e| Error::CorruptState {
+                key: key.to_string(),
+                reason: format!("not a ProgressEvent protobuf: {e}"),
+            })?;
+        event.sequence = seq;
+        out.push(StoredEvent { cursor, event });
+    }
+    Ok(out)
 }
 
 /// The stored `status` field: the proto enum name, for operators reading Redis.

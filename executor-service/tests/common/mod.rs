@@ -1,14 +1,13 @@
 //! Shared setup for executor tests: a private redis-server, an executor served
-//! in-process on 127.0.0.1:0, and a gRPC client to it.
+//! in-process on 127.0.0.1:0 (with the test configs these suites need), and a gRPC client
+//! to it. The client helpers are in `test_support::client`.
 #![allow(dead_code)]
 
 use executor_service::config::ExecutorConfig;
 use service_kit::Shutdown;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
-use taskrouter_proto::v1::{Complexity, Task};
 use test_support::RedisServer;
 use tonic::transport::Channel;
 
@@ -64,9 +63,7 @@ impl Harness {
             .await,
             "executor never became SERVING"
         );
-        let client = ExecutorClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let client = test_support::client::executor_client(addr).await;
         Self {
             redis,
             addr,
@@ -92,55 +89,5 @@ impl Harness {
     /// The Redis key of a task's state hash.
     pub fn state_key(&self, id: &str) -> String {
         format!("{}:{{{id}}}:state", self.config.key_prefix)
-    }
-}
-
-/// A task for the simulator needing `iterations` single-path iterations.
-pub fn sim_task(id: &str, complexity: Complexity, iterations: u32, extra: &[(&str, &str)]) -> Task {
-    let mut labels: HashMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    labels.insert("sim.iterations".into(), iterations.to_string());
-    Task {
-        id: id.into(),
-        description: format!("simulated task {id}"),
-        complexity: complexity as i32,
-        estimated_value_usd: 10.0,
-        repositories: vec!["org/app".into()],
-        labels,
-    }
-}
-
-/// Polls `Get` until the task reaches a final status or the timeout passes.
-pub async fn wait_final(
-    client: &mut ExecutorClient<Channel>,
-    id: &str,
-    timeout: Duration,
-) -> taskrouter_proto::v1::SessionState {
-    use taskrouter_proto::v1::{GetRequest, TaskStatus};
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let got = client
-            .get(GetRequest {
-                task_id: id.into(),
-                ..Default::default()
-            })
-            .await;
-        if let Ok(resp) = got {
-            let s = resp.into_inner().state.unwrap();
-            let st = TaskStatus::try_from(s.status).unwrap();
-            if matches!(
-                st,
-                TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
-            ) {
-                return s;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task {id} did not finish within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

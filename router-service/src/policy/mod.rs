@@ -137,9 +137,63 @@ impl PolicyEngine {
         }
     }
 
+    /// Rebuilds the engine of a policy served by `GetPolicy` (its settings and version),
+    /// so a client can evaluate tasks exactly as that router does.
+    pub fn from_proto(policy: &Policy, version: &str, origin: &str) -> Result<Self, Error> {
+        let settings = PolicyFile {
+            multi_agent: MultiAgent {
+                enabled: policy.multi_agent_enabled,
+                rollout_percent: policy.rollout_percent,
+                rollout_group: policy.rollout_group.clone(),
+            },
+            rules: Rules {
+                value_threshold_usd: policy.value_threshold_usd,
+                compliance_keywords: policy.compliance_keywords.clone(),
+                deployment_keywords: policy.deployment_keywords.clone(),
+                cross_repo_keywords: policy.cross_repo_keywords.clone(),
+                cross_repo_min_repositories: policy.cross_repo_min_repositories,
+            },
+            fallback: Fallback {
+                decision: FallbackDecision::SingleAgent,
+            },
+            limits: Limits {
+                max_description_bytes: policy.max_description_bytes,
+            },
+        };
+        Self::compile(settings, version.to_string(), origin)
+    }
+
     /// Decides the path of `task`. Total: an unvalidated task (unknown complexity, NaN
     /// value) simply fires fewer rules.
     pub fn evaluate(&self, task: &Task) -> RoutingAnalysis {
+        let found = self.matcher.scan(&task.description);
+        self.evaluate_scanned(task, &found)
+    }
+
+    /// Evaluates `task` under this policy and `other` (a shadow policy). When both have
+    /// the same keyword lists, the description is scanned once: the scan is most of the
+    /// cost of a long description.
+    pub fn evaluate_pair(
+        &self,
+        other: &PolicyEngine,
+        task: &Task,
+    ) -> (RoutingAnalysis, RoutingAnalysis) {
+        let (a, b) = (&self.settings.rules, &other.settings.rules);
+        if a.compliance_keywords == b.compliance_keywords
+            && a.deployment_keywords == b.deployment_keywords
+            && a.cross_repo_keywords == b.cross_repo_keywords
+        {
+            let found = self.matcher.scan(&task.description);
+            (
+                self.evaluate_scanned(task, &found),
+                other.evaluate_scanned(task, &found),
+            )
+        } else {
+            (self.evaluate(task), other.evaluate(task))
+        }
+    }
+
+    fn evaluate_scanned(&self, task: &Task, found: &Found) -> RoutingAnalysis {
         let s = &self.settings;
         let complexity = Complexity::try_from(task.complexity).unwrap_or(Complexity::Unspecified);
         let mut fired = Fired::default();
@@ -172,7 +226,6 @@ impl PolicyEngine {
             );
         }
 
-        let found = self.matcher.scan(&task.description);
         if let Some(kw) = keyword(
             &s.rules.compliance_keywords,
             found.get(Category::Compliance),

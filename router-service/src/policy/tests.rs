@@ -1,5 +1,5 @@
 use super::*;
-use scenarios::Scenario;
+use scenarios::{Scenario, task};
 
 fn engine() -> PolicyEngine {
     PolicyEngine::builtin().unwrap()
@@ -9,19 +9,8 @@ fn engine_with(toml: &str) -> PolicyEngine {
     PolicyEngine::from_toml(toml, "test").unwrap()
 }
 
-fn task(id: &str, description: &str, complexity: Complexity, value: f64) -> Task {
-    Task {
-        id: id.to_string(),
-        description: description.to_string(),
-        complexity: complexity as i32,
-        estimated_value_usd: value,
-        repositories: Vec::new(),
-        labels: Default::default(),
-    }
-}
-
 fn simple(description: &str) -> Task {
-    task("T-1", description, Complexity::Low, 10.0)
+    task("T-1", description, Complexity::Low, 10.0, &[], &[])
 }
 
 fn codes(a: &RoutingAnalysis) -> Vec<ReasonCode> {
@@ -115,7 +104,7 @@ fn refactor_across_two_repositories_goes_multi() {
 
 #[test]
 fn critical_complexity_alone_goes_multi_with_an_architect() {
-    let a = engine().evaluate(&task("T", "Tidy up", Complexity::Critical, 0.0));
+    let a = engine().evaluate(&task("T", "Tidy up", Complexity::Critical, 0.0, &[], &[]));
     assert!(is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::HighComplexity]);
     assert_eq!(a.reasons[0].message, "complexity is CRITICAL");
@@ -125,17 +114,17 @@ fn critical_complexity_alone_goes_multi_with_an_architect() {
 
 #[test]
 fn medium_complexity_alone_stays_single() {
-    let a = engine().evaluate(&task("T", "Tidy up", Complexity::Medium, 0.0));
+    let a = engine().evaluate(&task("T", "Tidy up", Complexity::Medium, 0.0, &[], &[]));
     assert!(!is_multi(&a));
 }
 
 #[test]
 fn value_at_the_threshold_goes_multi_and_just_below_stays_single() {
     let e = engine();
-    let at = e.evaluate(&task("T", "Tidy up", Complexity::Low, 100.0));
+    let at = e.evaluate(&task("T", "Tidy up", Complexity::Low, 100.0, &[], &[]));
     assert_eq!(codes(&at), vec![ReasonCode::HighValue]);
     assert!(at.reasons[0].message.contains("$100.00"));
-    let below = e.evaluate(&task("T", "Tidy up", Complexity::Low, 99.99));
+    let below = e.evaluate(&task("T", "Tidy up", Complexity::Low, 99.99, &[], &[]));
     assert!(!is_multi(&below));
 }
 
@@ -182,7 +171,14 @@ fn repository_roles_are_capped() {
 
 #[test]
 fn every_fired_rule_is_a_reason_in_evaluation_order() {
-    let mut t = task("T", "Deploy PHI export to prod", Complexity::High, 1000.0);
+    let mut t = task(
+        "T",
+        "Deploy PHI export to prod",
+        Complexity::High,
+        1000.0,
+        &[],
+        &[],
+    );
     t.repositories = vec!["a".into(), "b".into()];
     let a = engine().evaluate(&t);
     assert_eq!(
@@ -265,7 +261,7 @@ fn reasons_never_quote_the_description() {
 #[test]
 fn the_kill_switch_forces_single_but_keeps_the_recommendation() {
     let e = engine_with("[multi_agent]\nenabled = false\n");
-    let a = e.evaluate(&task("T", "Deploy it", Complexity::Critical, 1e6));
+    let a = e.evaluate(&task("T", "Deploy it", Complexity::Critical, 1e6, &[], &[]));
     assert!(!is_multi(&a));
     assert!(a.multi_agent_recommended);
     assert_eq!(codes(&a).last(), Some(&ReasonCode::MultiAgentDisabled));
@@ -283,7 +279,7 @@ fn the_kill_switch_does_not_touch_simple_tasks() {
 #[test]
 fn tasks_above_the_rollout_percent_go_single() {
     // Bucket of "TEST-FEATURE-001" in group multi_agent is 95.
-    let t = task("TEST-FEATURE-001", "x", Complexity::High, 0.0);
+    let t = task("TEST-FEATURE-001", "x", Complexity::High, 0.0, &[], &[]);
     let out = engine_with("[multi_agent]\nrollout_percent = 94\n").evaluate(&t);
     assert_eq!(out.rollout_bucket, 95);
     assert!(!is_multi(&out));
@@ -298,7 +294,14 @@ fn tasks_above_the_rollout_percent_go_single() {
 fn zero_percent_rollout_keeps_everyone_single() {
     let e = engine_with("[multi_agent]\nrollout_percent = 0\n");
     for i in 0..200 {
-        let a = e.evaluate(&task(&format!("t{i}"), "x", Complexity::High, 0.0));
+        let a = e.evaluate(&task(
+            &format!("t{i}"),
+            "x",
+            Complexity::High,
+            0.0,
+            &[],
+            &[],
+        ));
         assert!(!is_multi(&a));
     }
 }
@@ -341,21 +344,21 @@ fn confidence_stays_within_zero_and_one() {
         Complexity::Critical,
     ] {
         for v in [0.0, 50.0, 99.0, 100.0, 1e12] {
-            let a = e.evaluate(&task("T", "deploy PHI", c, v));
+            let a = e.evaluate(&task("T", "deploy PHI", c, v, &[], &[]));
             assert!((0.0..=1.0).contains(&a.confidence), "{a:?}");
-            let a = e.evaluate(&task("T", "tidy", c, v));
+            let a = e.evaluate(&task("T", "tidy", c, v, &[], &[]));
             assert!((0.0..=1.0).contains(&a.confidence), "{a:?}");
         }
     }
-    let low = e.evaluate(&task("T", "tidy", Complexity::Low, 0.0));
-    let near = e.evaluate(&task("T", "tidy", Complexity::Medium, 99.0));
+    let low = e.evaluate(&task("T", "tidy", Complexity::Low, 0.0, &[], &[]));
+    let near = e.evaluate(&task("T", "tidy", Complexity::Medium, 99.0, &[], &[]));
     assert!(low.confidence > near.confidence);
 }
 
 #[test]
 fn unvalidated_input_never_panics() {
     let e = engine();
-    let mut t = task("", "\u{0}\u{ffff}", Complexity::Low, f64::NAN);
+    let mut t = task("", "\u{0}\u{ffff}", Complexity::Low, f64::NAN, &[], &[]);
     t.complexity = 99;
     t.repositories = vec![String::new(), "  ".into()];
     let a = e.evaluate(&t);
@@ -386,4 +389,55 @@ fn get_policy_message_mirrors_the_settings() {
     assert_eq!(p.fallback_decision, RoutingDecision::UseSingleAgent as i32);
     assert_eq!(p.max_description_bytes, 1024 * 1024);
     assert!(p.compliance_keywords.contains(&"hipaa".to_string()));
+}
+
+#[test]
+fn an_engine_rebuilt_from_get_policy_decides_like_the_original() {
+    let text = "[multi_agent]\nrollout_percent = 40\n[rules]\nvalue_threshold_usd = 250.0\n";
+    let original = PolicyEngine::from_toml(text, "t").unwrap();
+    let rebuilt = PolicyEngine::from_proto(&original.to_proto(), original.version(), "r").unwrap();
+    assert_eq!(rebuilt.settings(), original.settings());
+    assert_eq!(rebuilt.version(), original.version());
+    for i in 0..50 {
+        let task = Task {
+            id: format!("T-{i}"),
+            description: "deploy the service".into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: f64::from(i) * 10.0,
+            ..Default::default()
+        };
+        assert_eq!(rebuilt.evaluate(&task), original.evaluate(&task));
+    }
+}
+
+#[test]
+fn a_pair_decides_like_two_separate_evaluations() {
+    let live = PolicyEngine::from_toml("[multi_agent]\nrollout_percent = 0\n", "l").unwrap();
+    let same_keywords =
+        PolicyEngine::from_toml("[rules]\nvalue_threshold_usd = 20.0\n", "s").unwrap();
+    let other_keywords =
+        PolicyEngine::from_toml("[rules]\ndeployment_keywords = [\"ship\"]\n", "o").unwrap();
+    for (i, text) in [
+        "deploy to prod",
+        "ship it",
+        "fix typo",
+        "rotate HIPAA secrets",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let task = Task {
+            id: format!("P-{i}"),
+            description: (*text).into(),
+            complexity: Complexity::Low as i32,
+            estimated_value_usd: 30.0,
+            ..Default::default()
+        };
+        for shadow in [&same_keywords, &other_keywords] {
+            assert_eq!(
+                live.evaluate_pair(shadow, &task),
+                (live.evaluate(&task), shadow.evaluate(&task))
+            );
+        }
+    }
 }

@@ -5,8 +5,8 @@ use router_service::{Error, RouterConfig};
 use service_kit::Shutdown;
 use std::net::SocketAddr;
 use std::time::Duration;
+use taskrouter_proto::v1::GetPolicyRequest;
 use taskrouter_proto::v1::router_client::RouterClient;
-use taskrouter_proto::v1::{Complexity, GetPolicyRequest, Task};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -31,17 +31,14 @@ impl RunningRouter {
         }
     }
 
+    /// A channel connected to this router.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap()
+        test_support::client::channel(self.addr).await
     }
 
+    /// A client connected to this router.
     pub async fn client(&self) -> RouterClient<Channel> {
-        RouterClient::new(self.channel().await)
+        test_support::client::router_client(self.addr).await
     }
 
     pub async fn policy_version(&self) -> String {
@@ -62,16 +59,5 @@ impl RunningRouter {
             .expect("serve returned after shutdown")
             .unwrap()
             .unwrap();
-    }
-}
-
-pub fn task(id: &str, description: &str, complexity: Complexity, value: f64) -> Task {
-    Task {
-        id: id.to_string(),
-        description: description.to_string(),
-        complexity: complexity as i32,
-        estimated_value_usd: value,
-        repositories: Vec::new(),
-        labels: Default::default(),
     }
 }

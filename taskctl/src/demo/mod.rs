@@ -5,6 +5,7 @@
 //! not end as the plan expects.
 
 pub mod driver;
+pub mod workspace;
 
 use crate::cli::{Cli, DemoArgs};
 use crate::error::{CliError, Exit, Result};
@@ -37,7 +38,12 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> Result<Exit> {
             Store::Memory
         }
     };
-    let config = local_stack::executor_config(&store);
+    let mut config = local_stack::executor_config(&store);
+    // Throwaway bare repositories over file:// for the scenarios that name repositories,
+    // so every task works on a real branch and the table shows where it ended.
+    let repos = workspace::LocalRemotes::create(&scenarios::plan())
+        .map_err(|e| CliError::Runtime(format!("demo repositories: {e}")))?;
+    config.workspace = repos.as_ref().map(workspace::LocalRemotes::config);
     let stack = LocalStack::start(store, config, cli.timeout)
         .await
         .map_err(|e| match e {

@@ -10,7 +10,7 @@
 
 mod inproc;
 
-use inproc::{brief, brief_task, env, wait_final};
+use inproc::{brief, brief_task, env};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -24,6 +24,7 @@ use taskrouter_proto::v1::{
     CancelRequest, GetPolicyRequest, GetRequest, RouteRequest, RoutingDecision, RunRequest,
     SubmitRequest, Task, WatchRequest,
 };
+use test_support::client::wait_final;
 use tonic::{Code, Status};
 
 /// Cases per property: enough to cover every strategy branch, small enough for CI.
@@ -374,7 +375,14 @@ fn route_answers_every_task_with_an_analysis_or_invalid_argument_naming_the_fiel
     check("Route", maybe_task().prop_map(Case), |Case(task)| {
         let fields = task_fields(task.as_ref());
         let mut client = env.router();
-        let r = env.call("Route", CALL_LIMIT, client.route(RouteRequest { task }));
+        let r = env.call(
+            "Route",
+            CALL_LIMIT,
+            client.route(RouteRequest {
+                task,
+                ..Default::default()
+            }),
+        );
         outcomes.saw(&r);
         match r {
             Ok(resp) => {

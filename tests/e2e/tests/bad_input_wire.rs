@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::{Complexity, RouteRequest, RunRequest, SubmitRequest, Task};
+use test_support::client::{task, wait_final};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -112,7 +113,11 @@ fn raw_body() -> impl Strategy<Value = Vec<u8>> {
         repositories: vec!["org/a".into()],
         labels: [("k".to_string(), "v".to_string())].into(),
     };
-    let valid = RouteRequest { task: Some(task) }.encode_to_vec();
+    let valid = RouteRequest {
+        task: Some(task),
+        ..Default::default()
+    }
+    .encode_to_vec();
     let mutated = {
         let valid = valid.clone();
         vec((0..valid.len(), any::<u8>()), 1..6).prop_map(move |edits| {
@@ -170,7 +175,7 @@ fn arbitrary_bytes_as_any_request_get_a_status_and_never_a_hang() {
         };
         let channel = {
             let _rt = env.rt.enter();
-            inproc::channel(addr)
+            test_support::client::lazy_channel(addr)
         };
         let (code, message) =
             env.call(path, Duration::from_secs(15), raw_call(channel, path, body));
@@ -220,6 +225,7 @@ fn a_message_above_the_size_limit_is_resource_exhausted() {
         Duration::from_secs(30),
         router.route(RouteRequest {
             task: Some(huge_task("BIG-1", 6 << 20)),
+            ..Default::default()
         }),
     );
     let route = r.expect_err("a 6 MiB Route is refused");
@@ -355,7 +361,7 @@ async fn garbage_on_the_grpc_port_crashes_neither_server() {
     );
     // And real work still goes through both.
     let mut client = c.client(0).await;
-    let t = common::task(
+    let t = task(
         "AFTER-GARBAGE",
         "Deploy the API to production",
         Complexity::Medium,
@@ -370,8 +376,7 @@ async fn garbage_on_the_grpc_port_crashes_neither_server() {
         })
         .await
         .unwrap();
-    let r = common::wait_final(&mut client, "AFTER-GARBAGE", Duration::from_secs(30)).await;
-    let s = r.state.unwrap();
+    let s = wait_final(&mut client, "AFTER-GARBAGE", Duration::from_secs(30)).await;
     assert_eq!(s.status, taskrouter_proto::v1::TaskStatus::Completed as i32);
     assert!(
         s.fallback.is_none(),
@@ -406,7 +411,7 @@ async fn overload_on_one_connection_is_shed_with_resource_exhausted() {
     for i in 0..CALLS {
         let mut client = client.clone();
         calls.spawn(async move {
-            let t = common::task(
+            let t = task(
                 &format!("SLOW-{i}"),
                 "Fix a flaky test",
                 Complexity::Low,

@@ -8,7 +8,7 @@ mod chaos_support;
 mod common;
 
 use chaos_support::{Exec, assert_completed_exactly_once, leases, seeded_rng};
-use common::{Cluster, task};
+use common::Cluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{Complexity, ExecutionPath, GetRequest, SubmitRequest, Task};
+use test_support::client::{is_final, task};
 
 const KILLS: usize = 20;
 /// Unfinished tasks kept in the system while the kills go on (both executors: 8 workers).
@@ -89,7 +90,7 @@ async fn submit_anywhere(addrs: &[SocketAddr], t: &Task) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for addr in addrs {
-            let mut client = ExecutorClient::new(chaos_support::lazy_channel(*addr));
+            let mut client = ExecutorClient::new(test_support::client::lazy_channel(*addr));
             let call = client.submit(SubmitRequest {
                 task: Some(t.clone()),
                 ..Default::default()
@@ -135,7 +136,11 @@ async fn twenty_kill9s_at_random_iterations_lose_and_double_no_checkpoint() {
             for n in 0..MAX_TASKS {
                 while !*stop_rx.borrow() {
                     let unfinished: u64 = redis::cmd("XLEN")
-                        .arg("taskrouter:queue")
+                        .arg(
+                            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                                .stream
+                                .as_str(),
+                        )
                         .query_async(&mut conn)
                         .await
                         .unwrap_or(0);
@@ -195,7 +200,7 @@ async fn twenty_kill9s_at_random_iterations_lose_and_double_no_checkpoint() {
                 let Some(s) = r.into_inner().state else { break };
                 let n = s.iteration_count;
                 let goal = *target.get_or_insert(n + more);
-                if common::is_final(&s) {
+                if is_final(&s) {
                     at = format!("{id} just finished");
                     break;
                 }
@@ -267,7 +272,14 @@ async fn twenty_kill9s_at_random_iterations_lose_and_double_no_checkpoint() {
     }
     // Nothing is left behind in the queue and nothing was given up on.
     let mut conn = c.redis.connection().await;
-    for key in ["taskrouter:queue", "taskrouter:deadletter"] {
+    for key in [
+        executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+            .stream
+            .as_str(),
+        executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+            .dead_letters
+            .as_str(),
+    ] {
         let len: u64 = redis::cmd("XLEN")
             .arg(key)
             .query_async(&mut conn)

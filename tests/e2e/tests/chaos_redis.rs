@@ -7,10 +7,11 @@ mod chaos_support;
 mod common;
 
 use chaos_support::{EXECUTOR, Exec, assert_completed_exactly_once, wait_health};
-use common::{Cluster, get, task};
+use common::Cluster;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::{Complexity, GetRequest, IterationRecord, SubmitRequest};
+use test_support::client::{get_with_iterations, is_final, state, task};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -66,7 +67,7 @@ async fn a_redis_outage_turns_health_off_and_on_and_loses_no_checkpoint() {
     loop {
         let mut ready = 0;
         for id in &ids {
-            if get(&mut client, id).await.state.unwrap().iteration_count >= 5 {
+            if state(&mut client, id).await.iteration_count >= 5 {
                 ready += 1;
             }
         }
@@ -80,9 +81,9 @@ async fn a_redis_outage_turns_health_off_and_on_and_loses_no_checkpoint() {
     // Everything checkpointed so far: it must all be there at the end, unchanged.
     let mut before: HashMap<String, Vec<IterationRecord>> = HashMap::new();
     for id in &ids {
-        let r = get(&mut client, id).await;
+        let r = get_with_iterations(&mut client, id, 1000).await;
         assert!(
-            !common::is_final(r.state.as_ref().unwrap()),
+            !is_final(r.state.as_ref().unwrap()),
             "{id} is still running when Redis stops"
         );
         before.insert(id.clone(), r.iterations);

@@ -5,14 +5,16 @@
 mod chaos_support;
 mod common;
 
-use chaos_support::{Exec, ROUTER, assert_completed_exactly_once, metric, scrape, wait_health};
-use common::{Cluster, get, task};
+use chaos_support::{Exec, ROUTER, assert_completed_exactly_once, wait_health};
+use common::Cluster;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{
     Complexity, ExecutionPath, FallbackCause, ReasonCode, RoutingDecision, SubmitRequest, Task,
 };
 use test_support::ServiceProcess;
+use test_support::client::{state, task};
+use test_support::metrics::{metric, scrape};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -87,7 +89,7 @@ async fn without_the_router_tasks_fall_back_to_single_and_routing_resumes_when_i
     let deadline = Instant::now() + Duration::from_secs(30);
     for t in &first {
         loop {
-            let s = get(&mut client, &t.id).await.state.unwrap();
+            let s = state(&mut client, &t.id).await;
             if s.analysis.is_some() && s.iteration_count >= 2 {
                 break;
             }

@@ -6,10 +6,11 @@ mod chaos_support;
 mod common;
 
 use chaos_support::{Exec, assert_completed_exactly_once, leases};
-use common::{Cluster, get, task};
+use common::Cluster;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::SubmitRequest;
 use taskrouter_proto::v1::{Complexity, TaskStatus};
+use test_support::client::{get_with_iterations, state, task};
 
 const TASKS: usize = 4;
 const ITERATIONS: u32 = 20;
@@ -65,7 +66,7 @@ async fn sigterm_drains_in_the_grace_period_and_the_other_replica_takes_over_at_
     loop {
         let mut running = 0;
         for id in &ids {
-            let s = get(&mut client, id).await.state.unwrap();
+            let s = state(&mut client, id).await;
             if s.iteration_count >= 2 && s.worker_id == "exec-a" {
                 running += 1;
             }
@@ -104,7 +105,7 @@ async fn sigterm_drains_in_the_grace_period_and_the_other_replica_takes_over_at_
     // iteration is in the log.
     let mut finished_after_term = 0;
     for id in &ids {
-        let r = get(&mut client, id).await;
+        let r = get_with_iterations(&mut client, id, 1000).await;
         let s = r.state.unwrap();
         assert_ne!(s.status, TaskStatus::Completed as i32, "{id} was mid-run");
         let numbers: Vec<u32> = r
@@ -139,7 +140,7 @@ async fn sigterm_drains_in_the_grace_period_and_the_other_replica_takes_over_at_
     while !waiting.is_empty() {
         let mut still = Vec::new();
         for id in waiting {
-            let r = get(&mut client, id).await;
+            let r = get_with_iterations(&mut client, id, 1000).await;
             if !r.iterations.iter().any(|x| x.worker_id == "exec-b") {
                 still.push(id);
             }

@@ -6,8 +6,8 @@
 mod chaos_support;
 mod common;
 
-use chaos_support::{Exec, lazy_channel, rss_kib};
-use common::{Cluster, task};
+use chaos_support::{Exec, rss_kib};
+use common::Cluster;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{
     Complexity, GetPolicyRequest, GetRequest, RouteRequest, SubmitRequest, Task, TaskStatus,
 };
+use test_support::client::{is_final, lazy_channel, state, task};
 
 /// Route loops, each pausing between calls.
 const ROUTE_CLIENTS: usize = 3;
@@ -124,7 +125,13 @@ async fn a_mixed_load_soak_has_no_errors_and_flat_memory() {
                     tally.count(&tally.routes, ok, "GetPolicy");
                 }
                 let t = mixed_task(100 + r, n);
-                let ok = match client.route(RouteRequest { task: Some(t) }).await {
+                let ok = match client
+                    .route(RouteRequest {
+                        task: Some(t),
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(resp) => resp.into_inner().analysis.is_some(),
                     Err(_) => false,
                 };
@@ -187,17 +194,8 @@ async fn a_mixed_load_soak_has_no_errors_and_flat_memory() {
     let mut completed = 0;
     for id in &ids {
         loop {
-            let s = client
-                .get(GetRequest {
-                    task_id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .state
-                .unwrap();
-            if common::is_final(&s) {
+            let s = state(&mut client, id).await;
+            if is_final(&s) {
                 assert_eq!(
                     s.status,
                     TaskStatus::Completed as i32,

@@ -5,10 +5,11 @@
 
 mod common;
 
-use common::{Cluster, task, wait_final};
+use common::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use taskrouter_proto::v1::{Complexity, SubmitRequest};
+use test_support::client::{task, wait_final};
 
 async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Cluster, task, wait_final};
+use common::Cluster;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -16,6 +16,8 @@ use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+use test_support::client::{state, task, wait_final};
+use test_support::metrics::{metric, scrape};
 
 /// A span with the service that sent it.
 #[derive(Clone, Debug)]
@@ -149,7 +151,9 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn one_task_is_one_trace_across_both_services_without_its_description() {
     let (addr, rx) = start_receiver().await;
-    let env = otel_env(addr);
+    let mut env = otel_env(addr);
+    // Logs at debug must not widen what is exported: traces have their own filter.
+    env.push(("RUST_LOG", "debug".to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut c = Cluster::start_with(&env, &[]).await;
     c.add_executor("exec-a", &["--concurrency", "1"]).await;
@@ -165,10 +169,30 @@ async fn one_task_is_one_trace_across_both_services_without_its_description() {
     submit_traced(&mut client, t).await;
     let fin = wait_final(&mut client, "T-TRACE", Duration::from_secs(30)).await;
     assert_eq!(
-        TaskStatus::try_from(fin.state.unwrap().status).unwrap(),
+        TaskStatus::try_from(fin.status).unwrap(),
         TaskStatus::Completed
     );
     let spans = stop_and_collect(&mut c, &rx).await;
+
+    // OTEL_TRACES_FILTER's default: the services' own spans only, whatever RUST_LOG says.
+    let foreign: Vec<(String, String)> = spans
+        .iter()
+        .filter_map(|g| {
+            let target = attr(&g.span, "target").unwrap_or_default();
+            let ours = ["router_service", "executor_service", "service_kit"]
+                .iter()
+                .any(|c| target == *c || target.starts_with(&format!("{c}::")));
+            (!ours).then(|| (g.span.name.clone(), target))
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "spans from other crates exported: {foreign:?}"
+    );
+    assert!(
+        !spans.iter().any(|g| attr(&g.span, "thread.name").is_some()),
+        "per-span thread names are not recorded"
+    );
 
     let ours: Vec<&Got> = spans
         .iter()
@@ -287,13 +311,7 @@ async fn a_reclaimed_task_continues_the_same_trace() {
     );
     submit_traced(&mut client, t).await;
     loop {
-        if common::get(&mut client, "T-RECLAIM")
-            .await
-            .state
-            .unwrap()
-            .iteration_count
-            >= 3
-        {
+        if state(&mut client, "T-RECLAIM").await.iteration_count >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -314,38 +332,6 @@ async fn a_reclaimed_task_continues_the_same_trace() {
         TRACE_ID,
         "the reclaimed run joins the submitter's trace"
     );
-}
-
-async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..50 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.unwrap();
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no metrics endpoint at {addr}");
-}
-
-fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            head.starts_with(&format!("{name}{{")) || head == name
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The README's configuration table must stay true: every flag and environment variable
-//! the real binaries accept appears in it.
+//! the real service binaries (router, executor, rollout controller) accept appears in it.
 
 use std::process::Command;
 
@@ -38,11 +38,11 @@ fn options(help: &str) -> Vec<(String, Option<String>)> {
 }
 
 #[test]
-fn every_flag_and_environment_variable_of_both_services_is_in_the_readme() {
+fn every_flag_and_environment_variable_of_every_service_binary_is_in_the_readme() {
     let readme = std::fs::read_to_string(test_support::workspace_root().join("README.md"))
         .expect("README.md");
     let mut missing = Vec::new();
-    for binary in ["router-service", "executor-service"] {
+    for binary in ["router-service", "executor-service", "rollout-controller"] {
         let opts = options(&help(binary));
         assert!(
             opts.len() > 10,

@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{Cluster, get, task, wait_final};
+use common::Cluster;
 use scenarios::{Mode, Outcome, Scenario};
 use std::time::Duration;
-use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, RunRequest, SubmitRequest, Task, TaskStatus, TeamPhase,
-};
+use taskrouter_proto::v1::{Complexity, ExecutionPath, SubmitRequest, TaskStatus, TeamPhase};
+use test_support::client::{resume, run, task, wait_final_with_iterations, wait_state};
 
 #[tokio::test]
 async fn seed_scenarios_route_as_planned_and_complete_through_the_queue() {
@@ -35,7 +34,7 @@ async fn seed_scenarios_route_as_planned_and_complete_through_the_queue() {
     }
     for s in &plan {
         let id = &s.task.id;
-        let r = wait_final(&mut client, id, Duration::from_secs(30)).await;
+        let r = wait_final_with_iterations(&mut client, id, Duration::from_secs(30)).await;
         let state = r.state.unwrap();
         let a = state.analysis.clone().unwrap();
         assert!(!a.policy_version.is_empty());
@@ -70,38 +69,13 @@ async fn a_bounded_run_then_resume_gives_eight_more_and_ten_total() {
         &["org/app"],
         &[("sim.iterations", "10")],
     );
-    let r = client
-        .run(RunRequest {
-            task: Some(t.clone()),
-            resume: false,
-            max_iterations: 2,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let r = run(&mut client, t.clone(), 2).await;
     assert_eq!(
         TaskStatus::try_from(r.status).unwrap(),
         TaskStatus::InProgress
     );
     assert_eq!(r.total_iterations, 2);
-    let r = client
-        .run(RunRequest {
-            task: Some(Task {
-                id: t.id.clone(),
-                ..Default::default()
-            }),
-            resume: true,
-            max_iterations: 10,
-            use_multi_agent: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+    let r = resume(&mut client, &t.id, 10).await;
     assert_eq!(
         TaskStatus::try_from(r.status).unwrap(),
         TaskStatus::Completed
@@ -131,17 +105,14 @@ async fn a_context_reset_mid_team_resumes_on_another_worker_and_completes() {
         })
         .await
         .unwrap();
-    let before = loop {
-        let s = get(&mut client, &t.id).await.state.unwrap();
-        if s.phase == TeamPhase::Specialists as i32 && s.team_iterations >= 5 {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let before = wait_state(&mut client, &t.id, Duration::from_secs(60), |s| {
+        s.phase == TeamPhase::Specialists as i32 && s.team_iterations >= 5
+    })
+    .await;
     c.executors[0].process.kill9();
     c.add_executor("exec-b", &["--concurrency", "1"]).await;
     let mut client = c.client(1).await;
-    let r = wait_final(&mut client, &t.id, Duration::from_secs(60)).await;
+    let r = wait_final_with_iterations(&mut client, &t.id, Duration::from_secs(60)).await;
     let s = r.state.unwrap();
     assert_eq!(
         TaskStatus::try_from(s.status).unwrap(),

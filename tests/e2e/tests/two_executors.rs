@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{Cluster, wait_final};
+use common::Cluster;
 use std::time::Duration;
 use taskrouter_proto::v1::{Complexity, SubmitRequest, TaskStatus};
+use test_support::client::{state, task, wait_final, wait_final_with_iterations};
 
 fn small_task(i: usize, iterations: u32, latency_ms: u32) -> taskrouter_proto::v1::Task {
-    common::task(
+    task(
         &format!("T-{i:03}"),
         "Fix a small bug",
         Complexity::Low,
@@ -40,7 +41,9 @@ async fn two_executors_complete_fifty_tasks_exactly_once() {
     }
     let mut by_worker = std::collections::HashMap::<String, usize>::new();
     for i in 0..50 {
-        let r = wait_final(&mut client, &format!("T-{i:03}"), Duration::from_secs(60)).await;
+        let r =
+            wait_final_with_iterations(&mut client, &format!("T-{i:03}"), Duration::from_secs(60))
+                .await;
         let s = r.state.unwrap();
         assert_eq!(
             TaskStatus::try_from(s.status).unwrap(),
@@ -62,7 +65,11 @@ async fn two_executors_complete_fifty_tasks_exactly_once() {
     // The queue is drained: nothing pending, nothing left behind.
     let mut conn = c.redis.connection().await;
     let len: u64 = redis::cmd("XLEN")
-        .arg("taskrouter:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .stream
+                .as_str(),
+        )
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -87,10 +94,7 @@ async fn a_killed_executors_tasks_are_reclaimed_and_finished_with_the_right_tota
     loop {
         let mut started = 0;
         for i in 0..8 {
-            let s = common::get(&mut client, &format!("T-{i:03}"))
-                .await
-                .state
-                .unwrap();
+            let s = state(&mut client, &format!("T-{i:03}")).await;
             if s.iteration_count >= 2 {
                 started += 1;
             }
@@ -104,7 +108,9 @@ async fn a_killed_executors_tasks_are_reclaimed_and_finished_with_the_right_tota
     c.add_executor("exec-b", &["--concurrency", "4"]).await;
     let mut client = c.client(1).await;
     for i in 0..8 {
-        let r = wait_final(&mut client, &format!("T-{i:03}"), Duration::from_secs(60)).await;
+        let r =
+            wait_final_with_iterations(&mut client, &format!("T-{i:03}"), Duration::from_secs(60))
+                .await;
         let s = r.state.unwrap();
         assert_eq!(
             TaskStatus::try_from(s.status).unwrap(),
@@ -137,8 +143,8 @@ async fn sigterm_drains_an_executor_and_another_continues_at_once() {
             .unwrap();
     }
     loop {
-        let s0 = common::get(&mut client, "T-000").await.state.unwrap();
-        let s1 = common::get(&mut client, "T-001").await.state.unwrap();
+        let s0 = state(&mut client, "T-000").await;
+        let s1 = state(&mut client, "T-001").await;
         if s0.iteration_count >= 3 && s1.iteration_count >= 3 {
             break;
         }
@@ -168,7 +174,7 @@ async fn sigterm_drains_an_executor_and_another_continues_at_once() {
         let mut b = c.client(1).await;
         let mut v = Vec::new();
         for id in ["T-000", "T-001"] {
-            v.push(common::get(&mut b, id).await.state.unwrap().iteration_count);
+            v.push(state(&mut b, id).await.iteration_count);
         }
         v
     };
@@ -177,7 +183,7 @@ async fn sigterm_drains_an_executor_and_another_continues_at_once() {
     c.add_executor("exec-c", &["--concurrency", "2"]).await;
     let mut client = c.client(2).await;
     loop {
-        let s = common::get(&mut client, "T-000").await.state.unwrap();
+        let s = state(&mut client, "T-000").await;
         if s.iteration_count > saved[0] {
             break;
         }
@@ -188,7 +194,7 @@ async fn sigterm_drains_an_executor_and_another_continues_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for id in ["T-000", "T-001"] {
-        let r = wait_final(&mut client, id, Duration::from_secs(60)).await;
+        let r = wait_final_with_iterations(&mut client, id, Duration::from_secs(60)).await;
         let numbers: Vec<u32> = r.iterations.iter().map(|x| x.iteration).collect();
         assert_eq!(
             numbers,
@@ -199,26 +205,23 @@ async fn sigterm_drains_an_executor_and_another_continues_at_once() {
 }
 
 #[tokio::test]
-async fn a_task_delivered_too_often_is_dead_lettered_and_visible_through_get() {
+async fn a_task_whose_deliveries_make_no_progress_is_dead_lettered_and_visible_through_get() {
     let mut c = Cluster::start().await;
     c.extra_executor_args = vec!["--max-deliveries".into(), "1".into()];
     c.add_executor("exec-a", &["--concurrency", "1"]).await;
     let mut client = c.client(0).await;
+    // Each iteration takes 20 s: the executor is killed before it checkpoints any.
     client
         .submit(SubmitRequest {
-            task: Some(small_task(0, 50, 50)),
+            task: Some(small_task(0, 3, 20_000)),
             ..Default::default()
         })
         .await
         .unwrap();
     loop {
-        if common::get(&mut client, "T-000")
-            .await
-            .state
-            .unwrap()
-            .iteration_count
-            >= 2
-        {
+        let s = state(&mut client, "T-000").await;
+        if TaskStatus::try_from(s.status).unwrap() == TaskStatus::InProgress {
+            assert_eq!(s.iteration_count, 0);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -226,14 +229,14 @@ async fn a_task_delivered_too_often_is_dead_lettered_and_visible_through_get() {
     c.executors[0].process.kill9();
     c.add_executor("exec-b", &["--concurrency", "1"]).await;
     let mut client = c.client(1).await;
-    let r = wait_final(&mut client, "T-000", Duration::from_secs(30)).await;
-    let s = r.state.unwrap();
+    let s = wait_final(&mut client, "T-000", Duration::from_secs(30)).await;
     assert_eq!(TaskStatus::try_from(s.status).unwrap(), TaskStatus::Failed);
     assert!(s.dead_lettered);
+    assert_eq!(s.stalled_deliveries, 1);
     assert!(s.last_error.contains("dead-lettered"), "{}", s.last_error);
     let mut conn = c.redis.connection().await;
     let n: u64 = redis::cmd("XLEN")
-        .arg("taskrouter:deadletter")
+        .arg(&executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0].dead_letters)
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -42,4 +42,14 @@ pub async fn wait_for_grpc_serving_at(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The status `grpc.health.v1.Health/Check` reports for `service` over `channel`.
+pub async fn health_status(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
 }

@@ -2,9 +2,14 @@
 //!
 //! * [`RedisServer`]: a private `redis-server` child on a free 127.0.0.1 port with its own
 //!   temporary data directory (never the machine's shared 6379).
-//! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`]: network helpers.
+//! * [`RedisCluster`]: a private Redis Cluster of such children, joined by `redis-cli`.
+//! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`], [`health_status`]: network
+//!   helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
+//! * [`GitRemotes`]: bare git repositories over `file://` as workspace remotes.
 //! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
+//! * [`client`]: router and executor clients, task builders, reading and awaiting a task.
+//! * [`metrics`]: scraping a Prometheus endpoint and summing a metric's samples.
 //! * [`Browser`]: headless Chromium driven over the DevTools protocol (dashboard tests).
 //!
 //! Every child is started from one dedicated, never-exiting spawner thread with
@@ -17,17 +22,23 @@
 //! Failures panic with a clear message: this is a test harness.
 
 mod chromium;
+pub mod client;
+mod git_remote;
 mod grpc;
+pub mod metrics;
 mod ports;
 mod process;
+mod redis_cluster;
 mod redis_server;
 mod spawn;
 mod tls;
 
 pub use chromium::{Browser, Page};
-pub use grpc::{wait_for_grpc_serving, wait_for_grpc_serving_at};
+pub use git_remote::{GitRemotes, git};
+pub use grpc::{health_status, wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};
+pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use redis_server::{RedisOptions, RedisServer};
 pub use tls::TestPki;
 

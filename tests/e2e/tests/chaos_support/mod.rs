@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::{ExecutionPath, GetResponse, TaskStatus};
+use test_support::client::{lazy_channel, try_wait_final};
 use test_support::{ServiceProcess, free_port, wait_for_grpc_serving};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -56,7 +57,7 @@ impl Exec {
     pub async fn start(c: &Cluster, worker_id: &str, flags: &[&str]) -> Exec {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-        let process = spawn(c, worker_id, addr, &flags);
+        let process = c.spawn_executor(worker_id, addr, &flags);
         let mut e = Exec {
             worker_id: worker_id.to_string(),
             addr,
@@ -77,7 +78,7 @@ impl Exec {
         // The port was ours a moment ago; if something grabbed it in between, retry briefly.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.process = spawn(c, &self.worker_id, self.addr, &self.flags);
+            self.process = c.spawn_executor(&self.worker_id, self.addr, &self.flags);
             self.starts += 1;
             if wait_for_grpc_serving(self.addr, EXECUTOR, Duration::from_secs(20)).await {
                 return;
@@ -107,37 +108,6 @@ impl Exec {
     pub fn client(&self) -> ExecutorClient<Channel> {
         ExecutorClient::new(lazy_channel(self.addr))
     }
-}
-
-fn spawn(c: &Cluster, worker_id: &str, addr: SocketAddr, flags: &[String]) -> ServiceProcess {
-    let listen = addr.to_string();
-    let router = format!("http://{}", c.router_addr);
-    let url = c.redis.url();
-    let mut args: Vec<&str> = vec![
-        "--listen",
-        &listen,
-        "--redis-url",
-        &url,
-        "--router-addr",
-        &router,
-        "--worker-id",
-        worker_id,
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    let env: Vec<(&str, &str)> = c
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    ServiceProcess::spawn("executor-service", &args, &env)
-}
-
-/// A channel that connects on first use and after every failure, with short timeouts.
-pub fn lazy_channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy()
 }
 
 /// The health status `addr` reports for `service`; `None` when it does not answer
@@ -174,40 +144,6 @@ pub async fn wait_health(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
-}
-
-/// The Prometheus text at `http://addr/metrics`.
-pub async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..50 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.unwrap();
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no metrics endpoint at {addr}");
-}
-
-/// The sum of the samples of `name` whose labels include all of `labels`.
-pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let head = l.rsplit_once(' ').map(|(h, _)| h).unwrap_or(l);
-            head == name || head.starts_with(&format!("{name}{{"))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
@@ -334,28 +270,17 @@ pub async fn wait_final_explained(
     id: &str,
     timeout: Duration,
 ) -> GetResponse {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(r) = client
-            .get(taskrouter_proto::v1::GetRequest {
-                task_id: id.into(),
-                include_iterations: true,
-                iteration_limit: 1000,
-            })
-            .await
-        {
-            let r = r.into_inner();
-            if r.state.as_ref().is_some_and(crate::common::is_final) {
-                return r;
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{id} not final within {timeout:?}\n{}",
-                explain(c, client, id).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let request = taskrouter_proto::v1::GetRequest {
+        task_id: id.into(),
+        include_iterations: true,
+        iteration_limit: 1000,
+    };
+    match try_wait_final(client, request, timeout).await {
+        Some(r) => r,
+        None => panic!(
+            "{id} not final within {timeout:?}\n{}",
+            explain(c, client, id).await
+        ),
     }
 }
 
@@ -390,7 +315,11 @@ pub async fn explain(c: &Cluster, client: &mut ExecutorClient<Channel>, id: &str
         .unwrap_or(-3);
     out.push_str(&format!("lease: {lease:?} (pttl {ttl} ms)\n"));
     let entries: redis::Value = redis::cmd("XRANGE")
-        .arg("taskrouter:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .stream
+                .as_str(),
+        )
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -398,7 +327,11 @@ pub async fn explain(c: &Cluster, client: &mut ExecutorClient<Channel>, id: &str
         .unwrap_or(redis::Value::Nil);
     out.push_str(&format!("queue: {entries:?}\n"));
     let pending: redis::Value = redis::cmd("XPENDING")
-        .arg("taskrouter:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .stream
+                .as_str(),
+        )
         .arg("executors")
         .arg("-")
         .arg("+")
@@ -408,7 +341,11 @@ pub async fn explain(c: &Cluster, client: &mut ExecutorClient<Channel>, id: &str
         .unwrap_or(redis::Value::Nil);
     out.push_str(&format!("pending: {pending:?}\n"));
     let dead: redis::Value = redis::cmd("XRANGE")
-        .arg("taskrouter:deadletter")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .dead_letters
+                .as_str(),
+        )
         .arg("-")
         .arg("+")
         .query_async(&mut conn)

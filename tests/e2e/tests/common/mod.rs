@@ -1,12 +1,11 @@
 //! A small cluster of real processes for end-to-end tests: a private redis-server, the
-//! router binary and any number of executor binaries, all on 127.0.0.1.
+//! router binary and any number of executor binaries, all on 127.0.0.1. The client helpers
+//! (tasks, Get, waiting for a final state) are in `test_support::client`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
-use taskrouter_proto::v1::{Complexity, GetRequest, GetResponse, SessionState, Task, TaskStatus};
 use test_support::{RedisServer, ServiceProcess, free_port, wait_for_grpc_serving};
 use tonic::transport::Channel;
 
@@ -67,32 +66,13 @@ impl Cluster {
     /// Starts an executor process named `worker_id` with extra flags.
     pub async fn add_executor(&mut self, worker_id: &str, extra: &[&str]) -> usize {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let router = format!("http://{}", self.router_addr);
-        let listen = addr.to_string();
-        let url = self.redis.url();
-        let mut args: Vec<&str> = vec![
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--router-addr",
-            &router,
-            "--worker-id",
-            worker_id,
-            "--lease-ttl",
-            "2s",
-            "--shutdown-grace",
-            "3s",
-        ];
-        let extra_owned = self.extra_executor_args.clone();
-        args.extend(extra_owned.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let env_refs: Vec<(&str, &str)> = self
-            .env
+        let mut flags: Vec<String> = ["--lease-ttl", "2s", "--shutdown-grace", "3s"]
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|f| f.to_string())
             .collect();
-        let process = ServiceProcess::spawn("executor-service", &args, &env_refs);
+        flags.extend(self.extra_executor_args.iter().cloned());
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        let process = self.spawn_executor(worker_id, addr, &flags);
         assert!(
             wait_for_grpc_serving(addr, "taskrouter.v1.Executor", Duration::from_secs(20)).await,
             "executor {worker_id} did not start:\n{}",
@@ -106,82 +86,38 @@ impl Cluster {
         self.executors.len() - 1
     }
 
+    /// Spawns an executor process on `addr`, wired to this cluster's Redis and router, with
+    /// `flags` and the cluster's environment (not waited for).
+    pub fn spawn_executor(
+        &self,
+        worker_id: &str,
+        addr: SocketAddr,
+        flags: &[String],
+    ) -> ServiceProcess {
+        let listen = addr.to_string();
+        let router = format!("http://{}", self.router_addr);
+        let url = self.redis.url();
+        let mut args: Vec<&str> = vec![
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--router-addr",
+            &router,
+            "--worker-id",
+            worker_id,
+        ];
+        args.extend(flags.iter().map(String::as_str));
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        ServiceProcess::spawn("executor-service", &args, &env)
+    }
+
     /// A client of executor `i`.
     pub async fn client(&self, i: usize) -> ExecutorClient<Channel> {
-        ExecutorClient::connect(format!("http://{}", self.executors[i].addr))
-            .await
-            .unwrap()
-    }
-}
-
-/// A task; `labels` steer the simulated agent.
-pub fn task(
-    id: &str,
-    description: &str,
-    complexity: Complexity,
-    value: f64,
-    repos: &[&str],
-    labels: &[(&str, &str)],
-) -> Task {
-    Task {
-        id: id.into(),
-        description: description.into(),
-        complexity: complexity as i32,
-        estimated_value_usd: value,
-        repositories: repos.iter().map(|r| r.to_string()).collect(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-    }
-}
-
-/// Get with the iteration log.
-pub async fn get(client: &mut ExecutorClient<Channel>, id: &str) -> GetResponse {
-    client
-        .get(GetRequest {
-            task_id: id.into(),
-            include_iterations: true,
-            iteration_limit: 1000,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Whether a status is final.
-pub fn is_final(s: &SessionState) -> bool {
-    matches!(
-        TaskStatus::try_from(s.status).unwrap(),
-        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
-    )
-}
-
-/// Waits until `id` is final.
-pub async fn wait_final(
-    client: &mut ExecutorClient<Channel>,
-    id: &str,
-    timeout: Duration,
-) -> GetResponse {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Ok(r) = client
-            .get(GetRequest {
-                task_id: id.into(),
-                include_iterations: true,
-                iteration_limit: 1000,
-            })
-            .await
-        {
-            let r = r.into_inner();
-            if r.state.as_ref().is_some_and(is_final) {
-                return r;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} not final within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        test_support::client::executor_client(self.executors[i].addr).await
     }
 }

@@ -1,19 +1,20 @@
 //! The local stack (a router and an executor served in-process on 127.0.0.1, the executor
 //! routing through the router, over a private redis-server), shared by every test of one binary, plus
-//! the request-building and status-checking helpers of the bad-input suites.
+//! the request-building and status-checking helpers of the bad-input suites (the client
+//! helpers are in `test_support::client`).
 #![allow(dead_code)]
 
 use local_stack::{LocalStack, Store};
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::router_client::RouterClient;
-use taskrouter_proto::v1::{Complexity, GetRequest, SubmitRequest, Task, TaskStatus};
+use taskrouter_proto::v1::{Complexity, SubmitRequest, Task, TaskStatus};
 use test_support::RedisServer;
-use tonic::transport::{Channel, Endpoint};
+use test_support::client::{lazy_channel, task, wait_final};
+use tonic::transport::Channel;
 
 /// The shared servers and the runtime they run on.
 pub struct Env {
@@ -54,25 +55,17 @@ pub fn env() -> &'static Env {
     })
 }
 
-/// A channel to `addr` that connects on first use.
-pub fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy()
-}
-
 impl Env {
     /// A router client.
     pub fn router(&self) -> RouterClient<Channel> {
         let _runtime = self.rt.enter();
-        RouterClient::new(channel(self.router_addr)).max_decoding_message_size(64 << 20)
+        RouterClient::new(lazy_channel(self.router_addr)).max_decoding_message_size(64 << 20)
     }
 
     /// An executor client.
     pub fn executor(&self) -> ExecutorClient<Channel> {
         let _runtime = self.rt.enter();
-        ExecutorClient::new(channel(self.exec_addr)).max_decoding_message_size(64 << 20)
+        ExecutorClient::new(lazy_channel(self.exec_addr)).max_decoding_message_size(64 << 20)
     }
 
     /// Runs `f` on the servers' runtime, failing the test if it takes longer than `limit`
@@ -110,45 +103,14 @@ impl Env {
 
 /// An ordinary small task.
 pub fn valid_task(id: &str) -> Task {
-    Task {
-        id: id.into(),
-        description: "Fix typo in README".into(),
-        complexity: Complexity::Low as i32,
-        estimated_value_usd: 10.0,
-        repositories: vec!["org/docs".into()],
-        labels: HashMap::from([("sim.iterations".to_string(), "2".to_string())]),
-    }
-}
-
-/// Polls Get until `id` is final.
-pub async fn wait_final(
-    client: &mut ExecutorClient<Channel>,
-    id: &str,
-    timeout: Duration,
-) -> taskrouter_proto::v1::SessionState {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Ok(r) = client
-            .get(GetRequest {
-                task_id: id.into(),
-                ..Default::default()
-            })
-            .await
-        {
-            let s = r.into_inner().state.unwrap();
-            if matches!(
-                TaskStatus::try_from(s.status),
-                Ok(TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
-            ) {
-                return s;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} is stuck: not final within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    task(
+        id,
+        "Fix typo in README",
+        Complexity::Low,
+        10.0,
+        &["org/docs"],
+        &[("sim.iterations", "2")],
+    )
 }
 
 /// A short, printable description of a possibly huge string.

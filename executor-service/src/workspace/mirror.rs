@@ -1,0 +1,301 @@
+//! The bare mirror of one repository under the workspace root: the shared object store
+//! of its worktrees, the end that fetches from and pushes to the remote, and its
+//! eviction when the mirrors outgrow `--workspace-max-bytes`.
+
+use super::git::Git;
+use super::refname;
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// File touched on every use of a mirror; its mtime orders eviction.
+const LAST_USED: &str = "taskrouter-last-used";
+
+/// Config of every mirror: fast status and index writes on large trees, parallel
+/// checkout for restores, no automatic gc during an iteration.
+const MIRROR_CONFIG: [(&str, &str); 8] = [
+    ("feature.manyFiles", "true"),
+    ("core.untrackedCache", "true"),
+    ("index.skipHash", "true"),
+    ("checkout.workers", "0"),
+    ("gc.auto", "0"),
+    ("core.logAllRefUpdates", "false"),
+    ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"),
+    ("push.default", "nothing"),
+];
+
+/// The result of a compare-and-swap push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    /// The remote ref now holds the pushed commit.
+    Pushed,
+    /// The remote ref did not hold the expected commit; nothing changed.
+    Rejected,
+}
+
+/// One repository's bare mirror.
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    /// The repository name.
+    pub repo: String,
+    /// Path of the bare repository.
+    pub path: PathBuf,
+}
+
+impl Mirror {
+    /// The mirror of `repo` under `root` (not created yet).
+    pub fn at(root: &Path, repo: &str) -> Self {
+        Self {
+            repo: repo.to_string(),
+            path: mirrors_dir(root).join(format!("{}.git", refname::encode(repo))),
+        }
+    }
+
+    /// Creates the mirror if needed and points `origin` at `url`; marks it used.
+    pub async fn ensure(&self, git: &Git, url: &str) -> Result<()> {
+        if !self.path.join("HEAD").is_file() {
+            let parent = self.path.parent().unwrap_or(Path::new("/"));
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                Error::Workspace(format!("cannot create {}: {e}", parent.display()))
+            })?;
+            // Built under a temporary name and renamed: a crash leaves no half mirror.
+            let tmp = self
+                .path
+                .with_extension(format!("tmp{}", std::process::id()));
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            git.run(
+                parent,
+                "git init",
+                [
+                    "init".as_ref(),
+                    "--bare".as_ref(),
+                    "--quiet".as_ref(),
+                    tmp.as_os_str(),
+                ],
+            )
+            .await?;
+            for (key, value) in MIRROR_CONFIG {
+                git.run(&tmp, "git config", ["config", key, value]).await?;
+            }
+            git.run(&tmp, "git config", ["config", "remote.origin.url", url])
+                .await?;
+            tokio::fs::rename(&tmp, &self.path).await.map_err(|e| {
+                Error::Workspace(format!("cannot create {}: {e}", self.path.display()))
+            })?;
+        } else {
+            let current = git
+                .output(&self.path, ["config", "remote.origin.url"], None)
+                .await?;
+            if current.text() != url {
+                git.run(
+                    &self.path,
+                    "git config",
+                    ["config", "remote.origin.url", url],
+                )
+                .await?;
+            }
+        }
+        self.touch();
+        Ok(())
+    }
+
+    /// Records a use (for least-recently-used eviction).
+    pub fn touch(&self) {
+        let _ = std::fs::write(self.path.join(LAST_USED), b"");
+    }
+
+    /// Fetches `src` (a branch, tag or full ref on the remote) into `dst` and returns the
+    /// commit it names; `None` when the remote has no such ref.
+    pub async fn fetch(&self, git: &Git, src: &str, dst: &str) -> Result<Option<String>> {
+        let refspec = format!("+{src}:{dst}");
+        let out = git
+            .output(
+                &self.path,
+                ["fetch", "--quiet", "--no-tags", "origin", refspec.as_str()],
+                None,
+            )
+            .await?;
+        if !out.ok() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("couldn't find remote ref") {
+                return Ok(None);
+            }
+            return Err(Error::Workspace(format!(
+                "fetching {src} of {}: {}",
+                self.repo,
+                out.error_summary()
+            )));
+        }
+        let spec = format!("{dst}^{{commit}}");
+        Ok(Some(
+            git.run(
+                &self.path,
+                "git rev-parse",
+                ["rev-parse", "--verify", &spec],
+            )
+            .await?,
+        ))
+    }
+
+    /// The commit the remote's `branch` points at, `None` when it does not exist.
+    pub async fn remote_tip(&self, git: &Git, branch: &str) -> Result<Option<String>> {
+        let full = format!("refs/heads/{branch}");
+        let out = git
+            .run(
+                &self.path,
+                &format!("listing the remote of {}", self.repo),
+                ["ls-remote", "origin", full.as_str()],
+            )
+            .await?;
+        Ok(out
+            .lines()
+            .find(|l| l.ends_with(&format!("\t{full}")))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string))
+    }
+
+    /// Whether `commit` is in the local object store.
+    pub async fn has_commit(&self, git: &Git, commit: &str) -> Result<bool> {
+        let spec = format!("{commit}^{{commit}}");
+        Ok(git
+            .output(&self.path, ["cat-file", "-e", spec.as_str()], None)
+            .await?
+            .ok())
+    }
+
+    /// Sets the remote's `branch` to `commit` if it holds `expected` (`None`: if it does
+    /// not exist): `git push --force-with-lease=<ref>:<expected>`.
+    pub async fn push(
+        &self,
+        git: &Git,
+        commit: &str,
+        branch: &str,
+        expected: Option<&str>,
+    ) -> Result<Push> {
+        let full = format!("refs/heads/{branch}");
+        let lease = format!("--force-with-lease={full}:{}", expected.unwrap_or(""));
+        let refspec = format!("{commit}:{full}");
+        let out = git
+            .output(
+                &self.path,
+                [
+                    "push",
+                    "--porcelain",
+                    "--quiet",
+                    lease.as_str(),
+                    "origin",
+                    refspec.as_str(),
+                ],
+                None,
+            )
+            .await?;
+        if out.ok() {
+            return Ok(Push::Pushed);
+        }
+        // Porcelain: `!\t<src>:<dst>\t[rejected] (stale info)` and similar.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let rejected = stdout.lines().any(|l| l.starts_with('!'))
+            && (stdout.contains("stale info")
+                || stdout.contains("rejected")
+                || stdout.contains("fetch first")
+                || stdout.contains("non-fast-forward")
+                || stdout.contains("already exists")
+                || stderr.contains("stale info"));
+        if rejected {
+            Ok(Push::Rejected)
+        } else {
+            Err(Error::Workspace(format!(
+                "pushing {branch} of {}: {}",
+                self.repo,
+                out.error_summary()
+            )))
+        }
+    }
+}
+
+/// Whether any worktree of the mirror at `path` is registered (it is in use then).
+pub fn usage_in_use(path: &Path) -> bool {
+    std::fs::read_dir(path.join("worktrees"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// Directory holding every mirror under `root`.
+pub fn mirrors_dir(root: &Path) -> PathBuf {
+    root.join("mirrors")
+}
+
+/// A mirror's size and last use, for eviction.
+#[derive(Debug)]
+pub struct MirrorUsage {
+    /// The bare repository.
+    pub path: PathBuf,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Last use.
+    pub last_used: SystemTime,
+    /// Whether worktrees are checked out of it (never evicted then).
+    pub in_use: bool,
+}
+
+/// Size and last use of every mirror under `root`.
+pub fn usage(root: &Path) -> Vec<MirrorUsage> {
+    let Ok(entries) = std::fs::read_dir(mirrors_dir(root)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "git") && p.join("HEAD").is_file())
+        .map(|path| {
+            let last_used = std::fs::metadata(path.join(LAST_USED))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let in_use = usage_in_use(&path);
+            MirrorUsage {
+                bytes: dir_bytes(&path),
+                path,
+                last_used,
+                in_use,
+            }
+        })
+        .collect()
+}
+
+/// Which mirrors to delete so the rest fit in `max_bytes`: least recently used first,
+/// never one in use.
+pub fn eviction_plan(mut mirrors: Vec<MirrorUsage>, max_bytes: u64) -> Vec<PathBuf> {
+    let mut total: u64 = mirrors.iter().map(|m| m.bytes).sum();
+    mirrors.sort_by_key(|m| m.last_used);
+    let mut out = Vec::new();
+    for m in mirrors {
+        if total <= max_bytes {
+            break;
+        }
+        if m.in_use {
+            continue;
+        }
+        total = total.saturating_sub(m.bytes);
+        out.push(m.path);
+    }
+    out
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(_) => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
