@@ -26,6 +26,7 @@ async fn bounded_run_then_resume_gives_eight_more_and_ten_total() {
             resume: false,
             max_iterations: 2,
             use_multi_agent: None,
+            budget_usd: None,
         })
         .await
         .unwrap()
@@ -93,6 +94,7 @@ async fn run_without_resume_on_a_known_id_is_already_exists() {
         resume: false,
         max_iterations: 0,
         use_multi_agent: Some(false),
+        budget_usd: None,
     };
     h.client.run(req.clone()).await.unwrap();
     let err = h.client.run(req).await.unwrap_err();
@@ -469,6 +471,7 @@ async fn cancel_stops_a_running_task_at_the_next_boundary() {
             task: Some(task.clone()),
             max_iterations: 500,
             use_multi_agent: Some(false),
+            budget_usd: None,
         })
         .await
         .unwrap();
@@ -801,6 +804,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
             task: Some(task.clone()),
             max_iterations: 20,
             use_multi_agent: Some(false),
+            budget_usd: None,
         })
         .await
         .unwrap();

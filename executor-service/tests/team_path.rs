@@ -68,6 +68,7 @@ async fn run(h: &mut Harness, t: Task, max: u32) -> RunResult {
             resume: false,
             max_iterations: max,
             use_multi_agent: None,
+            budget_usd: None,
         })
         .await
         .unwrap()
@@ -421,6 +422,7 @@ async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_un
             task: Some(t.clone()),
             max_iterations: 15,
             use_multi_agent: Some(false),
+            budget_usd: None,
         })
         .await
         .unwrap();

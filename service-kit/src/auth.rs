@@ -28,6 +28,23 @@ pub const REJECTION: &str = "missing or invalid bearer token";
 /// gRPC services reachable without a token.
 const OPEN_SERVICES: [&str; 1] = ["/grpc.health.v1.Health/"];
 
+/// Who is calling, as authentication established it; handlers read it from the
+/// request extensions. Absent when authentication is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The name of the token's entry, or the client certificate's subject.
+    pub name: String,
+    /// Roles granted to it (e.g. `approver`).
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the identity holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
 /// A bearer token. Holds only its digest and the ready header value; never printed.
 #[derive(Clone)]
 pub struct BearerToken {

@@ -63,6 +63,7 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<Exit> {
         task: Some(task),
         max_iterations: args.max_iterations.unwrap_or(0),
         use_multi_agent: args.single_agent.then_some(false),
+        budget_usd: None,
     };
     let resp = unary(&conn, "Submit", t, client.submit(request(req, t))).await?;
     let state = resp.state.unwrap_or_default();
@@ -99,6 +100,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
         resume: args.resume,
         max_iterations: args.max_iterations.unwrap_or(0),
         use_multi_agent: args.single_agent.then_some(false),
+        budget_usd: None,
     };
     let resp = unary(&conn, "Run", None, client.run(request(req, None))).await?;
     let result = resp

@@ -335,6 +335,7 @@ async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration, tp: &str) 
         task: Some(task),
         max_iterations: 0,
         use_multi_agent: None,
+        budget_usd: None,
     };
     let t = Some(timeout);
     unary(
@@ -387,6 +388,7 @@ async fn reset_then_resume(conn: &Conn, task: Task, tp: &str) -> Result<Row> {
         resume: false,
         max_iterations: 2,
         use_multi_agent: None,
+        budget_usd: None,
     };
     let r = unary(
         conn,

@@ -141,6 +141,7 @@ async fn a_bounded_run_then_resume_gives_eight_more_and_ten_total() {
             resume: false,
             max_iterations: 2,
             use_multi_agent: None,
+            budget_usd: None,
         })
         .await
         .unwrap()
