@@ -52,6 +52,17 @@ pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<A
     })?;
     let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(conn.clone(), &config.key_prefix));
     let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::new(conn, &config.key_prefix));
+    build_engine_over(config, store, queue, shutdown)
+}
+
+/// The engine over the given store and queue (e.g. the in-memory ones of a local stack),
+/// with the router link, agent and settings from `config`.
+pub fn build_engine_over(
+    config: &ExecutorConfig,
+    store: Arc<dyn SessionStore>,
+    queue: Arc<dyn WorkQueue>,
+    shutdown: Shutdown,
+) -> Result<Arc<AutonomousLoop>> {
     let router = match &config.router_addr {
         Some(addr) => Some(
             RouterLink::with_security(addr, config.route_timeout, &config.router_security)

@@ -93,82 +93,26 @@ fn codes(r: &RunResult) -> Vec<ReasonCode> {
 #[tokio::test]
 async fn the_seed_scenarios_route_and_complete() {
     let (mut h, _r) = with_router(|_| {}).await;
-    let cases = [
-        (
-            task(
-                "TEST-BUG-001",
-                "Fix typo in README",
-                Complexity::Low,
-                10.0,
-                &["org/docs"],
-                &[],
-            ),
-            RoutingDecision::UseSingleAgent,
-            ReasonCode::SimpleTask,
-        ),
-        (
-            task(
-                "TEST-FEATURE-001",
-                "Implement new payment processing",
-                Complexity::High,
-                500.0,
-                &["org/pay"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::HighComplexity,
-        ),
-        (
-            task(
-                "TEST-HIPAA-001",
-                "Rotate HIPAA credentials for the patient API",
-                Complexity::Medium,
-                50.0,
-                &["org/api"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::ComplianceSensitive,
-        ),
-        (
-            task(
-                "TEST-DEPLOY-001",
-                "Deploy the billing service to production",
-                Complexity::Medium,
-                50.0,
-                &["org/billing"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::Deployment,
-        ),
-        (
-            task(
-                "TEST-XREPO-001",
-                "Rename the user id type",
-                Complexity::Medium,
-                50.0,
-                &["org/a", "org/b"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::CrossRepo,
-        ),
-    ];
-    for (t, decision, reason) in cases {
-        let id = t.id.clone();
-        let r = run(&mut h, t, 50).await;
-        assert_eq!(r.routing_decision, decision as i32, "{id}");
-        assert_eq!(
-            TaskStatus::try_from(r.status).unwrap(),
-            TaskStatus::Completed,
-            "{id}"
-        );
-        assert!(codes(&r).contains(&reason), "{id}: {:?}", codes(&r));
-        let s = r.state.unwrap();
-        assert!(s.fallback.is_none(), "{id} fell back: {:?}", s.fallback);
-        if decision == RoutingDecision::UseMultiAgent {
-            assert_eq!(r.path, ExecutionPath::MultiAgent as i32, "{id}");
+    // Every scenario of the plan that goes through the work queue, checked against the
+    // plan's expectations (the context reset has its own test below).
+    for sc in scenarios::plan()
+        .into_iter()
+        .filter(|sc| sc.mode == scenarios::Mode::Submit)
+    {
+        let id = sc.task.id.clone();
+        let r = run(&mut h, sc.task.clone(), 50).await;
+        let s = r.state.clone().unwrap();
+        let outcome = scenarios::Outcome {
+            scenario: sc.name,
+            task_id: id.clone(),
+            trace_id: String::new(),
+            state: Some(s.clone()),
+            runs: Vec::new(),
+            failures: Vec::new(),
+        };
+        let failures = scenarios::check(&sc, &outcome);
+        assert!(failures.is_empty(), "{id}: {failures:?}");
+        if sc.expect.path == ExecutionPath::MultiAgent {
             assert_eq!(s.phase, TeamPhase::Done as i32, "{id}");
             assert!(!s.specialists.is_empty());
             assert!(
@@ -177,8 +121,6 @@ async fn the_seed_scenarios_route_and_complete() {
                     .all(|sp| sp.status == SpecialistStatus::Done as i32)
             );
             assert!(!s.result.is_empty());
-        } else {
-            assert_eq!(r.path, ExecutionPath::SingleAgent as i32);
         }
     }
     h.stop().await;
@@ -188,14 +130,7 @@ async fn the_seed_scenarios_route_and_complete() {
 async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_total() {
     let (mut h, _r) = with_router(|_| {}).await;
     // HIGH + HIPAA + $250 staffs four specialists; 1 analysis + 4 x 2 + 1 synthesis = 10.
-    let t = task(
-        "TEST-RESUME-001",
-        "Complex feature with HIPAA compliance",
-        Complexity::High,
-        250.0,
-        &["org/ehr"],
-        &[("sim.specialist_iterations", "2")],
-    );
+    let t = scenarios::Scenario::by_id("TEST-RESUME-001").task;
     let first = run(&mut h, t.clone(), 2).await;
     assert_eq!(
         first.routing_decision,
@@ -219,8 +154,7 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
             }),
             resume: true,
             max_iterations: 10,
-            use_multi_agent: None,
-        })
+            use_multi_agent: None, budget_usd: None, })
         .await
         .unwrap()
         .into_inner()
@@ -517,8 +451,7 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
                 }),
                 resume: true,
                 max_iterations: 10,
-                use_multi_agent: None,
-            })
+                use_multi_agent: None, budget_usd: None, })
             .await
             .unwrap()
             .into_inner()

@@ -9,6 +9,7 @@ pub mod redact;
 pub mod security;
 pub mod server;
 pub mod shutdown;
+pub mod status_text;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;

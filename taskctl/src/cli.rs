@@ -142,7 +142,7 @@ pub enum Command {
     /// Start both services in this process and run the plan's scenarios through them.
     Demo(DemoArgs),
     /// Measure throughput and latency over loopback gRPC (route, baseline, execute, redis).
-    Bench(crate::bench::BenchArgs),
+    Bench(taskrouter_loadgen::BenchArgs),
 }
 
 /// A task, from flags, a file, or both (flags win).

@@ -1,8 +1,9 @@
 //! Connections to the services, with failures turned into one-line errors.
 
-use crate::error::{CliError, Result, Service, io_cause};
+use crate::error::{CliError, Result, Service};
 use service_kit::auth::ClientInterceptor;
 use service_kit::security::ClientSecurity;
+use service_kit::status_text::io_cause;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::router_client::RouterClient;
@@ -86,7 +87,8 @@ pub async fn connect(
             humantime::format_duration(timeout)
         ))),
         Ok(Err(e)) => {
-            let cause = io_cause(&e).unwrap_or_else(|| crate::error::one_line(&e.to_string()));
+            let cause =
+                io_cause(&e).unwrap_or_else(|| service_kit::status_text::one_line(&e.to_string()));
             Err(unreachable(cause))
         }
         Ok(Ok(channel)) => Ok(Conn {

@@ -1,5 +1,6 @@
 //! What can go wrong in a command, and the exit code each failure maps to.
 
+use service_kit::status_text::{code_name, io_cause, one_line};
 use service_kit::validation::field_violations;
 use std::fmt;
 use tonic::{Code, Status};
@@ -146,76 +147,11 @@ impl fmt::Display for CliError {
     }
 }
 
-/// Collapses whitespace runs (including newlines) so a message stays on one line.
-pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The canonical gRPC name of a code, e.g. `NOT_FOUND`.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The short cause of a connection failure, if `status` wraps one (tonic reports a
 /// failed connect as UNAVAILABLE with the transport error as its source).
 fn transport_cause(status: &Status) -> Option<String> {
     let source = std::error::Error::source(status)?;
     io_cause(source)
-}
-
-/// Walks an error's sources to the I/O error underneath and names it briefly.
-pub fn io_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(describe_io(io));
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn describe_io(io: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match io.kind() {
-        K::ConnectionRefused => "connection refused".into(),
-        K::ConnectionReset => "connection reset".into(),
-        K::ConnectionAborted => "connection aborted".into(),
-        K::TimedOut => "timed out".into(),
-        K::AddrNotAvailable => "address not available".into(),
-        K::NotFound => "host not found".into(),
-        _ => {
-            let text = io.to_string();
-            // "Network is unreachable (os error 101)" -> "network is unreachable"
-            let text = match text.find(" (os error") {
-                Some(i) => &text[..i],
-                None => &text,
-            };
-            let mut chars = text.chars();
-            match chars.next() {
-                Some(c) => c.to_lowercase().chain(chars).collect(),
-                None => "connection failed".into(),
-            }
-        }
-    }
 }
 
 /// Result alias for commands.

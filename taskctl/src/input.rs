@@ -100,7 +100,7 @@ pub fn parse_task_file(text: &str, path: &Path) -> Result<TaskFile> {
         serde_norway::from_str(text).map_err(|e| {
             CliError::Usage(format!(
                 "--file {shown}: {}",
-                crate::error::one_line(&e.to_string())
+                service_kit::status_text::one_line(&e.to_string())
             ))
         })
     }

@@ -7,44 +7,24 @@
 //! FAILED or CANCELLED (`run`, `watch`); the demo exits 1 when a scenario did not end
 //! as expected, and `bench` when any request failed or a task did not complete.
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod error;
 pub mod input;
+pub mod names;
+pub mod output;
 pub mod render;
 
 use cli::{Cli, Command};
 use error::{CliError, Exit};
-use std::io::Write;
+use output::emit_err;
 use std::process::ExitCode;
 
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
-    }
-}
-
-/// Writes `text` to stdout. A closed stdout (e.g. `| head`) is not an error worth a panic.
-pub fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-}
-
-/// Writes one pretty-printed JSON document and a newline to stdout.
-pub fn emit_json(value: &serde_json::Value) {
-    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
-    emit(&format!("{text}\n"));
-}
-
-/// Writes lines to stderr, ignoring a closed stderr.
-pub fn emit_err(lines: &[String]) {
-    let mut err = std::io::stderr().lock();
-    for line in lines {
-        let _ = writeln!(err, "{line}");
     }
 }
 
@@ -59,7 +39,22 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Cancel(a) => commands::cancel(&cli, a).await,
         Command::Policy => commands::policy(&cli).await,
         Command::Demo(a) => demo::demo(&cli, a).await,
-        Command::Bench(a) => bench::run(&cli, a).await,
+        Command::Bench(a) => bench(&cli, a).await,
+    }
+}
+
+/// `taskctl bench`: the load generator with this command line's router, timeout and output.
+async fn bench(cli: &Cli, args: &taskrouter_loadgen::BenchArgs) -> Result<Exit, CliError> {
+    let options = taskrouter_loadgen::Options {
+        router: cli.router_given.then(|| cli.router.clone()),
+        timeout: cli.timeout,
+        json: cli.json,
+    };
+    match taskrouter_loadgen::run(&options, args).await {
+        Ok(taskrouter_loadgen::Verdict::Passed) => Ok(Exit::Ok),
+        Ok(taskrouter_loadgen::Verdict::Failed) => Ok(Exit::Runtime),
+        Err(taskrouter_loadgen::Error::Usage(m)) => Err(CliError::Usage(m)),
+        Err(taskrouter_loadgen::Error::Runtime(m)) => Err(CliError::Runtime(m)),
     }
 }
 

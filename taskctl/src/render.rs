@@ -1,40 +1,16 @@
 //! Output: JSON built from the proto messages (enum values as their proto names) and
 //! human-readable text. Task descriptions are never printed, only their size.
 
+use scenarios::Outcome;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, FallbackCause, FallbackRecord, GetPolicyResponse, IterationRecord,
-    ProgressEvent, ReasonCode, RoutingAnalysis, RoutingDecision, RunResult, SessionState,
-    SpecialistProgress, SpecialistStatus, Task, TaskStatus, TeamPhase, progress_event,
+    ApprovalGate, BudgetKind, Decision, ExecutionPath, FallbackRecord, GetPolicyResponse, IterationRecord, ProgressEvent,
+    RoutingAnalysis, RoutingDecision, RunResult, SessionState, SpecialistProgress, Task,
+    progress_event,
 };
 
-macro_rules! enum_names {
-    ($($fn:ident, $short:ident: $ty:ty, $prefix:literal;)*) => {$(
-        /// The proto name of the value (`UNKNOWN(n)` for a value this build does not know).
-        pub fn $fn(v: i32) -> String {
-            <$ty>::try_from(v)
-                .map(|e| e.as_str_name().to_string())
-                .unwrap_or_else(|_| format!("UNKNOWN({v})"))
-        }
-        /// The proto name without its enum prefix, for humans.
-        pub fn $short(v: i32) -> String {
-            let full = $fn(v);
-            full.strip_prefix($prefix).map(str::to_string).unwrap_or(full)
-        }
-    )*};
-}
-
-enum_names! {
-    status_name, status_short: TaskStatus, "TASK_STATUS_";
-    decision_name, decision_short: RoutingDecision, "ROUTING_DECISION_";
-    path_name, path_short: ExecutionPath, "EXECUTION_PATH_";
-    phase_name, phase_short: TeamPhase, "TEAM_PHASE_";
-    cause_name, cause_short: FallbackCause, "FALLBACK_CAUSE_";
-    reason_name, reason_short: ReasonCode, "REASON_CODE_";
-    complexity_name, complexity_short: Complexity, "COMPLEXITY_";
-    specialist_name, specialist_short: SpecialistStatus, "SPECIALIST_STATUS_";
-}
+pub use crate::names::*;
 
 /// "single-agent" / "multi-agent" for a decision.
 pub fn decision_human(v: i32) -> String {
@@ -96,6 +72,17 @@ pub fn analysis_json(a: &RoutingAnalysis) -> Value {
         "suggested_roles": a.suggested_roles,
         "policy_version": a.policy_version,
         "multi_agent_recommended": a.multi_agent_recommended,
+        "budget_usd": a.budget_usd,
+        "tenant": a.tenant,
+        "tenant_usd_per_day": a.tenant_usd_per_day,
+        "gates": a.gates.iter().map(|g| json!({
+            "gate": gate_name(g.gate),
+            "reason": reason_name(g.reason),
+            "timeout_seconds": g.timeout_seconds,
+            "on_timeout": if g.on_timeout == taskrouter_proto::v1::TimeoutAction::Approve as i32 { "approve" } else { "reject" },
+            "on_reject": if g.on_reject == taskrouter_proto::v1::RejectAction::Iterate as i32 { "iterate" } else { "fail" },
+            "message": g.message,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -154,6 +141,19 @@ pub fn state_json(s: &SessionState) -> Value {
         "archived": s.archived,
         "archive_expires_at": time_json(&s.archive_expires_at),
         "force_single_agent": s.force_single_agent,
+        "budget_usd": s.budget_usd,
+        "budget_exhausted": budget_kind_name(s.budget_exhausted),
+        "waiting_gate": gate_name(s.waiting_gate),
+        "approval_deadline": time_json(&s.approval_deadline),
+        "approvals": s.approvals.iter().map(|r| json!({
+            "gate": gate_name(r.gate),
+            "decision": decision_verdict(r.decision),
+            "decided_by": r.decided_by,
+            "at": time_json(&r.at),
+            "comment": r.comment,
+            "timed_out": r.timed_out,
+        })).collect::<Vec<_>>(),
+        "passed_gates": s.passed_gates.iter().map(|g| gate_name(*g)).collect::<Vec<_>>(),
     })
 }
 
@@ -221,6 +221,31 @@ pub fn event_json(e: &ProgressEvent) -> Value {
                 "total_iterations": f.total_iterations,
                 "cost_usd": f.cost_usd,
                 "error": f.error,
+            }),
+        ),
+        Some(Kind::ApprovalRequested(a)) => (
+            "approval_requested",
+            json!({
+                "gate": gate_name(a.gate),
+                "deadline": time_json(&a.deadline),
+                "reason": a.reason,
+            }),
+        ),
+        Some(Kind::ApprovalDecided(d)) => (
+            "approval_decided",
+            json!({
+                "gate": gate_name(d.gate),
+                "decision": decision_verdict(d.decision),
+                "decided_by": d.decided_by,
+                "timed_out": d.timed_out,
+            }),
+        ),
+        Some(Kind::BudgetStopped(b)) => (
+            "budget_stopped",
+            json!({
+                "kind": budget_kind_name(b.kind),
+                "spent_usd": b.spent_usd,
+                "limit_usd": b.limit_usd,
             }),
         ),
     };
@@ -291,7 +316,7 @@ pub fn analysis_text(a: &RoutingAnalysis) -> String {
             out,
             "  {:<width$}  {}",
             reason_short(r.code),
-            crate::error::one_line(&r.message)
+            service_kit::status_text::one_line(&r.message)
         );
     }
     let _ = writeln!(
@@ -334,7 +359,7 @@ fn fallback_text(f: &Option<FallbackRecord>) -> String {
             "{} in phase {}: {}",
             cause_short(f.cause),
             phase_short(f.phase),
-            crate::error::one_line(&f.detail)
+            service_kit::status_text::one_line(&f.detail)
         ),
     }
 }
@@ -400,7 +425,7 @@ pub fn state_text(s: &SessionState) -> String {
             if sp.last_error.is_empty() {
                 String::new()
             } else {
-                format!(": {}", crate::error::one_line(&sp.last_error))
+                format!(": {}", service_kit::status_text::one_line(&sp.last_error))
             }
         );
     }
@@ -439,14 +464,14 @@ pub fn state_text(s: &SessionState) -> String {
         let _ = writeln!(
             out,
             "last error:      {}",
-            crate::error::one_line(&s.last_error)
+            service_kit::status_text::one_line(&s.last_error)
         );
     }
     if !s.result.is_empty() {
         let _ = writeln!(
             out,
             "result:          {}",
-            crate::error::one_line(&s.result)
+            service_kit::status_text::one_line(&s.result)
         );
     }
     let _ = writeln!(
@@ -475,7 +500,7 @@ pub fn iterations_text(records: &[IterationRecord]) -> String {
             r.role,
             if r.done { "done" } else { "" },
             r.cost_usd,
-            crate::error::one_line(&r.output)
+            service_kit::status_text::one_line(&r.output)
         );
     }
     out
@@ -511,14 +536,14 @@ pub fn run_result_text(r: &RunResult) -> String {
         let _ = writeln!(
             out,
             "last error:      {}",
-            crate::error::one_line(&s.last_error)
+            service_kit::status_text::one_line(&s.last_error)
         );
     }
     if !r.result.is_empty() {
         let _ = writeln!(
             out,
             "result:          {}",
-            crate::error::one_line(&r.result)
+            service_kit::status_text::one_line(&r.result)
         );
     }
     out
@@ -565,6 +590,43 @@ pub fn policy_text(p: &GetPolicyResponse) -> String {
         }
     }
     out
+}
+
+/// An approval gate's proto name.
+pub fn gate_name(g: i32) -> String {
+    ApprovalGate::try_from(g)
+        .map(|g| g.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("UNKNOWN({g})"))
+}
+
+/// An approval gate as the policy file writes it (`before_start`).
+pub fn gate_short(g: i32) -> String {
+    gate_name(g)
+        .trim_start_matches("APPROVAL_GATE_")
+        .to_ascii_lowercase()
+}
+
+/// `approved` / `rejected`.
+pub fn decision_verdict(d: i32) -> &'static str {
+    match Decision::try_from(d) {
+        Ok(Decision::Approved) => "approved",
+        Ok(Decision::Rejected) => "rejected",
+        _ => "undecided",
+    }
+}
+
+/// A budget kind's proto name.
+pub fn budget_kind_name(k: i32) -> String {
+    BudgetKind::try_from(k)
+        .map(|k| k.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("UNKNOWN({k})"))
+}
+
+/// `task` / `tenant`.
+pub fn budget_kind_short(k: i32) -> String {
+    budget_kind_name(k)
+        .trim_start_matches("BUDGET_KIND_")
+        .to_ascii_lowercase()
 }
 
 /// One human line for a progress event, or `None` for events not worth a line.
@@ -617,7 +679,7 @@ pub fn event_line(e: &ProgressEvent) -> Option<String> {
                 f.cost_usd
             );
             if !f.error.is_empty() {
-                let _ = write!(s, ": {}", crate::error::one_line(&f.error));
+                let _ = write!(s, ": {}", service_kit::status_text::one_line(&f.error));
             }
             s
         }
@@ -625,9 +687,119 @@ pub fn event_line(e: &ProgressEvent) -> Option<String> {
     Some(format!("#{:<4} {text}", e.sequence))
 }
 
+// The demo's table and JSON.
+
+fn short_decision(v: i32) -> String {
+    match RoutingDecision::try_from(v) {
+        Ok(RoutingDecision::UseSingleAgent) => "single".into(),
+        Ok(RoutingDecision::UseMultiAgent) => "multi".into(),
+        _ => "-".into(),
+    }
+}
+
+fn short_path(v: i32) -> String {
+    match ExecutionPath::try_from(v) {
+        Ok(ExecutionPath::SingleAgent) => "single".into(),
+        Ok(ExecutionPath::MultiAgent) => "multi".into(),
+        _ => "-".into(),
+    }
+}
+
+/// The table's cells for one row.
+fn demo_cells(row: &Outcome) -> Vec<String> {
+    let reasons: Vec<String> = row.reasons().into_iter().map(reason_short).collect();
+    vec![
+        row.task_id.clone(),
+        short_decision(row.decision()),
+        if reasons.is_empty() {
+            "-".into()
+        } else {
+            reasons.join(",")
+        },
+        row.state
+            .as_ref()
+            .map_or("-".into(), |s| short_path(s.path)),
+        row.iterations_text(),
+        row.fallback().map_or("-".into(), cause_short),
+        row.state
+            .as_ref()
+            .map_or("-".into(), |s| status_short(s.status)),
+        row.trace_id.clone(),
+        if row.failures.is_empty() {
+            "ok".into()
+        } else {
+            "FAIL".into()
+        },
+    ]
+}
+
+/// The demo's rows as one aligned text table.
+pub fn demo_table(rows: &[Outcome]) -> String {
+    let header: Vec<String> = [
+        "TASK",
+        "DECISION",
+        "REASONS",
+        "PATH",
+        "ITERATIONS",
+        "FALLBACK",
+        "STATUS",
+        "TRACE",
+        "CHECK",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    let body: Vec<Vec<String>> = rows.iter().map(demo_cells).collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for r in &body {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header);
+    for r in &body {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// One demo row as JSON (enum values as their proto names).
+pub fn demo_row_json(row: &Outcome) -> Value {
+    json!({
+        "scenario": row.scenario,
+        "task_id": row.task_id,
+        "decision": decision_name(row.decision()),
+        "reasons": row.reasons().into_iter().map(reason_name).collect::<Vec<_>>(),
+        "path": row.state.as_ref().map(|s| path_name(s.path)),
+        "iterations": row.state.as_ref().map(|s| s.iteration_count),
+        "runs": row.runs.iter().map(|r| json!({
+            "status": status_name(r.status),
+            "iterations_this_run": r.iterations_this_run,
+            "total_iterations": r.total_iterations,
+        })).collect::<Vec<_>>(),
+        "fallback_cause": row.fallback().map(cause_name),
+        "status": row.state.as_ref().map(|s| status_name(s.status)),
+        "trace_id": row.trace_id,
+        "ok": row.failures.is_empty(),
+        "failures": row.failures,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskrouter_proto::v1::{ReasonCode, TaskStatus};
 
     #[test]
     fn enum_values_use_their_proto_names() {
@@ -658,5 +830,38 @@ mod tests {
         let json = state_json(&state).to_string();
         assert!(!json.contains("Jane"), "{json}");
         assert!(json.contains("\"description_bytes\":25"), "{json}");
+    }
+
+    #[test]
+    fn a_mismatch_is_reported_per_expectation() {
+        let s = &scenarios::plan()[0];
+        let mut row = Outcome {
+            trace_id: String::new(),
+            scenario: s.name,
+            task_id: s.task.id.clone(),
+            state: Some(SessionState {
+                status: TaskStatus::Failed as i32,
+                path: ExecutionPath::MultiAgent as i32,
+                ..Default::default()
+            }),
+            runs: Vec::new(),
+            failures: Vec::new(),
+        };
+        let failures = scenarios::check(s, &row);
+        assert!(
+            failures.iter().any(|f| f.starts_with("decision")),
+            "{failures:?}"
+        );
+        assert!(
+            failures.iter().any(|f| f.starts_with("path")),
+            "{failures:?}"
+        );
+        assert!(
+            failures.iter().any(|f| f.starts_with("status")),
+            "{failures:?}"
+        );
+        row.failures = failures;
+        let t = demo_table(&[row]);
+        assert!(t.lines().nth(1).unwrap().ends_with("FAIL"), "{t}");
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use scenarios::Scenario;
 
 fn engine() -> PolicyEngine {
     PolicyEngine::builtin().unwrap()
@@ -34,16 +35,31 @@ fn is_multi(a: &RoutingAnalysis) -> bool {
     a.decision == RoutingDecision::UseMultiAgent as i32
 }
 
-// The seed plan's five scenarios.
+// The plan's scenarios (defined once, in the scenarios crate).
+
+#[test]
+fn every_plan_scenario_routes_as_the_plan_expects() {
+    for s in scenarios::plan() {
+        let a = engine().evaluate(&s.task);
+        assert_eq!(
+            a.decision, s.expect.decision as i32,
+            "{}: {:?}",
+            s.name, a.reasons
+        );
+        let got = codes(&a);
+        for want in &s.expect.reasons {
+            assert!(
+                got.contains(want),
+                "{}: {want:?} missing from {got:?}",
+                s.name
+            );
+        }
+    }
+}
 
 #[test]
 fn readme_typo_at_ten_dollars_stays_single() {
-    let a = engine().evaluate(&task(
-        "TEST-BUG-001",
-        "Fix typo in README",
-        Complexity::Low,
-        10.0,
-    ));
+    let a = engine().evaluate(&Scenario::by_id("TEST-BUG-001").task);
     assert!(!is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::SimpleTask]);
     assert!(!a.multi_agent_recommended);
@@ -53,12 +69,7 @@ fn readme_typo_at_ten_dollars_stays_single() {
 
 #[test]
 fn high_value_high_complexity_payment_feature_goes_multi() {
-    let a = engine().evaluate(&task(
-        "TEST-FEATURE-001",
-        "Implement new payment processing",
-        Complexity::High,
-        500.0,
-    ));
+    let a = engine().evaluate(&Scenario::by_id("TEST-FEATURE-001").task);
     assert!(is_multi(&a));
     assert_eq!(
         codes(&a),
@@ -70,12 +81,7 @@ fn high_value_high_complexity_payment_feature_goes_multi() {
 
 #[test]
 fn hipaa_credential_rotation_goes_multi() {
-    let a = engine().evaluate(&task(
-        "T-3",
-        "Rotate HIPAA credentials for the patient portal",
-        Complexity::Medium,
-        50.0,
-    ));
+    let a = engine().evaluate(&Scenario::by_id("TEST-HIPAA-001").task);
     assert!(is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::ComplianceSensitive]);
     assert!(
@@ -88,12 +94,7 @@ fn hipaa_credential_rotation_goes_multi() {
 
 #[test]
 fn production_deployment_goes_multi() {
-    let a = engine().evaluate(&task(
-        "T-4",
-        "Deploy the billing service to production",
-        Complexity::Medium,
-        50.0,
-    ));
+    let a = engine().evaluate(&Scenario::by_id("TEST-DEPLOY-001").task);
     assert!(is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::Deployment]);
     assert_eq!(a.suggested_roles, ["implementer", "release-engineer"]);
@@ -101,19 +102,12 @@ fn production_deployment_goes_multi() {
 
 #[test]
 fn refactor_across_two_repositories_goes_multi() {
-    let mut t = task(
-        "T-5",
-        "Refactor the shared auth client",
-        Complexity::Medium,
-        50.0,
-    );
-    t.repositories = vec!["org/service-a".into(), "org/service-b".into()];
-    let a = engine().evaluate(&t);
+    let a = engine().evaluate(&Scenario::by_id("TEST-XREPO-001").task);
     assert!(is_multi(&a));
     assert_eq!(codes(&a), vec![ReasonCode::CrossRepo]);
     assert_eq!(
         a.suggested_roles,
-        ["implementer", "repo:org/service-a", "repo:org/service-b"]
+        ["implementer", "repo:acme/api", "repo:acme/web"]
     );
 }
 

@@ -2,9 +2,7 @@
 //! and real router and executor servers (over a private redis-server) on 127.0.0.1.
 #![allow(dead_code)]
 
-use executor_service::config::ExecutorConfig;
-use router_service::RouterConfig;
-use service_kit::Shutdown;
+use local_stack::{LocalStack, Store};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -79,51 +77,34 @@ pub async fn taskctl(args: &[&str]) -> Output {
     taskctl_with_stdin(args, None).await
 }
 
-/// A router and an executor served in this process, the executor over a real Redis.
+/// A router and an executor served in this process (the local stack), the executor
+/// over a real Redis. Dropped with the test's runtime.
 pub struct Services {
     pub redis: RedisServer,
     pub router: SocketAddr,
     pub executor: SocketAddr,
-    pub shutdown: Shutdown,
+    pub stack: LocalStack,
 }
 
 impl Services {
     /// Starts Redis, the router and the executor (simulated agent, wired to the router).
     pub async fn start() -> Self {
         let redis = RedisServer::start();
-        let shutdown = Shutdown::new();
-        let rl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let router = rl.local_addr().unwrap();
-        tokio::spawn(router_service::serve(
-            RouterConfig::with_defaults(),
-            rl,
-            shutdown.clone(),
-        ));
-        let mut config = ExecutorConfig::for_redis(redis.url());
-        config.router_addr = Some(format!("http://{router}"));
+        let store = Store::Redis(redis.url().to_string());
+        let mut config = local_stack::executor_config(&store);
         config.key_prefix = "taskctl-test".into();
         config.settings.concurrency = 2;
-        config.settings.poll_interval = Duration::from_millis(20);
         config.settings.lease_ttl = Duration::from_secs(2);
         config.settings.shutdown_grace = Duration::from_secs(1);
         config.health_interval = Duration::from_millis(100);
-        let el = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let executor = el.local_addr().unwrap();
-        tokio::spawn(executor_service::serve(config, el, shutdown.clone()));
-        for (addr, name) in [
-            (router, "taskrouter.v1.Router"),
-            (executor, "taskrouter.v1.Executor"),
-        ] {
-            assert!(
-                test_support::wait_for_grpc_serving(addr, name, Duration::from_secs(15)).await,
-                "{name} never became SERVING"
-            );
-        }
+        let stack = LocalStack::start(store, config, Duration::from_secs(15))
+            .await
+            .expect("the local stack starts");
         Self {
             redis,
-            router,
-            executor,
-            shutdown,
+            router: stack.router_addr,
+            executor: stack.executor_addr,
+            stack,
         }
     }
 
@@ -139,11 +120,5 @@ impl Services {
         let mut all = vec!["--router", &router, "--executor", &executor];
         all.extend_from_slice(args);
         taskctl_with_stdin(&all, stdin).await
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
     }
 }

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{Cluster, get, task, wait_final};
+use scenarios::{Mode, Outcome, Scenario};
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, ReasonCode, RoutingDecision, RunRequest, SubmitRequest, Task,
-    TaskStatus, TeamPhase,
+    Complexity, ExecutionPath, RunRequest, SubmitRequest, Task, TaskStatus, TeamPhase,
 };
 
 #[tokio::test]
@@ -15,72 +15,17 @@ async fn seed_scenarios_route_as_planned_and_complete_through_the_queue() {
     let mut c = Cluster::start().await;
     c.add_executor("exec-a", &["--concurrency", "4"]).await;
     let mut client = c.client(0).await;
-    let scenarios = [
-        (
-            task(
-                "TEST-BUG-001",
-                "Fix typo in README",
-                Complexity::Low,
-                10.0,
-                &["org/docs"],
-                &[],
-            ),
-            RoutingDecision::UseSingleAgent,
-            ReasonCode::SimpleTask,
-        ),
-        (
-            task(
-                "TEST-FEATURE-001",
-                "Implement new payment processing",
-                Complexity::High,
-                500.0,
-                &["org/pay"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::HighValue,
-        ),
-        (
-            task(
-                "TEST-HIPAA-001",
-                "Rotate HIPAA credentials for the claims database",
-                Complexity::Medium,
-                80.0,
-                &["org/claims"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::ComplianceSensitive,
-        ),
-        (
-            task(
-                "TEST-DEPLOY-001",
-                "Deploy the new scheduler to production",
-                Complexity::Medium,
-                60.0,
-                &["org/sched"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::Deployment,
-        ),
-        (
-            task(
-                "TEST-XREPO-001",
-                "Refactor the shared auth client",
-                Complexity::Medium,
-                60.0,
-                &["org/web", "org/mobile"],
-                &[],
-            ),
-            RoutingDecision::UseMultiAgent,
-            ReasonCode::CrossRepo,
-        ),
-    ];
-    for (t, _, _) in &scenarios {
+    // Every scenario of the plan that goes through the work queue (the context reset is
+    // driven by Run: see the tests below).
+    let plan: Vec<Scenario> = scenarios::plan()
+        .into_iter()
+        .filter(|s| s.mode == Mode::Submit)
+        .collect();
+    assert!(plan.len() >= 5, "the plan's queue scenarios");
+    for s in &plan {
         let r = client
             .submit(SubmitRequest {
-                task: Some(t.clone()),
+                task: Some(s.task.clone()),
                 ..Default::default()
             })
             .await
@@ -88,37 +33,27 @@ async fn seed_scenarios_route_as_planned_and_complete_through_the_queue() {
             .into_inner();
         assert!(r.created);
     }
-    for (t, decision, reason) in &scenarios {
-        let r = wait_final(&mut client, &t.id, Duration::from_secs(30)).await;
-        let s = r.state.unwrap();
-        assert_eq!(
-            TaskStatus::try_from(s.status).unwrap(),
-            TaskStatus::Completed,
-            "{}",
-            t.id
-        );
-        let a = s.analysis.unwrap();
-        assert_eq!(a.decision, *decision as i32, "{}", t.id);
-        assert!(
-            a.reasons.iter().any(|x| x.code == *reason as i32),
-            "{}: {:?}",
-            t.id,
-            a.reasons
-        );
+    for s in &plan {
+        let id = &s.task.id;
+        let r = wait_final(&mut client, id, Duration::from_secs(30)).await;
+        let state = r.state.unwrap();
+        let a = state.analysis.clone().unwrap();
         assert!(!a.policy_version.is_empty());
-        let expected_path = if *decision == RoutingDecision::UseMultiAgent {
-            ExecutionPath::MultiAgent
-        } else {
-            ExecutionPath::SingleAgent
-        };
-        assert_eq!(s.path, expected_path as i32, "{}", t.id);
-        assert!(s.fallback.is_none(), "{}", t.id);
         assert_eq!(
             r.iterations.len() as u32,
-            s.iteration_count,
-            "{}: one log record per iteration",
-            t.id
+            state.iteration_count,
+            "{id}: one log record per iteration"
         );
+        let outcome = Outcome {
+            scenario: s.name,
+            task_id: id.clone(),
+            trace_id: String::new(),
+            state: Some(state),
+            runs: Vec::new(),
+            failures: Vec::new(),
+        };
+        let failures = scenarios::check(s, &outcome);
+        assert!(failures.is_empty(), "{id}: {failures:?}");
     }
 }
 
@@ -161,8 +96,7 @@ async fn a_bounded_run_then_resume_gives_eight_more_and_ten_total() {
             }),
             resume: true,
             max_iterations: 10,
-            use_multi_agent: None,
-        })
+            use_multi_agent: None, budget_usd: None, })
         .await
         .unwrap()
         .into_inner()

@@ -1,11 +1,9 @@
-//! A router and an executor served in-process on 127.0.0.1 (the executor routing through
-//! the router, over a private redis-server), shared by every test of one binary, plus
+//! The local stack (a router and an executor served in-process on 127.0.0.1, the executor
+//! routing through the router, over a private redis-server), shared by every test of one binary, plus
 //! the request-building and status-checking helpers of the bad-input suites.
 #![allow(dead_code)]
 
-use executor_service::config::ExecutorConfig;
-use router_service::RouterConfig;
-use service_kit::Shutdown;
+use local_stack::{LocalStack, Store};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,8 +21,8 @@ pub struct Env {
     pub redis: RedisServer,
     pub router_addr: SocketAddr,
     pub exec_addr: SocketAddr,
-    /// Kept so the servers never see their shutdown signal's senders dropped.
-    pub shutdown: Shutdown,
+    /// Kept so the servers run for the whole test binary.
+    pub stack: LocalStack,
 }
 
 /// Starts the servers on first use.
@@ -37,42 +35,21 @@ pub fn env() -> &'static Env {
             .build()
             .unwrap();
         let redis = RedisServer::start();
-        let shutdown = Shutdown::new();
-        let (router_addr, exec_addr) = rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let router_addr = listener.local_addr().unwrap();
-            tokio::spawn(router_service::serve(
-                RouterConfig::with_defaults(),
-                listener,
-                shutdown.clone(),
-            ));
-            let mut config = ExecutorConfig::for_redis(redis.url());
-            config.router_addr = Some(format!("http://{router_addr}"));
-            config.settings.concurrency = 4;
+        let stack = rt.block_on(async {
+            let store = Store::Redis(redis.url());
+            let mut config = local_stack::executor_config(&store);
             config.settings.lease_ttl = Duration::from_secs(2);
-            config.settings.poll_interval = Duration::from_millis(20);
             config.health_interval = Duration::from_millis(100);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let exec_addr = listener.local_addr().unwrap();
-            tokio::spawn(executor_service::serve(config, listener, shutdown.clone()));
-            for (addr, service) in [
-                (router_addr, "taskrouter.v1.Router"),
-                (exec_addr, "taskrouter.v1.Executor"),
-            ] {
-                assert!(
-                    test_support::wait_for_grpc_serving(addr, service, Duration::from_secs(20))
-                        .await,
-                    "{service} did not start in-process"
-                );
-            }
-            (router_addr, exec_addr)
+            LocalStack::start(store, config, Duration::from_secs(20))
+                .await
+                .expect("the router and executor start in-process")
         });
         Env {
             rt,
             redis,
-            router_addr,
-            exec_addr,
-            shutdown,
+            router_addr: stack.router_addr,
+            exec_addr: stack.executor_addr,
+            stack,
         }
     })
 }

@@ -8,9 +8,9 @@
 
 use super::load::{self, Plan, Rng, TABLE_HEADER, Workload};
 use super::{LoadArgs, Measured};
-use crate::cli::Cli;
-use crate::error::{CliError, Exit, Result};
-use crate::{emit, emit_err, emit_json};
+use crate::Options;
+use crate::error::{Error, Result, Verdict};
+use crate::output::{emit, emit_err, emit_json};
 use serde_json::{Value, json};
 use service_kit::Shutdown;
 use std::net::SocketAddr;
@@ -60,10 +60,10 @@ impl EmptyServer {
     pub async fn start() -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| CliError::Runtime(format!("cannot bind 127.0.0.1: {e}")))?;
+            .map_err(|e| Error::Runtime(format!("cannot bind 127.0.0.1: {e}")))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| CliError::Runtime(format!("baseline server address: {e}")))?;
+            .map_err(|e| Error::Runtime(format!("baseline server address: {e}")))?;
         let shutdown = Shutdown::new();
         let waiter = shutdown.clone();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -165,15 +165,15 @@ impl Entry<'_> {
 /// Prints a report of `entries` (JSON or a text table plus `notes`) and returns the exit
 /// code: 1 when any request failed.
 pub fn report(
-    cli: &Cli,
+    opts: &Options,
     mode: &str,
     plan: &Plan,
     entries: &[Entry<'_>],
     extra: Value,
     notes: &[String],
-) -> Exit {
+) -> Verdict {
     let errors: u64 = entries.iter().map(|e| e.measured.errors).sum();
-    if cli.json {
+    if opts.json {
         let mut doc = json!({ "mode": mode, "config": plan.json() });
         for e in entries {
             doc[e.name] = e.json();
@@ -198,7 +198,7 @@ pub fn report(
         emit(&text);
     }
     if errors == 0 {
-        return Exit::Ok;
+        return Verdict::Passed;
     }
     let mut lines = Vec::new();
     for e in entries.iter().filter(|e| e.measured.errors > 0) {
@@ -211,15 +211,15 @@ pub fn report(
         ));
     }
     emit_err(&lines);
-    Exit::Runtime
+    Verdict::Failed
 }
 
 /// `taskctl bench baseline`.
-pub async fn run(cli: &Cli, args: &LoadArgs) -> Result<Exit> {
-    let plan = args.plan(cli.timeout);
-    let (measured, target) = measure(&plan, cli.timeout).await?;
+pub async fn run(opts: &Options, args: &LoadArgs) -> Result<Verdict> {
+    let plan = args.plan(opts.timeout);
+    let (measured, target) = measure(&plan, opts.timeout).await?;
     Ok(report(
-        cli,
+        opts,
         "baseline",
         &plan,
         &[Entry {

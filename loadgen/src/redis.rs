@@ -2,12 +2,13 @@
 //! `redis-benchmark` as the yardstick for the executor (`bench redis`).
 
 use super::{Workdir, require_loopback, round};
-use crate::cli::Cli;
-use crate::error::{CliError, Exit, Result, one_line};
-use crate::{emit, emit_json};
+use crate::Options;
+use crate::error::{Error, Result, Verdict};
+use crate::output::{emit, emit_json};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo};
 use serde_json::json;
+use service_kit::status_text::one_line;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
@@ -54,7 +55,7 @@ impl PrivateRedis {
                     if text.contains("Address already in use") {
                         break;
                     }
-                    return Err(CliError::Runtime(format!(
+                    return Err(Error::Runtime(format!(
                         "redis-server exited during start-up ({status}); log: {}",
                         log.display()
                     )));
@@ -69,7 +70,7 @@ impl PrivateRedis {
                 }
                 if Instant::now() >= deadline {
                     let _ = child.start_kill();
-                    return Err(CliError::Runtime(format!(
+                    return Err(Error::Runtime(format!(
                         "redis-server did not answer PING within {}; log: {}",
                         humantime::format_duration(START_TIMEOUT),
                         log.display()
@@ -78,7 +79,7 @@ impl PrivateRedis {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Err(CliError::Runtime(format!(
+        Err(Error::Runtime(format!(
             "redis-server: {PORT_ATTEMPTS} free ports in a row were taken before it could bind"
         )))
     }
@@ -97,10 +98,10 @@ impl PrivateRedis {
 
 fn spawn_redis(port: u16, dir: &Path, log: &Path) -> Result<Child> {
     let out = std::fs::File::create(log)
-        .map_err(|e| CliError::Runtime(format!("cannot create {}: {e}", log.display())))?;
+        .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", log.display())))?;
     let err = out
         .try_clone()
-        .map_err(|e| CliError::Runtime(format!("redis-server log: {e}")))?;
+        .map_err(|e| Error::Runtime(format!("redis-server log: {e}")))?;
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -113,13 +114,13 @@ fn spawn_redis(port: u16, dir: &Path, log: &Path) -> Result<Child> {
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                CliError::Runtime(
+                Error::Runtime(
                     "redis-server not found on PATH: install it (apt-get install redis-server) \
                      or pass --redis-url with a loopback Redis"
                         .into(),
                 )
             } else {
-                CliError::Runtime(format!("cannot start redis-server: {e}"))
+                Error::Runtime(format!("cannot start redis-server: {e}"))
             }
         })
 }
@@ -129,20 +130,20 @@ pub fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| CliError::Runtime(format!("cannot find a free port on 127.0.0.1: {e}")))
+        .map_err(|e| Error::Runtime(format!("cannot find a free port on 127.0.0.1: {e}")))
 }
 
 /// A multiplexed connection to `url` (5 s to connect, 30 s per reply).
 pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
     let client = redis::Client::open(url)
-        .map_err(|e| CliError::Usage(format!("--redis-url: not a Redis URL ({})", e.category())))?;
+        .map_err(|e| Error::Usage(format!("--redis-url: not a Redis URL ({})", e.category())))?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(30)));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| CliError::Runtime(format!("cannot reach Redis: {}", redis_cause(&e))))
+        .map_err(|e| Error::Runtime(format!("cannot reach Redis: {}", redis_cause(&e))))
 }
 
 /// A short cause for a Redis error (never the URL, which may hold a password).
@@ -163,7 +164,7 @@ pub async fn commandstats(conn: &mut MultiplexedConnection) -> Result<BTreeMap<S
         .arg("commandstats")
         .query_async(conn)
         .await
-        .map_err(|e| CliError::Runtime(format!("INFO commandstats: {}", redis_cause(&e))))?;
+        .map_err(|e| Error::Runtime(format!("INFO commandstats: {}", redis_cause(&e))))?;
     Ok(parse_commandstats(&info))
 }
 
@@ -246,13 +247,13 @@ impl RedisTarget {
 fn host_port(url: &str) -> Result<(String, u16)> {
     let info = url
         .into_connection_info()
-        .map_err(|e| CliError::Usage(format!("--redis-url: not a Redis URL ({})", e.category())))?;
+        .map_err(|e| Error::Usage(format!("--redis-url: not a Redis URL ({})", e.category())))?;
     match info.addr() {
         ConnectionAddr::Tcp(h, p) => Ok((h.clone(), *p)),
-        ConnectionAddr::TcpTls { .. } => Err(CliError::Usage(
+        ConnectionAddr::TcpTls { .. } => Err(Error::Usage(
             "--redis-url: redis-benchmark comparison needs a plaintext redis:// URL".into(),
         )),
-        _ => Err(CliError::Usage(
+        _ => Err(Error::Usage(
             "--redis-url: needs a redis://host:port URL".into(),
         )),
     }
@@ -303,9 +304,9 @@ impl Monitor {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let (host, port) = host_port(url)?;
         let info = url.into_connection_info().map_err(|e| {
-            CliError::Usage(format!("--redis-url: not a Redis URL ({})", e.category()))
+            Error::Usage(format!("--redis-url: not a Redis URL ({})", e.category()))
         })?;
-        let io = |e: std::io::Error| CliError::Runtime(format!("MONITOR connection: {e}"));
+        let io = |e: std::io::Error| Error::Runtime(format!("MONITOR connection: {e}"));
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(io)?;
@@ -319,13 +320,13 @@ impl Monitor {
             write.write_all(&resp(&auth)).await.map_err(io)?;
             let reply = lines.next_line().await.map_err(io)?.unwrap_or_default();
             if !reply.starts_with('+') {
-                return Err(CliError::Runtime("MONITOR connection: AUTH refused".into()));
+                return Err(Error::Runtime("MONITOR connection: AUTH refused".into()));
             }
         }
         write.write_all(&resp(&["MONITOR"])).await.map_err(io)?;
         let reply = lines.next_line().await.map_err(io)?.unwrap_or_default();
         if reply != "+OK" {
-            return Err(CliError::Runtime(format!(
+            return Err(Error::Runtime(format!(
                 "MONITOR refused: {}",
                 one_line(&reply)
             )));
@@ -380,7 +381,7 @@ pub async fn set_benchmark(url: &str, requests: u64, clients: u32) -> Result<Set
     let (host, port) = host_port(url)?;
     let info = url
         .into_connection_info()
-        .map_err(|e| CliError::Usage(format!("--redis-url: not a Redis URL ({})", e.category())))?;
+        .map_err(|e| Error::Usage(format!("--redis-url: not a Redis URL ({})", e.category())))?;
     let args = [
         "-h".to_string(),
         host,
@@ -408,20 +409,20 @@ pub async fn set_benchmark(url: &str, requests: u64, clients: u32) -> Result<Set
     // redis-benchmark stops by itself after -n requests; the bound is a safety net.
     let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
         .await
-        .map_err(|_| CliError::Runtime("redis-benchmark did not finish within 10 minutes".into()))?
+        .map_err(|_| Error::Runtime("redis-benchmark did not finish within 10 minutes".into()))?
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                CliError::Runtime(
+                Error::Runtime(
                     "redis-benchmark not found on PATH (it comes with redis-server: apt-get install redis-tools)".into(),
                 )
             } else {
-                CliError::Runtime(format!("cannot run redis-benchmark: {e}"))
+                Error::Runtime(format!("cannot run redis-benchmark: {e}"))
             }
         })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     match parse_set_rps(&stdout) {
         Some(rps) if out.status.success() => Ok(SetBenchmark { rps, command }),
-        _ => Err(CliError::Runtime(format!(
+        _ => Err(Error::Runtime(format!(
             "redis-benchmark failed ({}): {}",
             out.status,
             one_line(&format!(
@@ -457,14 +458,14 @@ pub fn parse_set_rps(output: &str) -> Option<f64> {
 }
 
 /// `taskctl bench redis`.
-pub async fn run(cli: &Cli, args: &RedisArgs) -> Result<Exit> {
+pub async fn run(opts: &Options, args: &RedisArgs) -> Result<Verdict> {
     let dir = Workdir::new("redis")?;
     let target = RedisTarget::open(args.redis_url.as_deref(), dir.path()).await?;
     let result = set_benchmark(&target.url, args.requests, args.clients).await;
     let description = target.description.clone();
     target.close().await;
     let bench = result?;
-    if cli.json {
+    if opts.json {
         emit_json(&json!({
             "mode": "redis",
             "redis": description,
@@ -477,7 +478,7 @@ pub async fn run(cli: &Cli, args: &RedisArgs) -> Result<Exit> {
             bench.command, bench.rps
         ));
     }
-    Ok(Exit::Ok)
+    Ok(Verdict::Passed)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! HDR histogram (microseconds).
 
 use super::{ms, ratio, round};
-use crate::error::{CliError, Result, code_name, one_line};
+use crate::error::{Error, Result};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use service_kit::status_text::{code_name, one_line};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,7 +167,7 @@ impl LatencySummary {
 /// A latency histogram in microseconds covering 1 µs to two minutes at 3 significant digits.
 pub fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, MAX_TRACKED_US, 3)
-        .map_err(|e| CliError::Runtime(format!("latency histogram: {e}")))
+        .map_err(|e| Error::Runtime(format!("latency histogram: {e}")))
 }
 
 /// Records `elapsed` in `h`, in whole microseconds (at least 1).
@@ -266,7 +267,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// Opens `n` separate HTTP/2 connections to `url` (each channel is one connection).
 pub async fn connect_all(url: &str, n: usize, timeout: Duration) -> Result<Vec<Channel>> {
     let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|_| CliError::Usage(format!("{url:?} is not a valid address")))?
+        .map_err(|_| Error::Usage(format!("{url:?} is not a valid address")))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(n);
@@ -274,11 +275,12 @@ pub async fn connect_all(url: &str, n: usize, timeout: Duration) -> Result<Vec<C
         let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                let cause = crate::error::io_cause(&e).unwrap_or_else(|| one_line(&e.to_string()));
-                return Err(CliError::Runtime(format!("cannot reach {url}: {cause}")));
+                let cause = service_kit::status_text::io_cause(&e)
+                    .unwrap_or_else(|| one_line(&e.to_string()));
+                return Err(Error::Runtime(format!("cannot reach {url}: {cause}")));
             }
             Err(_) => {
-                return Err(CliError::Runtime(format!(
+                return Err(Error::Runtime(format!(
                     "cannot reach {url}: no connection within {}",
                     humantime::format_duration(timeout)
                 )));
@@ -318,9 +320,7 @@ async fn phase<W: Workload>(
     stop: Stop,
 ) -> Result<Measured> {
     if channels.is_empty() {
-        return Err(CliError::Runtime(
-            "no connection to send requests on".into(),
-        ));
+        return Err(Error::Runtime("no connection to send requests on".into()));
     }
     // One shared histogram: a per-worker one would cost ~200 KiB per in-flight request,
     // and recording holds the lock for nanoseconds next to a round trip of tens of µs.
@@ -400,7 +400,7 @@ async fn phase<W: Workload>(
         ..Tally::default()
     };
     while let Some(joined) = set.join_next().await {
-        let t = joined.map_err(|e| CliError::Runtime(format!("a load worker failed: {e}")))?;
+        let t = joined.map_err(|e| Error::Runtime(format!("a load worker failed: {e}")))?;
         total.ok += t.ok;
         total.errors += t.errors;
         for (code, n) in t.error_codes {

@@ -4,22 +4,16 @@
 use super::baseline::{self, Entry};
 use super::load::{self, Rng, Workload};
 use super::{LoadArgs, ratio, require_loopback, round};
-use crate::cli::Cli;
-use crate::error::{CliError, Exit, Result};
-use router_service::RouterConfig;
+use crate::Options;
+use crate::error::{Error, Result, Verdict};
+use local_stack::LocalRouter;
 use serde_json::{Value, json};
-use service_kit::Shutdown;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{Complexity, RouteRequest, RoutingDecision, Task};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The targets, printed next to the ratios.
 const TARGET_THROUGHPUT_RATIO: f64 = 0.80;
@@ -269,84 +263,21 @@ impl Workload for RouteMix {
 
 /// Waits until the gRPC health of `service` at `channel` says SERVING.
 pub async fn wait_serving(channel: Channel, service: &str, within: Duration) -> Result<()> {
-    let mut client = HealthClient::new(channel);
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last: String;
-    loop {
-        let req = HealthCheckRequest {
-            service: service.to_string(),
-        };
-        match tokio::time::timeout(Duration::from_secs(2), client.check(req)).await {
-            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
-            Ok(Ok(r)) => last = format!("health status {}", r.get_ref().status),
-            Ok(Err(s)) => last = crate::error::one_line(s.message()),
-            Err(_) => last = "health check timed out".into(),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(CliError::Runtime(format!(
-                "{service} did not report SERVING within {} ({last})",
-                humantime::format_duration(within)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A router started in this process on a free 127.0.0.1 port, with the built-in policy.
-pub struct InProcessRouter {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<std::result::Result<(), router_service::Error>>,
-}
-
-impl InProcessRouter {
-    /// Starts it (it serves once its policy is loaded: see [`wait_serving`]).
-    pub async fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| CliError::Runtime(format!("cannot bind the router to 127.0.0.1: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| CliError::Runtime(format!("router address: {e}")))?;
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(router_service::serve(
-            RouterConfig::with_defaults(),
-            listener,
-            shutdown.clone(),
-        ));
-        Ok(InProcessRouter {
-            addr,
-            shutdown,
-            task,
-        })
-    }
-
-    /// Stops it, waiting at most two seconds for open calls.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), self.task)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
-    }
+    Ok(local_stack::health::wait_serving_on(channel, service, within).await?)
 }
 
 /// The router the Route calls go to.
 struct RouterTarget {
     url: String,
     description: String,
-    in_process: Option<InProcessRouter>,
+    in_process: Option<LocalRouter>,
 }
 
 impl RouterTarget {
     /// `--router` when it was given (loopback only), else a router started in this process.
-    async fn start(cli: &Cli) -> Result<Self> {
-        if cli.router_given {
-            let address = cli.router.trim();
+    async fn start(opts: &Options) -> Result<Self> {
+        if let Some(address) = &opts.router {
+            let address = address.trim();
             require_loopback("--router / TASKCTL_ROUTER", address)?;
             let url = if address.contains("://") {
                 address.to_string()
@@ -354,7 +285,7 @@ impl RouterTarget {
                 format!("http://{address}")
             };
             if !url.starts_with("http://") {
-                return Err(CliError::Usage(
+                return Err(Error::Usage(
                     "--router / TASKCTL_ROUTER: bench speaks plaintext http:// only".into(),
                 ));
             }
@@ -364,7 +295,7 @@ impl RouterTarget {
                 in_process: None,
             });
         }
-        let router = InProcessRouter::start().await?;
+        let router = LocalRouter::start().await?;
         Ok(RouterTarget {
             url: format!("http://{}", router.addr),
             description: format!(
@@ -383,11 +314,11 @@ impl RouterTarget {
 }
 
 /// `taskctl bench route`.
-pub async fn run(cli: &Cli, args: &RouteArgs) -> Result<Exit> {
-    let plan = args.load.plan(cli.timeout);
+pub async fn run(opts: &Options, args: &RouteArgs) -> Result<Verdict> {
+    let plan = args.load.plan(opts.timeout);
     let mix = Arc::new(RouteMix::new(args.mix));
-    let router = RouterTarget::start(cli).await?;
-    let result = measure_both(cli, &plan, &router, mix.clone()).await;
+    let router = RouterTarget::start(opts).await?;
+    let result = measure_both(opts, &plan, &router, mix.clone()).await;
     let route_target = router.description.clone();
     router.stop().await;
     let (route, base, base_target) = result?;
@@ -421,7 +352,7 @@ pub async fn run(cli: &Cli, args: &RouteArgs) -> Result<Exit> {
         ),
     ];
     Ok(baseline::report(
-        cli,
+        opts,
         "route",
         &plan,
         &[
@@ -449,17 +380,17 @@ pub async fn run(cli: &Cli, args: &RouteArgs) -> Result<Exit> {
 }
 
 async fn measure_both(
-    cli: &Cli,
+    opts: &Options,
     plan: &load::Plan,
     router: &RouterTarget,
     mix: Arc<RouteMix>,
 ) -> Result<(super::Measured, super::Measured, String)> {
     // Check the router first: a dead target should fail before the baseline runs.
-    let channels = load::connect_all(&router.url, plan.connections, cli.timeout).await?;
+    let channels = load::connect_all(&router.url, plan.connections, opts.timeout).await?;
     // The in-process router is not ready until its policy is loaded; an external one
     // may report either the service or the whole server.
-    wait_serving(channels[0].clone(), "", cli.timeout).await?;
-    let (base, base_target) = baseline::measure(plan, cli.timeout).await?;
+    wait_serving(channels[0].clone(), "", opts.timeout).await?;
+    let (base, base_target) = baseline::measure(plan, opts.timeout).await?;
     let route = load::drive(mix, &channels, plan).await?;
     Ok((route, base, base_target))
 }

@@ -1,4 +1,5 @@
-//! `taskctl bench`: a load generator that drives the services over real gRPC on loopback.
+//! The taskrouter load generator (behind `taskctl bench`): drives the services over real
+//! gRPC on loopback and reports throughput and latency.
 //!
 //! * `baseline`: an empty-message RPC against a trivial tonic server in this process, the
 //!   physical limit of the stack on this machine.
@@ -11,20 +12,33 @@
 //! Load only ever goes to loopback addresses; every loop is bounded in count and time.
 
 mod baseline;
+pub mod error;
 mod execute;
 mod load;
+mod output;
 mod redis;
 mod route;
 mod target;
 
-use crate::cli::Cli;
-use crate::error::{CliError, Exit, Result};
 use clap::{Args, Subcommand};
+pub use error::{Error, Result, Verdict};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use load::{LatencySummary, Measured, Plan, Stop};
 pub use target::require_loopback;
+
+/// What every mode takes from the command line around it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The router under load when given (`--router` / `TASKCTL_ROUTER`); `route` starts
+    /// one in this process otherwise.
+    pub router: Option<String>,
+    /// Deadline for connecting and for each request.
+    pub timeout: Duration,
+    /// Print one JSON document instead of text tables.
+    pub json: bool,
+}
 
 /// Flags of `taskctl bench`.
 #[derive(Args, Debug)]
@@ -90,13 +104,13 @@ impl LoadArgs {
     }
 }
 
-/// `taskctl bench`.
-pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<Exit> {
+/// Runs one bench mode; `Verdict::Failed` when a request failed or a task did not complete.
+pub async fn run(opts: &Options, args: &BenchArgs) -> Result<Verdict> {
     match &args.mode {
-        BenchMode::Baseline(a) => baseline::run(cli, a).await,
-        BenchMode::Route(a) => route::run(cli, a).await,
-        BenchMode::Execute(a) => execute::run(cli, a).await,
-        BenchMode::Redis(a) => redis::run(cli, a).await,
+        BenchMode::Baseline(a) => baseline::run(opts, a).await,
+        BenchMode::Route(a) => route::run(opts, a).await,
+        BenchMode::Execute(a) => execute::run(opts, a).await,
+        BenchMode::Redis(a) => redis::run(opts, a).await,
     }
 }
 
@@ -129,7 +143,7 @@ impl Workdir {
             std::process::id()
         ));
         std::fs::create_dir_all(&path)
-            .map_err(|e| CliError::Runtime(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", path.display())))?;
         Ok(Workdir { path, keep: false })
     }
 

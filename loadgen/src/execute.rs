@@ -10,12 +10,14 @@
 
 use super::load::{self, LatencySummary};
 use super::redis::{self as bench_redis, RedisTarget, SetBenchmark};
-use super::route::{InProcessRouter, wait_serving};
+use super::route::wait_serving;
 use super::{Workdir, ratio, round};
-use crate::cli::Cli;
-use crate::error::{CliError, Exit, Result, code_name, one_line};
-use crate::{emit, emit_err, emit_json};
+use crate::Options;
+use crate::error::{Error, Result, Verdict};
+use crate::output::{emit, emit_err, emit_json};
+use local_stack::LocalRouter;
 use serde_json::{Value, json};
+use service_kit::status_text::{code_name, one_line};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -109,7 +111,7 @@ fn executor_binary(args: &ExecuteArgs) -> Result<PathBuf> {
         Some(p) => p.clone(),
         None => {
             let exe = std::env::current_exe()
-                .map_err(|e| CliError::Runtime(format!("cannot locate taskctl itself: {e}")))?;
+                .map_err(|e| Error::Runtime(format!("cannot locate taskctl itself: {e}")))?;
             let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
             dir.join(format!("executor-service{}", std::env::consts::EXE_SUFFIX))
         }
@@ -117,7 +119,7 @@ fn executor_binary(args: &ExecuteArgs) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(CliError::Usage(format!(
+        Err(Error::Usage(format!(
             "--executor-bin: no executor-service binary at {} (build it with `cargo build --release -p executor-service`, or pass --executor-bin PATH)",
             path.display()
         )))
@@ -153,21 +155,21 @@ impl Spawn<'_> {
                 Err(Ready::PortTaken) => continue,
                 Err(Ready::Failed(why)) => {
                     p.stop().await;
-                    return Err(CliError::Runtime(why));
+                    return Err(Error::Runtime(why));
                 }
             }
         }
-        Err(CliError::Runtime(format!(
+        Err(Error::Runtime(format!(
             "executor {n}: {PORT_ATTEMPTS} free ports in a row were taken before it could bind"
         )))
     }
 
     fn spawn(&self, n: usize, addr: SocketAddr, log: &Path) -> Result<Child> {
         let out = std::fs::File::create(log)
-            .map_err(|e| CliError::Runtime(format!("cannot create {}: {e}", log.display())))?;
+            .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", log.display())))?;
         let err = out
             .try_clone()
-            .map_err(|e| CliError::Runtime(format!("executor log: {e}")))?;
+            .map_err(|e| Error::Runtime(format!("executor log: {e}")))?;
         let mut cmd = Command::new(self.bin);
         // Settings from this shell's environment must not change what is measured (or
         // turn on TLS the bench does not speak); RUST_LOG and OTEL_* pass through.
@@ -199,7 +201,7 @@ impl Spawn<'_> {
             .stderr(Stdio::from(err))
             .kill_on_drop(true);
         cmd.spawn()
-            .map_err(|e| CliError::Runtime(format!("cannot start {}: {e}", self.bin.display())))
+            .map_err(|e| Error::Runtime(format!("cannot start {}: {e}", self.bin.display())))
     }
 }
 
@@ -370,7 +372,7 @@ async fn submit_all(
     };
     while let Some(joined) = set.join_next().await {
         let (ok, errors, first) =
-            joined.map_err(|e| CliError::Runtime(format!("a submit worker failed: {e}")))?;
+            joined.map_err(|e| Error::Runtime(format!("a submit worker failed: {e}")))?;
         out.ok += ok;
         out.errors += errors;
         if out.first_error.is_none() {
@@ -403,7 +405,7 @@ async fn wait_drained(
             .arg(stream)
             .query_async(conn)
             .await
-            .map_err(|e| CliError::Runtime(format!("XLEN: {}", bench_redis::redis_cause(&e))))?;
+            .map_err(|e| Error::Runtime(format!("XLEN: {}", bench_redis::redis_cause(&e))))?;
         *polls += 1;
         if len == 0 {
             return Ok(Finish::Drained);
@@ -413,7 +415,7 @@ async fn wait_drained(
         }
         for p in executors.iter_mut() {
             if let Some(status) = p.exited() {
-                return Err(CliError::Runtime(format!(
+                return Err(Error::Runtime(format!(
                     "executor {} exited during the run ({status}); log: {}",
                     p.n,
                     p.log.display()
@@ -477,7 +479,9 @@ async fn verify(
                         } else {
                             Some(format!(
                                 "{id}: {} after {} iteration(s){}",
-                                crate::render::status_short(s.status),
+                                TaskStatus::try_from(s.status).map_or("UNKNOWN", |s| s
+                                    .as_str_name()
+                                    .trim_start_matches("TASK_STATUS_")),
                                 s.iteration_count,
                                 if s.last_error.is_empty() {
                                     String::new()
@@ -511,7 +515,7 @@ async fn verify(
         bad: 0,
     };
     while let Some(joined) = set.join_next().await {
-        let v = joined.map_err(|e| CliError::Runtime(format!("a check worker failed: {e}")))?;
+        let v = joined.map_err(|e| Error::Runtime(format!("a check worker failed: {e}")))?;
         all.completed += v.completed;
         all.iterations += v.iterations;
         all.bad += v.bad;
@@ -776,14 +780,14 @@ impl Report {
 }
 
 /// `taskctl bench execute`.
-pub async fn run(cli: &Cli, args: &ExecuteArgs) -> Result<Exit> {
+pub async fn run(opts: &Options, args: &ExecuteArgs) -> Result<Verdict> {
     let bin = executor_binary(args)?;
     let mut dir = Workdir::new("execute")?;
     let redis = RedisTarget::open(args.redis_url.as_deref(), dir.path()).await?;
     // Ctrl-C still stops the child processes (dropping them kills them).
     let outcome = tokio::select! {
-        r = measure(cli, args, &bin, &redis, dir.path()) => r,
-        _ = tokio::signal::ctrl_c() => Err(CliError::Runtime("interrupted".into())),
+        r = measure(opts, args, &bin, &redis, dir.path()) => r,
+        _ = tokio::signal::ctrl_c() => Err(Error::Runtime("interrupted".into())),
     };
     redis.close().await;
     let report = match outcome {
@@ -794,13 +798,13 @@ pub async fn run(cli: &Cli, args: &ExecuteArgs) -> Result<Exit> {
             return Err(e);
         }
     };
-    if cli.json {
+    if opts.json {
         emit_json(&report.json());
     } else {
         emit(&report.text());
     }
     if report.errors() == 0 {
-        return Ok(Exit::Ok);
+        return Ok(Verdict::Passed);
     }
     dir.keep();
     let mut lines = Vec::new();
@@ -828,11 +832,11 @@ pub async fn run(cli: &Cli, args: &ExecuteArgs) -> Result<Exit> {
     }
     lines.push(format!("executor logs kept in {}", dir.path().display()));
     emit_err(&lines);
-    Ok(Exit::Runtime)
+    Ok(Verdict::Failed)
 }
 
 async fn measure(
-    cli: &Cli,
+    opts: &Options,
     args: &ExecuteArgs,
     bin: &Path,
     redis: &RedisTarget,
@@ -846,18 +850,18 @@ async fn measure(
     let stream = executor_service::queue::RedisQueue::new(
         executor_service::session::redis_store::connect_lazy_client(
             redis::Client::open(redis.url.as_str())
-                .map_err(|e| CliError::Usage(format!("--redis-url: {}", e.category())))?,
+                .map_err(|e| Error::Usage(format!("--redis-url: {}", e.category())))?,
         )
-        .map_err(|e| CliError::Usage(format!("--redis-url: {}", e.category())))?,
+        .map_err(|e| Error::Usage(format!("--redis-url: {}", e.category())))?,
         &prefix,
     )
     .stream_key()
     .to_string();
 
     let router = if args.with_router {
-        let r = InProcessRouter::start().await?;
-        let channel = load::connect_all(&format!("http://{}", r.addr), 1, cli.timeout).await?;
-        wait_serving(channel[0].clone(), "", cli.timeout).await?;
+        let r = LocalRouter::start().await?;
+        let channel = load::connect_all(&format!("http://{}", r.addr), 1, opts.timeout).await?;
+        wait_serving(channel[0].clone(), "", opts.timeout).await?;
         Some(r)
     } else {
         None
@@ -882,7 +886,7 @@ async fn measure(
         }
     }
     let result = match started {
-        Ok(()) => measure_with(cli, args, redis, &prefix, &stream, &mut executors).await,
+        Ok(()) => measure_with(opts, args, redis, &prefix, &stream, &mut executors).await,
         Err(e) => Err(e),
     };
     for p in executors {
@@ -895,7 +899,7 @@ async fn measure(
 }
 
 async fn measure_with(
-    cli: &Cli,
+    opts: &Options,
     args: &ExecuteArgs,
     redis: &RedisTarget,
     prefix: &str,
@@ -904,7 +908,7 @@ async fn measure_with(
 ) -> Result<Report> {
     let mut clients = Vec::new();
     for p in executors.iter() {
-        let channels = load::connect_all(&format!("http://{}", p.addr), 1, cli.timeout).await?;
+        let channels = load::connect_all(&format!("http://{}", p.addr), 1, opts.timeout).await?;
         clients.extend(channels.into_iter().map(ExecutorClient::new));
     }
     let mut conn = bench_redis::connect(&redis.url).await?;
@@ -928,7 +932,7 @@ async fn measure_with(
         args.iterations,
         latency_ms(args),
         args.concurrency,
-        cli.timeout,
+        opts.timeout,
     )
     .await?;
     let mut polls = 0;
@@ -949,17 +953,17 @@ async fn measure_with(
         args.tasks,
         args.iterations,
         args.concurrency,
-        cli.timeout,
+        opts.timeout,
     )
     .await?;
-    let round_trips = round_trip_sample(cli, args, redis, prefix, stream, executors)
+    let round_trips = round_trip_sample(opts, args, redis, prefix, stream, executors)
         .await
-        .map_err(|e| e.lines().join(" "));
+        .map_err(|e| format!("error: {e}"));
     let set_bench = if args.compare_redis {
         Some(
             bench_redis::set_benchmark(&redis.url, 100_000, 16)
                 .await
-                .map_err(|e| e.lines().join(" ")),
+                .map_err(|e| format!("error: {e}")),
         )
     } else {
         None
@@ -1015,7 +1019,7 @@ impl RoundTrips {
 }
 
 async fn round_trip_sample(
-    cli: &Cli,
+    opts: &Options,
     args: &ExecuteArgs,
     redis: &RedisTarget,
     prefix: &str,
@@ -1024,7 +1028,7 @@ async fn round_trip_sample(
 ) -> Result<RoundTrips> {
     let mut clients = Vec::new();
     for p in executors.iter() {
-        let channels = load::connect_all(&format!("http://{}", p.addr), 1, cli.timeout).await?;
+        let channels = load::connect_all(&format!("http://{}", p.addr), 1, opts.timeout).await?;
         clients.extend(channels.into_iter().map(ExecutorClient::new));
     }
     let mut conn = bench_redis::connect(&redis.url).await?;
@@ -1038,7 +1042,7 @@ async fn round_trip_sample(
         args.iterations,
         latency_ms(args),
         args.concurrency,
-        cli.timeout,
+        opts.timeout,
     )
     .await;
     let mut polls = 0;
@@ -1046,12 +1050,12 @@ async fn round_trip_sample(
     let mut seen = monitor.stop().await;
     let submitted = submitted?;
     if let Finish::TimedOut(left) = finish? {
-        return Err(CliError::Runtime(format!(
+        return Err(Error::Runtime(format!(
             "{left} sample tasks still queued after --max-wait"
         )));
     }
     if submitted.errors > 0 {
-        return Err(CliError::Runtime(format!(
+        return Err(Error::Runtime(format!(
             "{} sample Submit calls failed",
             submitted.errors
         )));
