@@ -683,6 +683,24 @@ pub fn event_line(e: &ProgressEvent) -> Option<String> {
             }
             s
         }
+        Kind::ApprovalRequested(a) => format!(
+            "waiting for approval at {}: {}",
+            gate_short(a.gate),
+            a.reason
+        ),
+        Kind::ApprovalDecided(d) => format!(
+            "{} {} by {}{}",
+            gate_short(d.gate),
+            decision_verdict(d.decision),
+            d.decided_by,
+            if d.timed_out { " (timeout)" } else { "" }
+        ),
+        Kind::BudgetStopped(b) => format!(
+            "stopped: the {} budget (${:.4}) ran out after ${:.4}; resume with a larger --budget",
+            budget_kind_short(b.kind),
+            b.limit_usd,
+            b.spent_usd
+        ),
     };
     Some(format!("#{:<4} {text}", e.sequence))
 }

@@ -434,6 +434,7 @@ fn submit_accepts_valid_tasks_names_every_bad_field_and_gets_no_task_stuck() {
                     task,
                     max_iterations,
                     use_multi_agent,
+                    budget_usd: None,
                 }),
             );
             outcomes.saw(&r);
@@ -520,6 +521,7 @@ fn run_answers_with_a_result_or_a_clear_status() {
                     resume,
                     max_iterations,
                     use_multi_agent,
+                    budget_usd: None,
                 }),
             );
             outcomes.saw(&r);
