@@ -47,7 +47,9 @@ async fn bounded_run_then_resume_gives_eight_more_and_ten_total() {
             }),
             resume: true,
             max_iterations: 10,
-            use_multi_agent: None, budget_usd: None, })
+            use_multi_agent: None,
+            budget_usd: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -380,7 +382,9 @@ async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without
             }),
             resume: true,
             max_iterations: 0,
-            use_multi_agent: None, budget_usd: None, })
+            use_multi_agent: None,
+            budget_usd: None,
+        })
         .await
         .unwrap()
         .into_inner()

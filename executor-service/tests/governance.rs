@@ -705,7 +705,12 @@ async fn bad_budgets_gates_and_comments_are_invalid_arguments_and_store_nothing(
     let e = h
         .client
         .submit(SubmitRequest {
-            task: Some(task("BAD-TENANT", "x", 1, &[("tenant", "a, budget_usd: None, }b")])),
+            task: Some(task(
+                "BAD-TENANT",
+                "x",
+                1,
+                &[("tenant", "a, budget_usd: None, }b")],
+            )),
             ..Default::default()
         })
         .await

@@ -154,7 +154,9 @@ async fn a_team_run_reset_after_two_iterations_resumes_with_eight_more_and_ten_t
             }),
             resume: true,
             max_iterations: 10,
-            use_multi_agent: None, budget_usd: None, })
+            use_multi_agent: None,
+            budget_usd: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -451,7 +453,9 @@ async fn a_bounded_team_run_with_parallel_slow_specialists_stops_exactly_at_the_
                 }),
                 resume: true,
                 max_iterations: 10,
-                use_multi_agent: None, budget_usd: None, })
+                use_multi_agent: None,
+                budget_usd: None,
+            })
             .await
             .unwrap()
             .into_inner()

@@ -3,7 +3,7 @@
 //! loop over an already-bound listener.
 
 use crate::Shutdown;
-use crate::auth::{AuthLayer, BearerToken, ServerAuthArgs};
+use crate::auth::{AuthLayer, Credentials, ServerAuthArgs};
 use crate::health_port::{HealthPort, HealthPortError};
 use crate::security::SecurityError;
 use crate::tls::ServerTlsArgs;
@@ -59,8 +59,9 @@ pub struct ServerArgs {
 pub struct ServerSecurity {
     /// TLS config; `None` serves plaintext.
     pub tls: Option<ServerTlsConfig>,
-    /// Token every call but health must present; `None` disables authentication.
-    pub token: Option<BearerToken>,
+    /// Tokens (and certificate subjects) accepted on every call but health; `None`
+    /// disables authentication.
+    pub token: Option<Credentials>,
 }
 
 impl Default for ServerArgs {
@@ -107,11 +108,7 @@ impl ServerArgs {
 
     /// `plaintext`, `tls` or `mtls`, plus whether a token is required: for the startup log.
     pub fn security_summary(&self) -> String {
-        let auth = if self.auth.auth_token_file.is_some() || self.auth.auth_token.is_some() {
-            "token"
-        } else {
-            "none"
-        };
+        let auth = if self.auth.is_on() { "token" } else { "none" };
         format!("transport={} auth={auth}", self.tls.mode())
     }
 

@@ -5,9 +5,9 @@ use scenarios::Outcome;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{
-    ApprovalGate, BudgetKind, Decision, ExecutionPath, FallbackRecord, GetPolicyResponse, IterationRecord, ProgressEvent,
-    RoutingAnalysis, RoutingDecision, RunResult, SessionState, SpecialistProgress, Task,
-    progress_event,
+    ApprovalGate, BudgetKind, Decision, ExecutionPath, FallbackRecord, GetPolicyResponse,
+    IterationRecord, ProgressEvent, RoutingAnalysis, RoutingDecision, RunResult, SessionState,
+    SpecialistProgress, Task, progress_event,
 };
 
 pub use crate::names::*;

@@ -19,7 +19,9 @@ async fn submit_and_watch(conn: &Conn, task: Task, timeout: Duration, tp: &str) 
     let req = SubmitRequest {
         task: Some(task),
         max_iterations: 0,
-        use_multi_agent: None, budget_usd: None, };
+        use_multi_agent: None,
+        budget_usd: None,
+    };
     let t = Some(timeout);
     unary(
         conn,
@@ -70,7 +72,9 @@ async fn reset_then_resume(conn: &Conn, task: Task, tp: &str) -> Result<Outcome>
         task: Some(task),
         resume: false,
         max_iterations: 2,
-        use_multi_agent: None, budget_usd: None, };
+        use_multi_agent: None,
+        budget_usd: None,
+    };
     let r = unary(
         conn,
         "Run",
@@ -87,7 +91,9 @@ async fn reset_then_resume(conn: &Conn, task: Task, tp: &str) -> Result<Outcome>
         }),
         resume: true,
         max_iterations: 10,
-        use_multi_agent: None, budget_usd: None, };
+        use_multi_agent: None,
+        budget_usd: None,
+    };
     let r = unary(
         conn,
         "Run",

@@ -649,7 +649,9 @@ fn resuming_an_unknown_id_with_only_the_id_is_not_found() {
             }),
             resume: true,
             max_iterations: 0,
-            use_multi_agent: None, budget_usd: None, }),
+            use_multi_agent: None,
+            budget_usd: None,
+        }),
     );
     let status = r.expect_err("nothing to resume");
     assert_eq!(status.code(), Code::NotFound, "{}", status.message());

@@ -96,7 +96,9 @@ async fn a_bounded_run_then_resume_gives_eight_more_and_ten_total() {
             }),
             resume: true,
             max_iterations: 10,
-            use_multi_agent: None, budget_usd: None, })
+            use_multi_agent: None,
+            budget_usd: None,
+        })
         .await
         .unwrap()
         .into_inner()
