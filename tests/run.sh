@@ -25,6 +25,9 @@ need_root_install() {
 
 command -v redis-server >/dev/null || need_root_install redis-server
 command -v redis-server >/dev/null || { echo "error: redis-server still not on PATH" >&2; exit 1; }
+# redis-cli creates the Redis Cluster of the cluster tests (Debian: redis-tools).
+command -v redis-cli >/dev/null || need_root_install redis-tools
+command -v redis-cli >/dev/null || { echo "error: redis-cli still not on PATH" >&2; exit 1; }
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   step "installing cargo-nextest"

@@ -11,15 +11,17 @@ use crate::run::{PathOutcome, RunCtx, RunOptions, Stop};
 use crate::session::active::now;
 use crate::session::{ActiveSession, CreateOutcome, Heartbeat, SessionStore, StoredEvent};
 use crate::settings::Settings;
+use prost::Message as _;
 use service_kit::Shutdown;
 use std::sync::Arc;
+use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{
     ApprovalGate, ApprovalRequested, BudgetKind, BudgetStopped, ExecutionPath, FallbackCause,
     FallbackRecord, Finished, GateRequirement, IterationRecord, ProgressEvent, ReasonCode, Routed,
     RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
 };
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 /// The executor's engine.
 pub struct AutonomousLoop {
@@ -30,7 +32,6 @@ pub struct AutonomousLoop {
     retry: RetryPolicy,
     settings: Settings,
     shutdown: Shutdown,
-    wake: Notify,
 }
 
 /// A state's status (UNSPECIFIED when unknown).
@@ -111,7 +112,6 @@ impl AutonomousLoop {
             retry,
             settings,
             shutdown,
-            wake: Notify::new(),
         }
     }
 
@@ -133,11 +133,6 @@ impl AutonomousLoop {
     /// The shutdown signal the engine and its workers obey.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
-    }
-
-    /// Woken when a task is submitted, so an idle worker reads the queue at once.
-    pub(crate) fn submitted(&self) -> &Notify {
-        &self.wake
     }
 
     /// Opens `task_id` for writing under a fresh lease of this worker (see
@@ -202,26 +197,36 @@ impl AutonomousLoop {
         }
         let id = task.id.clone();
         let state = self.new_state(task, max_iterations, use_multi_agent, budget_usd);
-        let ev = Self::event(&id, progress_event::Kind::Submitted(Submitted {}));
-        match self.store.create(&state, &ev).await? {
+        // Queued first, carrying the initial state: if this process stops before the
+        // state is stored, the worker that reads the entry stores it: nothing is left
+        // PENDING without an entry, with or without the caller's retry. Queueing is
+        // idempotent per id, so a PENDING task is never queued twice.
+        self.queue
+            .enqueue(&id, traceparent, &state.encode_to_vec())
+            .await?;
+        match self.create_state(&state).await? {
             CreateOutcome::Created(state) => {
-                self.queue.enqueue(&id, traceparent).await?;
-                self.wake.notify_one();
                 tracing::info!(task_id = %id, "task submitted");
                 Ok((state, true))
             }
-            CreateOutcome::Existing(state) => {
-                // A crash between storing a task and queueing it would leave it PENDING
-                // forever, and the caller's retry lands here: a task nobody has started
-                // is queued again. A duplicate entry is harmless (it is acknowledged once
-                // the task is final).
-                if status_of(&state) == TaskStatus::Pending {
-                    self.queue.enqueue(&id, traceparent).await?;
-                    self.wake.notify_one();
-                }
-                Ok((state, false))
+            // A worker that read the entry first stored exactly this state.
+            CreateOutcome::Existing(stored)
+                if stored.created_at == state.created_at && stored.task == state.task =>
+            {
+                tracing::info!(task_id = %id, "task submitted");
+                Ok((stored, true))
             }
+            CreateOutcome::Existing(state) => Ok((state, false)),
         }
+    }
+
+    /// Stores a new task's state with its `Submitted` event (idempotent per id).
+    pub(crate) async fn create_state(&self, state: &SessionState) -> Result<CreateOutcome> {
+        let ev = Self::event(
+            &state.task_id,
+            progress_event::Kind::Submitted(Submitted {}),
+        );
+        self.store.create(state, &ev).await
     }
 
     /// Loads a task's state.
@@ -242,6 +247,18 @@ impl AutonomousLoop {
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
         self.store.events_after(task_id, cursor, limit).await
+    }
+
+    /// Like [`events_after`](Self::events_after), waiting up to `wait` for the first event
+    /// when there is none yet (a blocking read, no polling).
+    pub async fn wait_events(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>> {
+        self.store.wait_events(task_id, cursor, limit, wait).await
     }
 
     /// Requests cancellation; a task nobody runs is cancelled at once.
@@ -393,19 +410,22 @@ impl AutonomousLoop {
         let on_beat = {
             let queue = self.queue.clone();
             let consumer = self.settings.worker_id.clone();
-            let entry_id = entry.map(|d| d.entry_id.clone());
+            let entry = entry.cloned();
             move || {
                 let queue = queue.clone();
                 let consumer = consumer.clone();
-                let entry_id = entry_id.clone();
+                let entry = entry.clone();
                 Box::pin(async move {
-                    if let Some(id) = entry_id {
+                    if let Some(d) = entry {
                         // Keeps a long task's queue entry from looking abandoned.
-                        let _ = queue.touch(&consumer, &id).await;
+                        let _ = queue.touch(&consumer, &d).await;
                     }
                 }) as futures::future::BoxFuture<'static, ()>
             }
         };
+        // The entry's idle time restarts with the lease, so it is reclaimable right when
+        // the lease has expired, not earlier (when the claim would find the lease held).
+        on_beat().await;
         let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
         let mut session = session;
         // The budget of this run: a caller's new budget first, then the policy's default.
@@ -484,6 +504,13 @@ impl AutonomousLoop {
             }
             if let Some(n) = delivery_count {
                 s.state.delivery_count = n.min(u32::MAX as u64) as u32;
+                let progressed = crate::worker::made_progress(&s.state);
+                s.state.stalled_deliveries = crate::worker::stalled_deliveries(&s.state);
+                // This start's own checkpoint is not progress; any later one is.
+                s.state.delivery_start_version = s.version() + 1;
+                if n > 1 {
+                    crate::telemetry::redelivered(progressed);
+                }
             }
             s.state.status = TaskStatus::InProgress as i32;
             s.state.budget_exhausted = BudgetKind::Unspecified as i32;

@@ -2,6 +2,7 @@
 //! start. A bad setting is one line naming it (exit code 2).
 
 use crate::agent::AgentArgs;
+use crate::redis_connection::RedisTarget;
 use crate::routing::RouterClientArgs;
 use crate::session::CheckpointRetry;
 use crate::settings::{self, Settings, TeamSettings};
@@ -36,6 +37,13 @@ pub struct Args {
         hide_default_value = true
     )]
     pub redis_url: String,
+    /// Treat --redis-url as a Redis Cluster: a comma-separated list of seed node URLs
+    /// (same scheme and password on each; the rest of the cluster is discovered).
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Queue shards: streams with their own hash tag, spread over a cluster's masters.
+    #[arg(long, env = "EXECUTOR_QUEUE_SHARDS", default_value_t = settings::QUEUE_SHARDS)]
+    pub queue_shards: usize,
     /// Prefix of every Redis key this executor uses.
     #[arg(long, env = "EXECUTOR_KEY_PREFIX", default_value = settings::KEY_PREFIX)]
     pub key_prefix: String,
@@ -112,8 +120,13 @@ pub struct Args {
 /// Validated executor configuration. Its `Debug` masks the Redis password.
 #[derive(Clone)]
 pub struct ExecutorConfig {
-    /// Redis URL (may hold a password: never log it).
+    /// Redis URL, or comma-separated seed URLs with `redis_cluster` (may hold a password:
+    /// never log it).
     pub redis_url: String,
+    /// Whether `redis_url` names a Redis Cluster.
+    pub redis_cluster: bool,
+    /// Queue shards.
+    pub queue_shards: usize,
     /// Key prefix.
     pub key_prefix: String,
     /// Redis TLS material (for rediss:// URLs; empty uses the system roots).
@@ -140,6 +153,8 @@ impl fmt::Debug for ExecutorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExecutorConfig")
             .field("redis_url", &service_kit::redact::url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
+            .field("queue_shards", &self.queue_shards)
             .field("redis_tls", &self.redis_tls)
             .field("key_prefix", &self.key_prefix)
             .field(
@@ -162,6 +177,8 @@ impl ExecutorConfig {
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
+            redis_cluster: false,
+            queue_shards: settings::QUEUE_SHARDS,
             key_prefix: settings::KEY_PREFIX.into(),
             redis_tls: RedisTls::default(),
             router_addr: None,
@@ -192,7 +209,13 @@ impl Args {
     pub fn validate(&self) -> Result<ExecutorConfig, String> {
         self.listen_addr()?;
         let redis_tls = self.redis_tls.load().map_err(|e| e.to_string())?;
-        redis_client(&self.redis_url, &redis_tls)?;
+        redis_target(&self.redis_url, &redis_tls, self.redis_cluster)?;
+        if self.queue_shards == 0 || self.queue_shards > crate::queue::MAX_SHARDS {
+            return Err(format!(
+                "--queue-shards / EXECUTOR_QUEUE_SHARDS: must be between 1 and {}",
+                crate::queue::MAX_SHARDS
+            ));
+        }
         self.server.load_security().map_err(|e| e.to_string())?;
         self.server.health_addr().map_err(|e| e.to_string())?;
         let router_security = self.router_client.load().map_err(|e| e.to_string())?;
@@ -281,6 +304,8 @@ impl Args {
         };
         Ok(ExecutorConfig {
             redis_url: self.redis_url.clone(),
+            redis_cluster: self.redis_cluster,
+            queue_shards: self.queue_shards,
             key_prefix: self.key_prefix.clone(),
             redis_tls,
             router_addr,
@@ -391,6 +416,51 @@ impl RedisTls {
     }
 }
 
+/// Where Redis is: `url` as one server, or with `cluster` as comma-separated seed node
+/// URLs of a Redis Cluster. The error is one line naming the setting, never the URL.
+pub fn redis_target(url: &str, tls: &RedisTls, cluster: bool) -> Result<RedisTarget, String> {
+    if !cluster {
+        return redis_client(url, tls).map(RedisTarget::Standalone);
+    }
+    const SETTING: &str = "--redis-url / REDIS_URL (with --redis-cluster)";
+    let mut seeds = Vec::new();
+    for (n, seed) in url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        // Each seed is checked like a standalone URL (scheme, TLS files).
+        redis_client(seed, tls).map_err(|e| format!("{SETTING}: seed {}: {e}", n + 1))?;
+        seeds.push(seed.into_connection_info().map_err(|e| {
+            format!(
+                "{SETTING}: seed {} is not a valid Redis URL ({})",
+                n + 1,
+                e.category()
+            )
+        })?);
+    }
+    if seeds.is_empty() {
+        return Err(format!("{SETTING}: give at least one seed node URL"));
+    }
+    let certs = tls.is_configured().then(|| redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.root_cert.clone(),
+    });
+    crate::redis_connection::cluster_target(seeds, certs).map_err(|e| {
+        format!(
+            "{SETTING}: not usable as a cluster ({})",
+            service_kit::redact::passwords_in(&e.to_string())
+        )
+    })
+}
+
 /// A Redis client for `url` (`redis://` or `rediss://`, with or without a password) and
 /// `tls`. The error is one line naming the setting and never echoes the URL.
 pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, String> {
@@ -485,6 +555,12 @@ mod tests {
             (vec!["--max-iterations", "0"], "--max-iterations"),
             (vec!["--router-addr", "not a uri"], "--router-addr"),
             (vec!["--agent", "command"], "--agent-command"),
+            (vec!["--queue-shards", "0"], "--queue-shards"),
+            (
+                vec!["--redis-cluster", "--redis-url", "redis://a:1,http://b"],
+                "--redis-url",
+            ),
+            (vec!["--redis-cluster", "--redis-url", " , "], "--redis-url"),
         ] {
             let err = parse(&args).validate().unwrap_err();
             assert!(err.contains(name), "{args:?}: {err}");
@@ -503,6 +579,24 @@ mod tests {
             c.get_connection_info().addr(),
             redis::ConnectionAddr::TcpTls { .. }
         ));
+    }
+
+    #[test]
+    fn cluster_seeds_parse_and_keep_their_password_out_of_debug() {
+        let cfg = parse(&[
+            "--redis-cluster",
+            "--redis-url",
+            "redis://:s3cret@10.0.0.1:7000, redis://:s3cret@10.0.0.2:7000",
+            "--queue-shards",
+            "6",
+        ])
+        .validate()
+        .unwrap();
+        assert!(cfg.redis_cluster);
+        assert_eq!(cfg.queue_shards, 6);
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let target = redis_target(&cfg.redis_url, &cfg.redis_tls, true).unwrap();
+        assert!(target.is_cluster());
     }
 
     #[test]

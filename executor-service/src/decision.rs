@@ -97,8 +97,8 @@ pub async fn decide(
     let requeue = result?;
     let _ = engine.store().clear_approval_deadline(task_id).await;
     if requeue {
-        engine.queue().enqueue(task_id, "").await?;
-        engine.submitted().notify_one();
+        // The parked task's entry was acknowledged: this queues it afresh.
+        engine.queue().enqueue(task_id, "", b"").await?;
     }
     Ok(session.full_state())
 }

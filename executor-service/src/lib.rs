@@ -12,6 +12,7 @@ pub mod budget;
 pub mod error;
 pub mod iteration_loop;
 pub mod queue;
+pub mod redis_connection;
 pub mod routing;
 pub mod run;
 pub mod session;
@@ -42,16 +43,23 @@ pub const SERVICE_NAME: &str = "taskrouter.v1.Executor";
 
 /// The engine over Redis built from `config`.
 pub fn build_engine(config: &ExecutorConfig, shutdown: Shutdown) -> Result<Arc<AutonomousLoop>> {
-    let client =
-        config::redis_client(&config.redis_url, &config.redis_tls).map_err(Error::Config)?;
-    let conn = session::redis_store::connect_lazy_client(client).map_err(|e| {
+    let target = config::redis_target(&config.redis_url, &config.redis_tls, config.redis_cluster)
+        .map_err(Error::Config)?;
+    let conn = target.shared().map_err(|e| {
         Error::Config(format!(
             "--redis-url / REDIS_URL: cannot use it ({})",
             e.category()
         ))
     })?;
-    let store: Arc<dyn SessionStore> = Arc::new(RedisStore::new(conn.clone(), &config.key_prefix));
-    let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::new(conn, &config.key_prefix));
+    let store: Arc<dyn SessionStore> = Arc::new(
+        RedisStore::new(conn.clone(), &config.key_prefix).with_blocking_reads(target.clone()),
+    );
+    let queue: Arc<dyn WorkQueue> = Arc::new(RedisQueue::sharded(
+        conn,
+        target,
+        &config.key_prefix,
+        config.queue_shards,
+    ));
     build_engine_over(config, store, queue, shutdown)
 }
 
@@ -192,6 +200,7 @@ async fn health_monitor(
 ) {
     let mut group_ready = false;
     let mut last: Option<bool> = None;
+    let mut rounds = 0u64;
     while !shutdown.is_triggered() {
         let mut problem = engine.store().ping().await.err();
         if problem.is_none() && !group_ready {
@@ -201,9 +210,15 @@ async fn health_monitor(
             }
         }
         let ok = problem.is_none();
-        if ok && let Ok(depth) = engine.queue().depth().await {
+        // The depth gauges every tenth round: two commands per shard, and an idle
+        // executor should cost Redis only a few commands per second.
+        if ok
+            && rounds.is_multiple_of(10)
+            && let Ok(depth) = engine.queue().depth().await
+        {
             telemetry::queue_depth(depth.length, depth.pending);
         }
+        rounds = rounds.wrapping_add(1);
         if last != Some(ok) && !shutdown.is_triggered() {
             let status = if ok {
                 ServingStatus::Serving

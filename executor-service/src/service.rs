@@ -30,7 +30,9 @@ pub struct ExecutorService {
     engine: Arc<AutonomousLoop>,
     limits: TaskLimits,
     shutdown: Shutdown,
-    watch_poll: Duration,
+    /// Longest one blocking read of a watched task's events waits; after an empty one the
+    /// task's status is checked (a final task with nothing more to read ends the stream).
+    watch_wait: Duration,
 }
 
 impl ExecutorService {
@@ -40,7 +42,7 @@ impl ExecutorService {
             engine,
             limits,
             shutdown,
-            watch_poll: Duration::from_millis(100),
+            watch_wait: Duration::from_secs(2),
         }
     }
 }
@@ -222,14 +224,18 @@ impl Executor for ExecutorService {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
-        let poll = self.watch_poll;
+        let poll = self.watch_wait;
         tokio::spawn(async move {
             let mut cursor: Option<String> = None;
-            let mut idle_polls = 0u32;
             loop {
-                let batch = engine
-                    .events_after(&req.task_id, cursor.as_deref(), 100)
-                    .await;
+                let batch = tokio::select! {
+                    b = engine.wait_events(&req.task_id, cursor.as_deref(), 100, poll) => b,
+                    _ = tx.closed() => return,
+                    _ = shutdown.wait() => {
+                        let _ = tx.send(Err(Status::from(Error::ShuttingDown))).await;
+                        return;
+                    }
+                };
                 let events = match batch {
                     Ok(evs) => evs,
                     Err(e) => {
@@ -238,31 +244,17 @@ impl Executor for ExecutorService {
                     }
                 };
                 if events.is_empty() {
-                    idle_polls += 1;
                     // Events expire with the archive; a final state with nothing left
                     // to read ends the stream.
-                    if idle_polls.is_multiple_of(20) {
-                        match engine.get(&req.task_id).await {
-                            Ok(s)
-                                if is_final(TaskStatus::try_from(s.status).unwrap_or_default()) =>
-                            {
-                                return;
-                            }
-                            Err(Error::NotFound { .. }) => return,
-                            _ => {}
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(poll) => {}
-                        _ = tx.closed() => return,
-                        _ = shutdown.wait() => {
-                            let _ = tx.send(Err(Status::from(Error::ShuttingDown))).await;
+                    match engine.get(&req.task_id).await {
+                        Ok(s) if is_final(TaskStatus::try_from(s.status).unwrap_or_default()) => {
                             return;
                         }
+                        Err(Error::NotFound { .. }) => return,
+                        _ => {}
                     }
                     continue;
                 }
-                idle_polls = 0;
                 for stored in events {
                     cursor = Some(stored.cursor);
                     if stored.event.sequence <= req.after_sequence {

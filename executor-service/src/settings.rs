@@ -18,9 +18,12 @@ pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CONCURRENCY: usize = 4;
 /// Default iteration bound when a request gives none.
 pub const MAX_ITERATIONS: u32 = 50;
-/// Default lease expiry.
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
-/// Default deliveries after which a queue entry is dead-lettered.
+/// Default lease expiry: a crashed worker's task runs again about this long after its
+/// last heartbeat (heartbeats every third of it).
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default number of queue shards.
+pub const QUEUE_SHARDS: usize = 1;
+/// Default deliveries in a row without progress after which a queue entry is dead-lettered.
 pub const MAX_DELIVERIES: u64 = 5;
 /// Default time a finished task stays readable.
 pub const ARCHIVE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -34,14 +37,14 @@ pub const SPECIALIST_MAX_ITERATIONS: u32 = 10;
 pub const TEAM_MAX_PARALLEL: usize = 4;
 /// Largest number of specialists a plan may staff (not a flag).
 pub const MAX_SPECIALISTS: usize = 8;
-/// How often an idle worker polls the queue (not a flag).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default smallest spend reservation per agent call, USD.
 pub const AGENT_MAX_CALL_COST_USD: f64 = 0.10;
 /// Default life of an unsettled tenant spend hold.
 pub const BUDGET_HOLD_TTL: Duration = Duration::from_secs(15 * 60);
 /// How often a worker looks for approval gates past their timeout (not a flag).
 pub const APPROVAL_SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest one blocking queue read waits before it is issued again (not a flag).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the store is probed for the health status (not a flag).
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -76,7 +79,8 @@ pub struct Settings {
     pub worker_id: String,
     /// Iteration bound when the request gives none.
     pub default_max_iterations: u32,
-    /// Lease expiry; a crashed worker's task is reclaimed after it.
+    /// Lease expiry; a crashed worker's task is reclaimed after it (heartbeats renew it
+    /// every third of it).
     pub lease_ttl: Duration,
     /// How long archived tasks are kept.
     pub archive_ttl: Duration,
@@ -86,11 +90,11 @@ pub struct Settings {
     pub checkpoint_retry: CheckpointRetry,
     /// Team path limits.
     pub team: TeamSettings,
-    /// Deliveries after which a queue entry is dead-lettered.
+    /// Deliveries in a row without progress after which a queue entry is dead-lettered.
     pub max_deliveries: u64,
     /// Queue workers in this process.
     pub concurrency: usize,
-    /// How often an idle worker polls the queue.
+    /// Longest one blocking queue read waits before it is issued again.
     pub poll_interval: Duration,
     /// Smallest spend reservation per agent call, USD (the task's costliest call
     /// raises it).

@@ -42,6 +42,13 @@ pub fn reclaimed(n: usize) {
     metrics::counter!("taskrouter_queue_reclaims_total").increment(n as u64);
 }
 
+/// Counts redeliveries of a queue entry, by whether the previous delivery made progress
+/// (a checkpoint after its start). Only `progress="no"` ones count toward dead-lettering.
+pub fn redelivered(progressed: bool) {
+    let progress = if progressed { "yes" } else { "no" };
+    metrics::counter!("taskrouter_queue_redeliveries_total", "progress" => progress).increment(1);
+}
+
 /// Counts dead-lettered tasks.
 pub fn dead_lettered() {
     metrics::counter!("taskrouter_dead_letters_total").increment(1);

@@ -1,27 +1,48 @@
-//! The queue worker pool: each worker reads deliveries from the shared work queue (new
-//! entries, and entries another replica left idle past the lease expiry), runs them on
-//! the engine, acknowledges them once their task is final, and dead-letters the ones
-//! delivered too often.
+//! The queue worker pool. Per shard, one reader blocks on `XREADGROUP … BLOCK` (on a
+//! connection of its own) while some worker is idle, and one reclaimer sleeps until the
+//! oldest pending entry of the shard could have outlived its lease, then claims it.
+//! Deliveries go to `concurrency` workers through one channel, so capacity is shared
+//! fairly by the shards. A worker runs a delivery on the engine, acknowledges it once its
+//! task is final, and dead-letters it after `max_deliveries` deliveries in a row that
+//! made no progress (no checkpoint after the previous delivery's start).
 
 use crate::autonomous_loop::{AutonomousLoop, is_final, is_parked, status_of};
 use crate::error::Error;
 use crate::queue::Delivery;
 use crate::run::RunOptions;
+use crate::session::CreateOutcome;
 use crate::session::active::leaves_task_resumable;
+use prost::Message as _;
 use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::v1::{SessionState, TaskStatus};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::Instrument as _;
 
-/// Starts the engine's `concurrency` queue workers (none when it is 0); they stop when
-/// shutdown is triggered, after checkpointing and releasing their tasks.
+/// Starts the engine's queue workers (none when `concurrency` is 0) with a reader and a
+/// reclaimer per shard; they stop when shutdown is triggered, after checkpointing and
+/// releasing their tasks.
 pub fn spawn_pool(engine: &Arc<AutonomousLoop>) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
-    for n in 0..engine.settings().concurrency {
-        let engine = engine.clone();
-        set.spawn(async move { work(engine, n).await });
+    if engine.settings().concurrency == 0 {
+        return set;
     }
-    if engine.settings().concurrency > 0 {
+    let shards = engine.queue().shards();
+    let (tx, rx) = mpsc::channel::<Delivery>(shards * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let (idle_tx, idle_rx) = watch::channel(0usize);
+    let idle_tx = Arc::new(idle_tx);
+    for n in 0..engine.settings().concurrency {
+        let (engine, rx, idle) = (engine.clone(), rx.clone(), idle_tx.clone());
+        set.spawn(async move { work(engine, n, rx, idle).await });
+    }
+    for shard in 0..shards {
+        let (e, tx2, idle) = (engine.clone(), tx.clone(), idle_rx.clone());
+        set.spawn(async move { read_shard(e, shard, tx2, idle).await });
+        let (e, tx2, idle) = (engine.clone(), tx.clone(), idle_rx.clone());
+        set.spawn(async move { reclaim_shard(e, shard, tx2, idle).await });
+    }
+    {
         let engine = engine.clone();
         set.spawn(async move { approval_timeouts(engine).await });
     }
@@ -43,53 +64,131 @@ async fn approval_timeouts(engine: Arc<AutonomousLoop>) {
     }
 }
 
-/// One worker's loop: reclaim or read an entry, run it, back off on queue errors.
-async fn work(engine: Arc<AutonomousLoop>, n: usize) {
-    let settings = engine.settings();
-    let queue = engine.queue();
-    let shutdown = engine.shutdown();
-    let consumer = settings.worker_id.clone();
-    let reclaim_every = (settings.lease_ttl / 2).max(Duration::from_millis(200));
-    let mut last_reclaim = tokio::time::Instant::now() - reclaim_every;
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_triggered() {
-        let next = async {
-            if last_reclaim.elapsed() >= reclaim_every {
-                last_reclaim = tokio::time::Instant::now();
-                let min_idle = settings.lease_ttl + Duration::from_millis(500);
-                let got = queue.reclaim(&consumer, min_idle, 1).await?;
-                if !got.is_empty() {
-                    crate::telemetry::reclaimed(got.len());
-                    return Ok(got);
-                }
+/// One worker: takes deliveries off the channel and runs them.
+async fn work(
+    engine: Arc<AutonomousLoop>,
+    n: usize,
+    rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    idle: Arc<watch::Sender<usize>>,
+) {
+    let shutdown = engine.shutdown().clone();
+    loop {
+        idle.send_modify(|c| *c += 1);
+        let next = {
+            let mut rx = rx.lock().await;
+            tokio::select! {
+                d = rx.recv() => d,
+                _ = shutdown.wait() => None,
             }
-            queue.read_new(&consumer, 1).await
+        };
+        idle.send_modify(|c| *c = c.saturating_sub(1));
+        let Some(d) = next else {
+            // Shutdown: entries read but not started go back for the next replica.
+            while let Ok(d) = rx.lock().await.try_recv() {
+                let _ = engine.queue().requeue(&d).await;
+            }
+            return;
+        };
+        if shutdown.is_triggered() {
+            let _ = engine.queue().requeue(&d).await;
+            continue;
         }
-        .await;
-        match next {
-            Ok(deliveries) if deliveries.is_empty() => {
-                backoff = Duration::from_millis(100);
-                tokio::select! {
-                    _ = engine.submitted().notified() => {}
-                    _ = tokio::time::sleep(settings.poll_interval) => {}
-                    _ = shutdown.wait() => {}
-                }
-            }
+        let span = delivery_span(&d);
+        tracing::trace!(worker = n, "delivery taken");
+        handle(&engine, &d).instrument(span).await;
+    }
+}
+
+/// Waits until some worker is idle (`false` on shutdown).
+async fn idle_worker(engine: &AutonomousLoop, idle: &mut watch::Receiver<usize>) -> bool {
+    let shutdown = engine.shutdown();
+    tokio::select! {
+        r = idle.wait_for(|c| *c > 0) => r.is_ok() && !shutdown.is_triggered(),
+        _ = shutdown.wait() => false,
+    }
+}
+
+/// Blocks on new entries of `shard` whenever a worker is idle.
+async fn read_shard(
+    engine: Arc<AutonomousLoop>,
+    shard: usize,
+    tx: mpsc::Sender<Delivery>,
+    mut idle: watch::Receiver<usize>,
+) {
+    let consumer = engine.settings().worker_id.clone();
+    let block = engine.settings().poll_interval;
+    let mut backoff = Duration::from_millis(100);
+    while idle_worker(&engine, &mut idle).await {
+        let read = tokio::select! {
+            r = engine.queue().read_new(shard, &consumer, 1, Some(block)) => r,
+            _ = engine.shutdown().wait() => return,
+        };
+        match read {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
                 for d in deliveries {
-                    let span = delivery_span(&d);
-                    handle(&engine, &d).instrument(span).await;
+                    if tx.send(d).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(worker = n, error = %e, "queue read failed; retrying");
+                tracing::warn!(shard, error = %e, "queue read failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => {}
+                    _ = engine.shutdown().wait() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Claims entries of `shard` whose consumer died, as soon as they have been idle longer
+/// than a lease, sleeping until then.
+async fn reclaim_shard(
+    engine: Arc<AutonomousLoop>,
+    shard: usize,
+    tx: mpsc::Sender<Delivery>,
+    mut idle: watch::Receiver<usize>,
+) {
+    let queue = engine.queue().clone();
+    let consumer = engine.settings().worker_id.clone();
+    let min_idle = reclaim_after(engine.settings().lease_ttl);
+    // An entry first seen this long after it went quiet is still claimed on time.
+    let longest_sleep = engine.settings().lease_ttl / 2;
+    while idle_worker(&engine, &mut idle).await {
+        let wait = match queue.next_reclaim(shard, min_idle).await {
+            Ok(Some(w)) if w.is_zero() => {
+                match queue.reclaim(shard, &consumer, min_idle, 1).await {
+                    Ok(got) => {
+                        if !got.is_empty() {
+                            crate::telemetry::reclaimed(got.len());
+                        }
+                        for d in got {
+                            if tx.send(d).await.is_err() {
+                                return;
+                            }
+                        }
+                        Duration::ZERO
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "queue reclaim failed; retrying");
+                        Duration::from_secs(1)
+                    }
+                }
+            }
+            // A little past the moment, so the entry is surely idle long enough.
+            Ok(Some(w)) => (w + Duration::from_millis(20)).min(longest_sleep),
+            Ok(None) => longest_sleep,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "queue pending check failed; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = engine.shutdown().wait() => return,
         }
     }
 }
@@ -124,16 +223,15 @@ fn delivery_span(d: &Delivery) -> tracing::Span {
 async fn handle(engine: &AutonomousLoop, d: &Delivery) {
     let queue = engine.queue();
     if d.task_id.is_empty() {
-        let _ = queue.ack(&d.entry_id).await;
+        let _ = queue.ack(d).await;
         return;
     }
     let state = match engine.get(&d.task_id).await {
         Ok(s) => s,
-        Err(Error::NotFound { .. }) => {
-            tracing::warn!(task_id = %d.task_id, "queue entry for an unknown task; dropping it");
-            let _ = queue.ack(&d.entry_id).await;
-            return;
-        }
+        Err(Error::NotFound { .. }) => match adopt(engine, d).await {
+            Some(s) => s,
+            None => return,
+        },
         Err(e @ Error::CorruptState { .. }) => {
             let _ = queue.dead_letter(d, &e.to_string()).await;
             crate::telemetry::dead_lettered();
@@ -147,11 +245,12 @@ async fn handle(engine: &AutonomousLoop, d: &Delivery) {
     };
     // Parked tasks hold no queue entry: a decision or a resume continues them.
     if is_final(status_of(&state)) || is_parked(status_of(&state)) {
-        let _ = queue.ack(&d.entry_id).await;
+        let _ = queue.ack(d).await;
         return;
     }
-    if d.delivery_count > engine.settings().max_deliveries {
-        dead_letter(engine, d, &state).await;
+    if u64::from(stalled_deliveries(&state)) >= engine.settings().max_deliveries
+        && dead_letter(engine, d).await
+    {
         return;
     }
     let opts = RunOptions {
@@ -163,15 +262,13 @@ async fn handle(engine: &AutonomousLoop, d: &Delivery) {
             if is_final(TaskStatus::try_from(r.status).unwrap_or_default())
                 || is_parked(TaskStatus::try_from(r.status).unwrap_or_default()) =>
         {
-            let _ = queue.ack(&d.entry_id).await;
+            let _ = queue.ack(d).await;
         }
         Ok(_) => {}
         Err(Error::ShuttingDown) => {
-            // Hand the task to another replica at once instead of waiting for
-            // the entry to go idle: re-enqueue, then acknowledge this entry.
-            if queue.enqueue(&d.task_id, &d.traceparent).await.is_ok() {
-                let _ = queue.ack(&d.entry_id).await;
-            }
+            // Hand the task to another replica at once instead of waiting for the entry
+            // to go idle.
+            let _ = queue.requeue(d).await;
         }
         Err(Error::LeaseHeld { .. }) => {
             tracing::debug!(task_id = %d.task_id, "another worker holds the task");
@@ -185,33 +282,64 @@ async fn handle(engine: &AutonomousLoop, d: &Delivery) {
     }
 }
 
-/// Marks a task delivered too often FAILED (`dead_lettered`) and moves its entry to the
-/// dead-letter stream; left alone while another worker runs it.
-async fn dead_letter(engine: &AutonomousLoop, d: &Delivery, state: &SessionState) {
-    let reason = if state.last_error.is_empty() {
-        format!("delivered {} times without finishing", d.delivery_count)
-    } else {
-        state.last_error.clone()
+/// A queue entry whose task has no state: its submitter stopped between queueing and
+/// storing. Stores the state the entry carries; without one, drops the entry.
+async fn adopt(engine: &AutonomousLoop, d: &Delivery) -> Option<SessionState> {
+    let initial = (!d.initial_state.is_empty())
+        .then(|| SessionState::decode(d.initial_state.as_slice()).ok())
+        .flatten()
+        .filter(|s| s.task_id == d.task_id && s.task.is_some());
+    let Some(initial) = initial else {
+        tracing::warn!(task_id = %d.task_id, "queue entry for an unknown task; dropping it");
+        let _ = engine.queue().ack(d).await;
+        return None;
     };
+    match engine.create_state(&initial).await {
+        Ok(CreateOutcome::Created(s) | CreateOutcome::Existing(s)) => {
+            tracing::info!(task_id = %d.task_id, "stored the state of a task queued by a submitter that stopped");
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!(task_id = %d.task_id, error = %e, "cannot store a queued task's state; leaving it for redelivery");
+            None
+        }
+    }
+}
+
+/// Fails the task as dead-lettered and moves its entry to the dead-letter stream, unless,
+/// under the lease, it turns out to have made progress after all (then `false`: run it).
+/// `true` also when another worker holds it or the store is away (nothing to do now).
+async fn dead_letter(engine: &AutonomousLoop, d: &Delivery) -> bool {
+    let mut reason = format!("delivered {} times", d.delivery_count);
+    let mut stalled = 0;
     match engine.open_session(&d.task_id).await {
         Ok(Some(mut s)) => {
+            stalled = stalled_deliveries(&s.state);
+            if u64::from(stalled) < engine.settings().max_deliveries {
+                s.release().await;
+                return false;
+            }
+            reason = if s.state.last_error.is_empty() {
+                format!("{stalled} deliveries in a row made no progress")
+            } else {
+                s.state.last_error.clone()
+            };
             s.state.dead_lettered = true;
             s.state.delivery_count = d.delivery_count.min(u32::MAX as u64) as u32;
-            let msg = format!(
-                "dead-lettered after {} deliveries: {reason}",
-                d.delivery_count
-            );
+            s.state.stalled_deliveries = stalled;
+            let msg =
+                format!("dead-lettered after {stalled} deliveries without progress: {reason}");
             if let Err(e) = engine.finish(&mut s, TaskStatus::Failed, &msg).await {
                 tracing::warn!(task_id = %d.task_id, error = %e, "could not mark a dead-lettered task failed");
             }
             s.release().await;
         }
         // Someone is running it right now: not dead.
-        Ok(None) => return,
+        Ok(None) => return true,
         // The store is away: try again on a later delivery.
         Err(e) if e.is_transient() => {
             tracing::warn!(task_id = %d.task_id, error = %e, "cannot dead-letter now");
-            return;
+            return true;
         }
         // The state vanished or became unreadable under the lease: the entry goes anyway.
         Err(e) => {
@@ -220,6 +348,53 @@ async fn dead_letter(engine: &AutonomousLoop, d: &Delivery, state: &SessionState
     }
     if engine.queue().dead_letter(d, &reason).await.is_ok() {
         crate::telemetry::dead_lettered();
-        tracing::error!(task_id = %d.task_id, deliveries = d.delivery_count, "task dead-lettered");
+        tracing::error!(task_id = %d.task_id, deliveries = d.delivery_count, stalled, "task dead-lettered");
+    }
+    true
+}
+
+/// Whether a checkpoint was written after the latest delivery's start (or none started).
+pub(crate) fn made_progress(state: &SessionState) -> bool {
+    state.version > state.delivery_start_version
+}
+
+/// The stalled-delivery count a new delivery of `state` brings: reset by progress,
+/// otherwise one more.
+pub(crate) fn stalled_deliveries(state: &SessionState) -> u32 {
+    if made_progress(state) {
+        0
+    } else {
+        state.stalled_deliveries.saturating_add(1)
+    }
+}
+
+/// Idle time after which a pending entry is claimed: past its lease (heartbeats touch the
+/// entry right after renewing the lease, so an entry this idle has an expired lease).
+pub fn reclaim_after(lease_ttl: Duration) -> Duration {
+    lease_ttl + Duration::from_millis(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(version: u64, start: u64, stalled: u32) -> SessionState {
+        SessionState {
+            version,
+            delivery_start_version: start,
+            stalled_deliveries: stalled,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_deliveries_without_a_checkpoint_after_their_start_count() {
+        // First delivery of a stored task: nothing started yet.
+        assert_eq!(stalled_deliveries(&state(1, 0, 0)), 0);
+        // The previous delivery wrote its start (version 5) and then iterations.
+        assert_eq!(stalled_deliveries(&state(9, 5, 3)), 0);
+        // It wrote its start and nothing else: one more without progress.
+        assert_eq!(stalled_deliveries(&state(5, 5, 0)), 1);
+        assert_eq!(stalled_deliveries(&state(5, 5, 4)), 5);
     }
 }

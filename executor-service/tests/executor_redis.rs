@@ -327,6 +327,37 @@ async fn a_submit_retried_after_a_crash_before_queueing_still_runs_the_task() {
 }
 
 #[tokio::test]
+async fn a_submitter_that_stopped_after_queueing_before_storing_still_gets_its_task_run() {
+    use executor_service::queue::WorkQueue as _;
+    use prost::Message as _;
+    let mut h = Harness::start(|_| {}).await;
+    let task = sim_task("T-QUEUED-ONLY", Complexity::Low, 3, &[]);
+    // What a crash between queueing the task and storing it leaves behind: the entry
+    // with the initial state, no state. Nobody retries.
+    let queue =
+        executor_service::queue::RedisQueue::new(h.redis.connection_manager().await, "trtest");
+    queue
+        .enqueue(&task.id, "", &pending_state(&task).encode_to_vec())
+        .await
+        .unwrap();
+    let s = wait_final(&mut h.client, &task.id, Duration::from_secs(15)).await;
+    assert_eq!(status(s.status), TaskStatus::Completed);
+    assert_eq!(s.iteration_count, 3);
+    // A later retry of the same Submit finds the finished task.
+    let r = h
+        .client
+        .submit(SubmitRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.created);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without_another_iteration()
 {
     use executor_service::session::Lease;
@@ -425,7 +456,11 @@ async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_fo
         .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     let _: String = redis::cmd("XADD")
-        .arg("trtest:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("trtest", 1)[0]
+                .stream
+                .as_str(),
+        )
         .arg("*")
         .arg("task_id")
         .arg("BAD-BYTES")
@@ -437,7 +472,11 @@ async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_fo
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let dead: u64 = redis::cmd("XLEN")
-            .arg("trtest:deadletter")
+            .arg(
+                executor_service::queue::redis_queue::shard_keys("trtest", 1)[0]
+                    .dead_letters
+                    .as_str(),
+            )
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -451,7 +490,11 @@ async fn a_queued_task_whose_fields_are_not_text_is_dead_lettered_not_retried_fo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let queued: u64 = redis::cmd("XLEN")
-        .arg("trtest:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("trtest", 1)[0]
+                .stream
+                .as_str(),
+        )
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -776,11 +819,14 @@ async fn bad_requests_get_invalid_argument_naming_the_field() {
     );
     // Nothing was stored by the rejected requests.
     let mut conn = h.redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("trtest:{*")
         .query_async(&mut conn)
         .await
         .unwrap();
+    // The (empty) queue stream exists from the consumer group's creation.
+    let queue = executor_service::queue::redis_queue::shard_keys("trtest", 1);
+    keys.retain(|k| *k != queue[0].stream);
     assert!(keys.is_empty(), "{keys:?}");
     h.stop().await;
 }

@@ -312,26 +312,26 @@ pub async fn queue_delivers_each_entry_once_and_reclaims_idle_ones(b: Backend) {
     q.ensure_group().await.unwrap();
     q.ensure_group().await.unwrap();
     for i in 0..3 {
-        q.enqueue(&format!("Q-{i}"), "").await.unwrap();
+        q.enqueue(&format!("Q-{i}"), "", b"").await.unwrap();
     }
-    let a = q.read_new("a", 2).await.unwrap();
-    let c = q.read_new("c", 5).await.unwrap();
+    let a = q.read_new(0, "a", 2, None).await.unwrap();
+    let c = q.read_new(0, "c", 5, None).await.unwrap();
     assert_eq!(a.len(), 2);
     assert_eq!(c.len(), 1);
     let mut ids: Vec<String> = a.iter().chain(&c).map(|d| d.task_id.clone()).collect();
     ids.sort();
     assert_eq!(ids, vec!["Q-0", "Q-1", "Q-2"]);
     assert!(a.iter().all(|d| d.delivery_count == 1));
-    assert!(q.read_new("c", 5).await.unwrap().is_empty());
+    assert!(q.read_new(0, "c", 5, None).await.unwrap().is_empty());
     let depth = q.depth().await.unwrap();
     assert_eq!(depth.pending, 3);
 
-    q.ack(&c[0].entry_id).await.unwrap();
+    q.ack(&c[0]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     // a keeps one entry alive with a heartbeat; the other looks abandoned.
-    q.touch("a", &a[0].entry_id).await.unwrap();
+    q.touch("a", &a[0]).await.unwrap();
     let got = q
-        .reclaim("c", Duration::from_millis(200), 10)
+        .reclaim(0, "c", Duration::from_millis(200), 10)
         .await
         .unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -339,7 +339,7 @@ pub async fn queue_delivers_each_entry_once_and_reclaims_idle_ones(b: Backend) {
     assert_eq!(got[0].delivery_count, 2);
 
     q.dead_letter(&got[0], "gave up").await.unwrap();
-    q.ack(&a[0].entry_id).await.unwrap();
+    q.ack(&a[0]).await.unwrap();
     let depth = q.depth().await.unwrap();
     assert_eq!(depth.pending, 0);
     assert_eq!(depth.length, 0);
@@ -510,6 +510,44 @@ pub async fn approval_deadlines_come_due_in_order(b: Backend) {
     assert_eq!(st.due_approvals(10_000, 10).await.unwrap(), ["G-2", "G-3"]);
 }
 
+pub async fn a_task_is_queued_once_and_requeue_replaces_its_entry(b: Backend) {
+    let q = &b.queue;
+    q.ensure_group().await.unwrap();
+    let first = q.enqueue("R-1", "tp", b"state").await.unwrap();
+    assert_eq!(q.enqueue("R-1", "tp", b"state").await.unwrap(), first);
+    assert_eq!(q.depth().await.unwrap().length, 1, "queued twice");
+    let d = q.read_new(0, "a", 5, None).await.unwrap().remove(0);
+    assert_eq!(d.initial_state, b"state");
+    assert_eq!(
+        q.enqueue("R-1", "tp", b"state").await.unwrap(),
+        first,
+        "pending"
+    );
+    q.requeue(&d).await.unwrap();
+    let again = q
+        .read_new(0, "b", 5, Some(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0].entry_id, first);
+    assert_eq!(again[0].initial_state, b"state", "the state rides along");
+    assert_eq!(q.depth().await.unwrap().length, 1);
+    // Pending and fresh: reclaimable after min_idle, not before.
+    let wait = q
+        .next_reclaim(0, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("an entry is pending");
+    assert!(wait > Duration::from_secs(4), "{wait:?}");
+    q.ack(&again[0]).await.unwrap();
+    assert_eq!(
+        q.next_reclaim(0, Duration::from_secs(5)).await.unwrap(),
+        None
+    );
+    // Acknowledged: the id can be queued again.
+    assert_ne!(q.enqueue("R-1", "", b"").await.unwrap(), first);
+}
+
 pub async fn redis_backend() -> Backend {
     let redis = test_support::RedisServer::start();
     let conn = redis.connection_manager().await;
@@ -555,6 +593,7 @@ macro_rules! conformance_suite {
             case!(spend_is_reserved_against_task_and_tenant_and_settled);
             case!(a_dead_holders_reservations_are_released_by_the_next_lease);
             case!(approval_deadlines_come_due_in_order);
+            case!(a_task_is_queued_once_and_requeue_replaces_its_entry);
         }
     };
 }

@@ -847,16 +847,10 @@ async fn measure(
         .map_or(0, |d| d.as_millis());
     // A fresh key space per run, so runs against one Redis never see each other's tasks.
     let prefix = format!("bench-{}-{millis}", std::process::id());
-    let stream = executor_service::queue::RedisQueue::new(
-        executor_service::session::redis_store::connect_lazy_client(
-            redis::Client::open(redis.url.as_str())
-                .map_err(|e| Error::Usage(format!("--redis-url: {}", e.category())))?,
-        )
-        .map_err(|e| Error::Usage(format!("--redis-url: {}", e.category())))?,
-        &prefix,
-    )
-    .stream_key()
-    .to_string();
+    // The executors run one queue shard (the default).
+    let stream = executor_service::queue::redis_queue::shard_keys(&prefix, 1)[0]
+        .stream
+        .clone();
 
     let router = if args.with_router {
         let r = LocalRouter::start().await?;

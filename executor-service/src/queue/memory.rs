@@ -30,6 +30,7 @@ pub struct DeadLetter {
 struct Entry {
     task_id: String,
     traceparent: String,
+    initial_state: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -52,6 +53,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
     inner: Mutex<Inner>,
+    /// Wakes blocked readers when an entry arrives.
+    arrived: tokio::sync::Notify,
 }
 
 impl MemoryQueue {
@@ -95,6 +98,8 @@ impl Inner {
             task_id: e.task_id.clone(),
             traceparent: e.traceparent.clone(),
             delivery_count: count,
+            shard: 0,
+            initial_state: e.initial_state.clone(),
         })
     }
 
@@ -110,21 +115,140 @@ impl WorkQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn enqueue(&self, task_id: &str, traceparent: &str) -> Result<String> {
-        let mut inner = self.lock();
-        inner.last_id += 1;
-        let id = inner.last_id;
-        inner.entries.insert(
-            id,
-            Entry {
-                task_id: task_id.to_string(),
-                traceparent: traceparent.to_string(),
-            },
-        );
+    async fn enqueue(
+        &self,
+        task_id: &str,
+        traceparent: &str,
+        initial_state: &[u8],
+    ) -> Result<String> {
+        let id = {
+            let mut inner = self.lock();
+            if let Some((id, _)) = inner.entries.iter().find(|(_, e)| e.task_id == task_id) {
+                return Ok(format_id(*id));
+            }
+            inner.last_id += 1;
+            let id = inner.last_id;
+            inner.entries.insert(
+                id,
+                Entry {
+                    task_id: task_id.to_string(),
+                    traceparent: traceparent.to_string(),
+                    initial_state: initial_state.to_vec(),
+                },
+            );
+            id
+        };
+        self.arrived.notify_waiters();
         Ok(format_id(id))
     }
 
-    async fn read_new(&self, consumer: &str, count: usize) -> Result<Vec<Delivery>> {
+    async fn requeue(&self, d: &Delivery) -> Result<()> {
+        let old = parse_id(&d.entry_id)?;
+        {
+            let mut inner = self.lock();
+            let state = inner
+                .entries
+                .get(&old)
+                .map(|e| e.initial_state.clone())
+                .unwrap_or_default();
+            inner.ack(old);
+            inner.last_id += 1;
+            let id = inner.last_id;
+            inner.entries.insert(
+                id,
+                Entry {
+                    task_id: d.task_id.clone(),
+                    traceparent: d.traceparent.clone(),
+                    initial_state: state,
+                },
+            );
+        }
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    async fn read_new(
+        &self,
+        _shard: usize,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>> {
+        let got = self.read_now(consumer, count);
+        let Some(wait) = block.filter(|_| got.is_empty()) else {
+            return Ok(got);
+        };
+        let arrived = self.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let got = self.read_now(consumer, count);
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        let _ = tokio::time::timeout(wait, arrived).await;
+        Ok(self.read_now(consumer, count))
+    }
+
+    async fn next_reclaim(&self, _shard: usize, min_idle: Duration) -> Result<Option<Duration>> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .pending
+            .values()
+            .map(|p| min_idle.saturating_sub(now.duration_since(p.delivered_at)))
+            .min())
+    }
+
+    async fn reclaim(
+        &self,
+        _shard: usize,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>> {
+        self.reclaim_now(consumer, min_idle, count)
+    }
+
+    async fn touch(&self, consumer: &str, d: &Delivery) -> Result<()> {
+        let id = parse_id(&d.entry_id)?;
+        let mut inner = self.lock();
+        if let Some(p) = inner.pending.get_mut(&id) {
+            p.consumer = consumer.to_string();
+            p.delivered_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, d: &Delivery) -> Result<()> {
+        let id = parse_id(&d.entry_id)?;
+        self.lock().ack(id);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        let id = parse_id(&delivery.entry_id)?;
+        let mut inner = self.lock();
+        inner.dead_letters.push(DeadLetter {
+            task_id: delivery.task_id.clone(),
+            entry_id: delivery.entry_id.clone(),
+            delivery_count: delivery.delivery_count,
+            reason: reason.to_string(),
+        });
+        inner.ack(id);
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth> {
+        let inner = self.lock();
+        Ok(QueueDepth {
+            length: inner.entries.len() as u64,
+            pending: inner.pending.len() as u64,
+        })
+    }
+}
+
+impl MemoryQueue {
+    fn read_now(&self, consumer: &str, count: usize) -> Vec<Delivery> {
         let now = Instant::now();
         let mut inner = self.lock();
         let ids: Vec<u64> = inner
@@ -146,10 +270,10 @@ impl WorkQueue for MemoryQueue {
             );
             out.extend(inner.delivery(id, 1));
         }
-        Ok(out)
+        out
     }
 
-    async fn reclaim(
+    fn reclaim_now(
         &self,
         consumer: &str,
         min_idle: Duration,
@@ -184,43 +308,6 @@ impl WorkQueue for MemoryQueue {
         }
         Ok(out)
     }
-
-    async fn touch(&self, consumer: &str, entry_id: &str) -> Result<()> {
-        let id = parse_id(entry_id)?;
-        let mut inner = self.lock();
-        if let Some(p) = inner.pending.get_mut(&id) {
-            p.consumer = consumer.to_string();
-            p.delivered_at = Instant::now();
-        }
-        Ok(())
-    }
-
-    async fn ack(&self, entry_id: &str) -> Result<()> {
-        let id = parse_id(entry_id)?;
-        self.lock().ack(id);
-        Ok(())
-    }
-
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
-        let id = parse_id(&delivery.entry_id)?;
-        let mut inner = self.lock();
-        inner.dead_letters.push(DeadLetter {
-            task_id: delivery.task_id.clone(),
-            entry_id: delivery.entry_id.clone(),
-            delivery_count: delivery.delivery_count,
-            reason: reason.to_string(),
-        });
-        inner.ack(id);
-        Ok(())
-    }
-
-    async fn depth(&self) -> Result<QueueDepth> {
-        let inner = self.lock();
-        Ok(QueueDepth {
-            length: inner.entries.len() as u64,
-            pending: inner.pending.len() as u64,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -231,10 +318,10 @@ mod tests {
     async fn entries_queued_before_any_read_are_delivered_in_order() {
         let q = MemoryQueue::new();
         for t in ["a", "b", "c"] {
-            q.enqueue(t, "").await.unwrap();
+            q.enqueue(t, "", b"").await.unwrap();
         }
         let got: Vec<String> = q
-            .read_new("w", 10)
+            .read_new(0, "w", 10, None)
             .await
             .unwrap()
             .into_iter()
@@ -246,8 +333,8 @@ mod tests {
     #[tokio::test]
     async fn dead_letters_are_kept_for_inspection() {
         let q = MemoryQueue::new();
-        q.enqueue("a", "tp").await.unwrap();
-        let d = q.read_new("w", 1).await.unwrap().remove(0);
+        q.enqueue("a", "tp", b"").await.unwrap();
+        let d = q.read_new(0, "w", 1, None).await.unwrap().remove(0);
         q.dead_letter(&d, "gave up").await.unwrap();
         let dl = q.dead_letters();
         assert_eq!(dl.len(), 1);
@@ -258,6 +345,14 @@ mod tests {
     #[tokio::test]
     async fn a_foreign_entry_id_is_an_error() {
         let q = MemoryQueue::new();
-        assert!(q.ack("1700000000000-5").await.is_err());
+        let d = Delivery {
+            entry_id: "1700000000000-5".into(),
+            task_id: "a".into(),
+            traceparent: String::new(),
+            delivery_count: 1,
+            shard: 0,
+            initial_state: Vec::new(),
+        };
+        assert!(q.ack(&d).await.is_err());
     }
 }

@@ -166,6 +166,23 @@ pub trait SessionStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredEvent>>;
 
+    /// Like [`events_after`](Self::events_after), but when there are none yet waits up to
+    /// `wait` for the first to arrive (Redis: `XREAD … BLOCK` on a connection of its own).
+    async fn wait_events(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>> {
+        let got = self.events_after(task_id, cursor, limit).await?;
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+        self.events_after(task_id, cursor, limit).await
+    }
+
     /// Takes the task's lease for `owner` if it is free (or already ours), returning
     /// it with a fresh fencing token; `None` if another owner holds it.
     async fn acquire_lease(

@@ -7,6 +7,7 @@ use super::{
     Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
 };
 use crate::error::{Error, Result};
+use crate::redis_connection::{RedisConn, RedisTarget};
 use prost::Message;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
@@ -109,19 +110,44 @@ return 0
     )
 });
 
-/// SessionState store on Redis (standalone, or any server speaking its protocol).
+/// SessionState store on Redis, standalone or Cluster (each script touches the keys of
+/// one task, which share the hash tag `{task_id}`).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
+    /// Where Watch's blocking reads open their connections; `None` waits by polling.
+    target: Option<RedisTarget>,
+    /// Idle dedicated connections for blocking reads (one per concurrent watcher at most).
+    blocking: std::sync::Arc<std::sync::Mutex<Vec<RedisConn>>>,
 }
 
 impl RedisStore {
     /// A store using `conn` with keys under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+    pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>) -> Self {
         Self {
-            conn,
+            conn: conn.into(),
             prefix: prefix.into(),
+            target: None,
+            blocking: Default::default(),
+        }
+    }
+
+    /// Waits for events with blocking reads on dedicated connections opened from `target`.
+    pub fn with_blocking_reads(mut self, target: RedisTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    async fn blocking_conn(&self, target: &RedisTarget) -> Result<RedisConn> {
+        let idle = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => Ok(target.dedicated().await?),
         }
     }
 
@@ -136,7 +162,7 @@ impl RedisStore {
     }
 
     /// A handle on the shared connection.
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -413,39 +439,52 @@ impl SessionStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(map_err(&keys.events))?;
-        let Value::Array(entries) = reply else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let Value::Array(parts) = entry else { continue };
-            let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
-                continue;
-            };
-            let cursor = match id {
-                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                Value::SimpleString(s) => s.clone(),
-                _ => continue,
-            };
-            let mut seq = 0u64;
-            let mut ev = None;
-            for pair in fields.chunks(2) {
-                match (pair.first().and_then(as_bytes), pair.get(1)) {
-                    (Some(b"seq"), Some(v)) => seq = as_i64(v).unwrap_or(0).max(0) as u64,
-                    (Some(b"ev"), Some(v)) => ev = as_bytes(v).map(<[u8]>::to_vec),
-                    _ => {}
-                }
+        parse_events(&keys.events, reply)
+    }
+
+    async fn wait_events(
+        &self,
+        task_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>> {
+        let Some(target) = &self.target else {
+            let got = self.events_after(task_id, cursor, limit).await?;
+            if !got.is_empty() {
+                return Ok(got);
             }
-            let Some(bytes) = ev else { continue };
-            let mut event =
-                ProgressEvent::decode(bytes.as_slice()).map_err(|e| Error::CorruptState {
-                    key: keys.events.clone(),
-                    reason: format!("not a ProgressEvent protobuf: {e}"),
-                })?;
-            event.sequence = seq;
-            out.push(StoredEvent { cursor, event });
-        }
-        Ok(out)
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            return self.events_after(task_id, cursor, limit).await;
+        };
+        let keys = self.keys(task_id);
+        let mut conn = self.blocking_conn(target).await?;
+        // Dropped on error or when the watcher leaves mid-wait: its state is unknown.
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .arg("BLOCK")
+            .arg(wait.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&keys.events)
+            .arg(cursor.unwrap_or("0-0"))
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.events))?;
+        self.blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        // [[key, entries]] (RESP2), {key: entries} (RESP3) or nil on timeout.
+        let entries = match reply {
+            Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                Value::Array(mut kv) if kv.len() == 2 => kv.swap_remove(1),
+                _ => Value::Nil,
+            },
+            Value::Map(mut m) if !m.is_empty() => m.swap_remove(0).1,
+            _ => Value::Nil,
+        };
+        parse_events(&keys.events, entries)
     }
 
     async fn acquire_lease(
@@ -512,12 +551,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(Error::Redis)?;
-        Ok(())
+        self.conn.check().await.map_err(Error::Redis)
     }
 
     fn kind(&self) -> &'static str {
@@ -555,6 +589,43 @@ impl SessionStore for RedisStore {
     async fn due_approvals(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
         self.due_deadlines_redis(now_ms, limit).await
     }
+}
+
+/// Parses stream entries `[[id, [seq, n, ev, bytes]], ...]` of the events stream `key`.
+fn parse_events(key: &str, reply: Value) -> Result<Vec<StoredEvent>> {
+    let Value::Array(entries) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+            continue;
+        };
+        let cursor = match id {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => continue,
+        };
+        let mut seq = 0u64;
+        let mut ev = None;
+        for pair in fields.chunks(2) {
+            match (pair.first().and_then(as_bytes), pair.get(1)) {
+                (Some(b"seq"), Some(v)) => seq = as_i64(v).unwrap_or(0).max(0) as u64,
+                (Some(b"ev"), Some(v)) => ev = as_bytes(v).map(<[u8]>::to_vec),
+                _ => {}
+            }
+        }
+        let Some(bytes) = ev else { continue };
+        let mut event =
+            ProgressEvent::decode(bytes.as_slice()).map_err(|e| Error::CorruptState {
+                key: key.to_string(),
+                reason: format!("not a ProgressEvent protobuf: {e}"),
+            })?;
+        event.sequence = seq;
+        out.push(StoredEvent { cursor, event });
+    }
+    Ok(out)
 }
 
 /// The stored `status` field: the proto enum name, for operators reading Redis.

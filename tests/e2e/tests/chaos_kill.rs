@@ -135,7 +135,11 @@ async fn twenty_kill9s_at_random_iterations_lose_and_double_no_checkpoint() {
             for n in 0..MAX_TASKS {
                 while !*stop_rx.borrow() {
                     let unfinished: u64 = redis::cmd("XLEN")
-                        .arg("taskrouter:queue")
+                        .arg(
+                            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                                .stream
+                                .as_str(),
+                        )
                         .query_async(&mut conn)
                         .await
                         .unwrap_or(0);
@@ -267,7 +271,14 @@ async fn twenty_kill9s_at_random_iterations_lose_and_double_no_checkpoint() {
     }
     // Nothing is left behind in the queue and nothing was given up on.
     let mut conn = c.redis.connection().await;
-    for key in ["taskrouter:queue", "taskrouter:deadletter"] {
+    for key in [
+        executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+            .stream
+            .as_str(),
+        executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+            .dead_letters
+            .as_str(),
+    ] {
         let len: u64 = redis::cmd("XLEN")
             .arg(key)
             .query_async(&mut conn)

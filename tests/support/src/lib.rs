@@ -2,6 +2,7 @@
 //!
 //! * [`RedisServer`]: a private `redis-server` child on a free 127.0.0.1 port with its own
 //!   temporary data directory (never the machine's shared 6379).
+//! * [`RedisCluster`]: a private Redis Cluster of such children, joined by `redis-cli`.
 //! * [`free_port`], [`wait_for_tcp`], [`wait_for_grpc_serving`]: network helpers.
 //! * [`binary_path`], [`ServiceProcess`]: the workspace's own service binaries as child processes.
 //! * [`TestPki`]: a throwaway CA with server and client certificates, as PEM files.
@@ -18,6 +19,7 @@
 mod grpc;
 mod ports;
 mod process;
+mod redis_cluster;
 mod redis_server;
 mod spawn;
 mod tls;
@@ -25,6 +27,7 @@ mod tls;
 pub use grpc::{wait_for_grpc_serving, wait_for_grpc_serving_at};
 pub use ports::{free_port, wait_for_tcp};
 pub use process::{ServiceProcess, binary_path, workspace_root};
+pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use redis_server::{RedisOptions, RedisServer};
 pub use tls::TestPki;
 

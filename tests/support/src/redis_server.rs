@@ -44,6 +44,10 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     options: RedisOptions,
+    /// Started with `--cluster-enabled yes` (a node of a [`crate::RedisCluster`]).
+    cluster_node: bool,
+    /// The cluster bus port of a cluster node (`--cluster-port`).
+    bus_port: u16,
     log_path: PathBuf,
     dir: TempDir,
 }
@@ -62,6 +66,15 @@ impl RedisServer {
 
     /// Starts a server with `options` on a free port, waiting until it answers PING.
     pub fn start_with(options: RedisOptions) -> RedisServer {
+        Self::start_inner(options, false)
+    }
+
+    /// Starts a node for a Redis Cluster (`--cluster-enabled yes`), not yet in a cluster.
+    pub(crate) fn start_cluster_node() -> RedisServer {
+        Self::start_inner(RedisOptions::default(), true)
+    }
+
+    fn start_inner(options: RedisOptions, cluster_node: bool) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("taskrouter-redis-")
             .tempdir()
@@ -71,11 +84,16 @@ impl RedisServer {
             child: None,
             port: 0,
             options,
+            cluster_node,
+            bus_port: 0,
             log_path,
             dir,
         };
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
+            if cluster_node {
+                server.bus_port = free_port();
+            }
             match server.launch() {
                 Ok(child) => {
                     server.child = Some(child);
@@ -269,6 +287,13 @@ impl RedisServer {
         if let Some(password) = &self.options.password {
             cmd.args(["--requirepass", password]);
         }
+        if self.cluster_node {
+            // A short node timeout lets a cluster notice a dead master in seconds.
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-port", &self.bus_port.to_string()])
+                .args(["--cluster-node-timeout", "2000"]);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -337,7 +362,7 @@ fn answers_as(client: &redis::Client, pid: u32) -> bool {
 }
 
 /// Parses `INFO commandstats` lines like `cmdstat_set:calls=3,usec=10,...`.
-fn parse_commandstats(info: &str) -> HashMap<String, u64> {
+pub(crate) fn parse_commandstats(info: &str) -> HashMap<String, u64> {
     info.lines()
         .filter_map(|line| {
             let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;

@@ -390,7 +390,11 @@ pub async fn explain(c: &Cluster, client: &mut ExecutorClient<Channel>, id: &str
         .unwrap_or(-3);
     out.push_str(&format!("lease: {lease:?} (pttl {ttl} ms)\n"));
     let entries: redis::Value = redis::cmd("XRANGE")
-        .arg("taskrouter:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .stream
+                .as_str(),
+        )
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -398,7 +402,11 @@ pub async fn explain(c: &Cluster, client: &mut ExecutorClient<Channel>, id: &str
         .unwrap_or(redis::Value::Nil);
     out.push_str(&format!("queue: {entries:?}\n"));
     let pending: redis::Value = redis::cmd("XPENDING")
-        .arg("taskrouter:queue")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .stream
+                .as_str(),
+        )
         .arg("executors")
         .arg("-")
         .arg("+")
@@ -408,7 +416,11 @@ pub async fn explain(c: &Cluster, client: &mut ExecutorClient<Channel>, id: &str
         .unwrap_or(redis::Value::Nil);
     out.push_str(&format!("pending: {pending:?}\n"));
     let dead: redis::Value = redis::cmd("XRANGE")
-        .arg("taskrouter:deadletter")
+        .arg(
+            executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0]
+                .dead_letters
+                .as_str(),
+        )
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
