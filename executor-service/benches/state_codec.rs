@@ -52,6 +52,7 @@ fn state() -> SessionState {
             suggested_roles: roles.iter().map(|r| r.to_string()).collect(),
             policy_version: "a4b8e499cba61630".into(),
             multi_agent_recommended: true,
+            ..Default::default()
         }),
         iteration_count: 7,
         max_iterations: 50,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{
-    ExecutionPath, FallbackCause, FallbackRecord, Finished, IterationRecord, ProgressEvent,
-    ReasonCode, Routed, RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus,
-    progress_event,
+    ApprovalGate, ApprovalRequested, BudgetKind, BudgetStopped, ExecutionPath, FallbackCause,
+    FallbackRecord, Finished, GateRequirement, IterationRecord, ProgressEvent, ReasonCode, Routed,
+    RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
 };
 use tokio::sync::Mutex;
 
@@ -46,6 +46,15 @@ pub fn is_final(status: TaskStatus) -> bool {
     matches!(
         status,
         TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+    )
+}
+
+/// Whether a task is parked: waiting for a person, or stopped by a budget. No worker
+/// runs a parked task; a decision (or a resume with a larger budget) moves it on.
+pub fn is_parked(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::WaitingApproval | TaskStatus::BudgetExhausted
     )
 }
 
@@ -163,7 +172,13 @@ impl AutonomousLoop {
         ))
     }
 
-    fn new_state(&self, task: Task, max_iterations: u32, use_multi: Option<bool>) -> SessionState {
+    fn new_state(
+        &self,
+        task: Task,
+        max_iterations: u32,
+        use_multi: Option<bool>,
+        budget_usd: Option<f64>,
+    ) -> SessionState {
         let at = now();
         SessionState {
             schema_version: SESSION_SCHEMA_VERSION,
@@ -176,6 +191,7 @@ impl AutonomousLoop {
                 max_iterations
             },
             force_single_agent: use_multi == Some(false),
+            budget_usd: budget_usd.unwrap_or(0.0),
             created_at: Some(at),
             updated_at: Some(at),
             ..Default::default()
@@ -197,13 +213,14 @@ impl AutonomousLoop {
         task: Task,
         max_iterations: u32,
         use_multi_agent: Option<bool>,
+        budget_usd: Option<f64>,
         traceparent: &str,
     ) -> Result<(SessionState, bool)> {
         if self.shutdown.is_triggered() {
             return Err(Error::ShuttingDown);
         }
         let id = task.id.clone();
-        let state = self.new_state(task, max_iterations, use_multi_agent);
+        let state = self.new_state(task, max_iterations, use_multi_agent, budget_usd);
         // Queued first, carrying the initial state: if this process stops before the
         // state is stored, the worker that reads the entry stores it: nothing is left
         // PENDING without an entry, with or without the caller's retry. Queueing is
@@ -356,7 +373,12 @@ impl AutonomousLoop {
             }),
             Some(_) => self.run_existing(&task.id, &opts, false, None).await,
             None => {
-                let state = self.new_state(task.clone(), opts.max_iterations, opts.use_multi_agent);
+                let state = self.new_state(
+                    task.clone(),
+                    opts.max_iterations,
+                    opts.use_multi_agent,
+                    opts.budget_usd,
+                );
                 let ev = Self::event(&task.id, progress_event::Kind::Submitted(Submitted {}));
                 self.store.create(&state, &ev).await?;
                 self.run_existing(&task.id, &opts, false, None).await
@@ -374,8 +396,15 @@ impl AutonomousLoop {
         entry: Option<&Delivery>,
     ) -> Result<RunResult> {
         let state = self.get(task_id).await?;
-        if is_final(status_of(&state)) {
+        let status = status_of(&state);
+        if is_final(status) || (from_queue && is_parked(status)) {
             return Ok(run_result(&state, state.iteration_count));
+        }
+        if status == TaskStatus::WaitingApproval {
+            return Err(Error::FailedPrecondition {
+                task_id: task_id.to_string(),
+                reason: "it waits for approval; use Approve or Reject".into(),
+            });
         }
         let session = self
             .open_session(task_id)
@@ -383,6 +412,33 @@ impl AutonomousLoop {
             .ok_or_else(|| Error::LeaseHeld {
                 task_id: task_id.to_string(),
             })?;
+        // Re-checked under the lease: a decision or a budget stop may have landed since.
+        let status = status_of(&session.state);
+        if is_final(status)
+            || (from_queue && is_parked(status))
+            || status == TaskStatus::WaitingApproval
+        {
+            session.release().await;
+            return Ok(run_result(
+                &session.full_state(),
+                session.state.iteration_count,
+            ));
+        }
+        // A previous holder that died mid-call left its reservations open: release them.
+        match self
+            .store
+            .reconcile_spend(task_id, &session.lease().owner)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(task_id = %task_id, reservations = n, "released a previous worker's spend reservations")
+            }
+            Err(e) => {
+                session.release().await;
+                return Err(e);
+            }
+        }
         let on_beat = {
             let queue = self.queue.clone();
             let consumer = self.settings.worker_id.clone();
@@ -403,6 +459,33 @@ impl AutonomousLoop {
         // the lease has expired, not earlier (when the claim would find the lease held).
         on_beat().await;
         let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
+        let mut session = session;
+        // The budget of this run: a caller's new budget first, then the policy's default.
+        if let Some(b) = opts.budget_usd {
+            session.state.budget_usd = b;
+        }
+        if opts.use_multi_agent == Some(false) {
+            session.state.force_single_agent = true;
+        }
+        if session.state.analysis.is_none() {
+            // Routed before the run context is built: the analysis sets the budgets.
+            let routed = self.route(&mut session).await;
+            if session.state.budget_usd == 0.0 {
+                session.state.budget_usd = routed.analysis.as_ref().map_or(0.0, |a| a.budget_usd);
+            }
+            let ev = session.event(progress_event::Kind::Routed(routed));
+            if let Err(e) = session.commit(None, &[ev], None).await {
+                session.release().await;
+                return Err(e);
+            }
+        }
+        let budget = crate::budget::BudgetScope::of(
+            &session.state,
+            session.task(),
+            &session.lease().owner,
+            self.settings.agent_max_call_cost_usd,
+            self.settings.budget_hold_ttl,
+        );
         let ctx = Arc::new(
             RunCtx::new(
                 self.store.clone(),
@@ -413,6 +496,7 @@ impl AutonomousLoop {
                 self.shutdown.clone(),
                 self.settings.shutdown_grace,
                 heartbeat,
+                budget,
             )
             .with_workspace(self.task_workspace(&session)),
         );
@@ -463,11 +547,6 @@ impl AutonomousLoop {
                     crate::telemetry::redelivered(progressed);
                 }
             }
-            let mut events = Vec::new();
-            if s.state.analysis.is_none() {
-                let routed = self.route(&mut s).await;
-                events.push(s.event(progress_event::Kind::Routed(routed)));
-            }
             if let Some(tw) = &ctx.workspace
                 && s.state.repos.is_empty()
             {
@@ -480,17 +559,18 @@ impl AutonomousLoop {
                         // As in `run::workspace_failure`: the same failure again is
                         // not progress, so nothing is written for it.
                         let message = e.to_string();
-                        if s.state.last_error != message || !events.is_empty() {
+                        if s.state.last_error != message {
                             s.state.last_error = message;
-                            s.commit(None, &events, None).await?;
+                            s.commit(None, &[], None).await?;
                         }
                         return Err(e);
                     }
                 }
             }
             s.state.status = TaskStatus::InProgress as i32;
+            s.state.budget_exhausted = BudgetKind::Unspecified as i32;
             s.state.worker_id = self.settings.worker_id.clone();
-            s.commit(None, &events, None).await?;
+            s.commit(None, &[], None).await?;
         }
         let mut outcome = if session.lock().await.state.path == ExecutionPath::MultiAgent as i32 {
             crate::team_lead::run(ctx, session).await?
@@ -517,7 +597,35 @@ impl AutonomousLoop {
         }
         let mut s = session.lock().await;
         match outcome {
-            PathOutcome::Completed => self.finish(&mut s, TaskStatus::Completed, "").await,
+            PathOutcome::Completed => {
+                match crate::approval::pending(&s.state, ApprovalGate::BeforeComplete) {
+                    Some(gate) => self.park_at_gate(&mut s, &gate).await,
+                    None => self.finish(&mut s, TaskStatus::Completed, "").await,
+                }
+            }
+            PathOutcome::AwaitApproval(gate) => self.park_at_gate(&mut s, &gate).await,
+            PathOutcome::BudgetExhausted(stop) => {
+                let kind = if stop.kind == BudgetKind::Tenant {
+                    "tenant"
+                } else {
+                    "task"
+                };
+                s.state.status = TaskStatus::BudgetExhausted as i32;
+                s.state.budget_exhausted = stop.kind as i32;
+                s.state.last_error = format!(
+                    "the {kind} budget (${:.4}) cannot cover the next agent call (${:.4} spent)",
+                    stop.limit_usd, stop.spent_usd
+                );
+                let ev = s.event(progress_event::Kind::BudgetStopped(BudgetStopped {
+                    kind: stop.kind as i32,
+                    spent_usd: stop.spent_usd,
+                    limit_usd: stop.limit_usd,
+                }));
+                s.commit(None, &[ev], None).await?;
+                crate::telemetry::budget_stop(kind);
+                tracing::info!(task_id = %s.state.task_id, budget = kind, "task stopped by its budget");
+                Ok(())
+            }
             PathOutcome::Failed(e) => self.finish(&mut s, TaskStatus::Failed, &e).await,
             PathOutcome::Cancelled => {
                 self.finish(&mut s, TaskStatus::Cancelled, "cancelled by request")
@@ -542,17 +650,62 @@ impl AutonomousLoop {
         }
     }
 
+    /// Parks the task at `gate`: WAITING_APPROVAL with a deadline, no lease kept (the
+    /// caller releases it) and the queue entry acknowledged by the worker. The deadline
+    /// is indexed before the status is written, so a crash in between leaves an index
+    /// entry for a task that is not waiting (dropped by the scan), never a waiting task
+    /// without a timeout.
+    pub(crate) async fn park_at_gate(
+        &self,
+        s: &mut ActiveSession,
+        gate: &GateRequirement,
+    ) -> Result<()> {
+        let timeout = std::time::Duration::from_secs(u64::from(gate.timeout_seconds.max(1)));
+        let deadline = std::time::SystemTime::now() + timeout;
+        self.store
+            .set_approval_deadline(
+                &s.state.task_id,
+                crate::session::governance::epoch_ms(deadline),
+            )
+            .await?;
+        let deadline = prost_types::Timestamp::from(deadline);
+        s.state.status = TaskStatus::WaitingApproval as i32;
+        s.state.waiting_gate = gate.gate;
+        s.state.approval_deadline = Some(deadline);
+        let ev = s.event(progress_event::Kind::ApprovalRequested(ApprovalRequested {
+            gate: gate.gate,
+            deadline: Some(deadline),
+            reason: gate.message.clone(),
+        }));
+        s.commit(None, &[ev], None).await?;
+        let name = crate::approval::gate_name(
+            ApprovalGate::try_from(gate.gate).unwrap_or(ApprovalGate::Unspecified),
+        );
+        crate::telemetry::approval(name, "requested");
+        tracing::info!(task_id = %s.state.task_id, gate = name, "task waits for approval");
+        Ok(())
+    }
+
     /// Decides the path for a task that has none yet and records it in the state.
     async fn route(&self, s: &mut ActiveSession) -> Routed {
         let task = s.task().clone();
         let (analysis, source) = if s.state.force_single_agent {
-            (
-                single_agent_analysis(
-                    ReasonCode::ForcedSingleAgent,
-                    "the caller asked for the single path (use_multi_agent = false)",
-                ),
-                "forced",
-            )
+            let mut forced = single_agent_analysis(
+                ReasonCode::ForcedSingleAgent,
+                "the caller asked for the single path (use_multi_agent = false)",
+            );
+            // Forcing the path must not skip governance: the policy's budget, tenant
+            // limit and gates still apply when the router answers.
+            if let Some(router) = &self.router
+                && let Ok(a) = router.route(&task).await
+            {
+                forced.budget_usd = a.budget_usd;
+                forced.gates = a.gates;
+                forced.tenant = a.tenant;
+                forced.tenant_usd_per_day = a.tenant_usd_per_day;
+                forced.policy_version = a.policy_version;
+            }
+            (forced, "forced")
         } else {
             let routed = match &self.router {
                 Some(router) => router.route_with_shadow(&task).await,

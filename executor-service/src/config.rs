@@ -94,6 +94,13 @@ pub struct Args {
     /// Specialists running at once per task.
     #[arg(long, env = "EXECUTOR_TEAM_MAX_PARALLEL", default_value_t = settings::TEAM_MAX_PARALLEL)]
     pub team_max_parallel: usize,
+    /// Smallest spend reserved against the task's and tenant's budgets before each agent
+    /// call, in USD (raised to the task's costliest call so far). Bounds budget overshoot.
+    #[arg(long, env = "EXECUTOR_AGENT_MAX_CALL_COST", default_value_t = settings::AGENT_MAX_CALL_COST_USD)]
+    pub agent_max_call_cost: f64,
+    /// How long an unsettled tenant spend hold lives (a dead worker's hold is freed after it).
+    #[arg(long, env = "EXECUTOR_BUDGET_HOLD_TTL", default_value_t = settings::BUDGET_HOLD_TTL.into())]
+    pub budget_hold_ttl: humantime::Duration,
     /// Largest accepted task description, in bytes.
     #[arg(long, env = "EXECUTOR_MAX_DESCRIPTION_BYTES", default_value_t = TaskLimits::default().max_description_bytes)]
     pub max_description_bytes: usize,
@@ -305,6 +312,19 @@ impl Args {
                 "--team-max-parallel / EXECUTOR_TEAM_MAX_PARALLEL: must be at least 1".into(),
             );
         }
+        if !self.agent_max_call_cost.is_finite()
+            || self.agent_max_call_cost <= 0.0
+            || self.agent_max_call_cost > crate::budget::MAX_BUDGET_USD
+        {
+            return Err(
+                "--agent-max-call-cost / EXECUTOR_AGENT_MAX_CALL_COST: must be finite, > 0 and at most 1000000"
+                    .into(),
+            );
+        }
+        positive(
+            "--budget-hold-ttl / EXECUTOR_BUDGET_HOLD_TTL",
+            *self.budget_hold_ttl,
+        )?;
         if self.max_description_bytes == 0 {
             return Err(
                 "--max-description-bytes / EXECUTOR_MAX_DESCRIPTION_BYTES: must be at least 1"
@@ -350,6 +370,8 @@ impl Args {
                 },
                 max_deliveries: self.max_deliveries,
                 concurrency: self.concurrency,
+                agent_max_call_cost_usd: self.agent_max_call_cost,
+                budget_hold_ttl: *self.budget_hold_ttl,
                 ..Settings::default()
             },
             agent: self.agent.clone(),

@@ -56,6 +56,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The caller's identity lacks the role the call needs.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Redis could not be reached or failed.
     #[error("redis unavailable: {0}")]
     Redis(#[from] redis::RedisError),
@@ -113,6 +116,7 @@ impl Error {
             Error::StaleWrite { .. } => Code::Aborted,
             Error::LeaseHeld { .. } => Code::Aborted,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Redis(_) => Code::Unavailable,
             Error::Router(_) => Code::Unavailable,
             Error::AgentTimeout(_) => Code::DeadlineExceeded,

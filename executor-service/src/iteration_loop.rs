@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::run::{PathOutcome, RunCtx, StepError, workspace_failure};
 use crate::session::ActiveSession;
 use std::collections::VecDeque;
-use taskrouter_proto::v1::{AgentStep, IterationDone, progress_event};
+use taskrouter_proto::v1::{AgentStep, ApprovalGate, IterationDone, progress_event};
 use tokio::sync::Mutex;
 
 /// Role name of the single-path agent.
@@ -17,9 +17,13 @@ const PRIOR_OUTPUTS: usize = 5;
 
 /// Runs single-path iterations from the saved count until done, bound, cancel or stop.
 pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOutcome> {
-    let (task, task_id) = {
+    let (task, task_id, feedback) = {
         let s = session.lock().await;
-        (s.task().clone(), s.state.task_id.clone())
+        (
+            s.task().clone(),
+            s.state.task_id.clone(),
+            s.state.review_feedback.clone(),
+        )
     };
     let records: Vec<_> = ctx
         .store
@@ -29,8 +33,9 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
         .filter(|r| r.role == AGENT_ROLE)
         .collect();
     // The agent already reported done, but the run stopped (a crash, a lost lease)
-    // before the task was marked complete: it is complete, without another iteration.
-    if records.last().is_some_and(|r| r.done) {
+    // before the task was marked complete: it is complete, without another iteration
+    // (unless a reviewer sent the result back).
+    if feedback.is_empty() && records.last().is_some_and(|r| r.done) {
         return Ok(PathOutcome::Completed);
     }
     let mut prior: VecDeque<String> = records.into_iter().map(|r| r.output).collect();
@@ -45,6 +50,9 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             }
             if let Some(stop) = ctx.stop_reason() {
                 return Ok(PathOutcome::Stopped(stop));
+            }
+            if let Some(gate) = crate::approval::pending(&s.state, ApprovalGate::BeforeStart) {
+                return Ok(PathOutcome::AwaitApproval(gate));
             }
             if s.state.iteration_count >= s.state.max_iterations {
                 return Ok(PathOutcome::BoundReached);
@@ -61,18 +69,26 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             }
             None => None,
         };
+        let feedback = session.lock().await.state.review_feedback.clone();
+        let context = if feedback.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("reviewer: {feedback}")]
+        };
         let input = IterationInput {
             task: task.clone(),
             role: AGENT_ROLE.to_string(),
             iteration,
             step: AgentStep::Iteration,
             prior_outputs: prior.iter().cloned().collect(),
-            context: Vec::new(),
+            context,
             workspace,
         };
         let out = match ctx.call_agent(input).await {
             Ok(out) => out,
             Err(StepError::Stopped(stop)) => return Ok(PathOutcome::Stopped(stop)),
+            Err(StepError::Budget(stop)) => return Ok(PathOutcome::BudgetExhausted(stop)),
+            Err(StepError::Store(e)) => return Err(e),
             Err(StepError::Agent(e)) => {
                 let mut s = session.lock().await;
                 s.state.last_error = e.to_string();
@@ -112,6 +128,8 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             }
             let record = s.apply_iteration(&ctx.worker_id, AGENT_ROLE, iteration, out);
             s.state.result = record.output.clone();
+            // The reviewer's comment was handed over with this iteration.
+            s.state.review_feedback.clear();
             let ev = s.event(progress_event::Kind::Iteration(IterationDone {
                 record: Some(record.clone()),
                 iteration_count: s.state.iteration_count,

@@ -6,7 +6,9 @@
 // (queue pool) drive the engine, `autonomous_loop`; it runs the paths, `iteration_loop`
 // and `team_lead`, through the `run` contract; all of them write through `session`.
 pub mod agent;
+pub mod approval;
 pub mod autonomous_loop;
+pub mod budget;
 pub mod error;
 pub mod iteration_loop;
 pub mod queue;
@@ -25,6 +27,7 @@ pub mod workspace;
 pub use error::{Error, Result};
 
 pub mod config;
+pub mod decision;
 pub mod service;
 
 use crate::agent::build_agent;

@@ -190,5 +190,7 @@ pub fn single_agent_analysis(code: ReasonCode, message: impl Into<String>) -> Ro
         suggested_roles: Vec::new(),
         policy_version: String::new(),
         multi_agent_recommended: false,
+        // No policy decided: no default budget, no gates, tenant limit unknown.
+        ..Default::default()
     }
 }

@@ -3,14 +3,16 @@
 //! run ([`RunOptions`]).
 
 use crate::agent::{IterationInput, IterationOutput, RetryPolicy, SharedAgent};
+use crate::budget::{BudgetScope, BudgetStop};
 use crate::error::Error;
+use crate::session::governance::SpendOutcome;
 use crate::session::{ActiveSession, Heartbeat, SessionStore};
 use crate::settings::TeamSettings;
 use crate::workspace::TaskWorkspace;
 use service_kit::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
-use taskrouter_proto::v1::FallbackCause;
+use taskrouter_proto::v1::{AgentStep, FallbackCause, GateRequirement};
 use tracing::Instrument as _;
 
 /// Why a run stopped early without finishing the task (it stays resumable).
@@ -35,6 +37,10 @@ pub enum PathOutcome {
     BoundReached,
     /// Stopped at an iteration boundary; resumable.
     Stopped(Stop),
+    /// The next agent call did not fit a budget; stopped at this iteration boundary.
+    BudgetExhausted(BudgetStop),
+    /// The task must wait for a person at this gate.
+    AwaitApproval(GateRequirement),
     /// The team path failed; the single path takes over.
     Fallback {
         /// Why.
@@ -51,6 +57,10 @@ pub enum StepError {
     Agent(Error),
     /// The run must stop (shutdown grace ran out, or the lease was lost).
     Stopped(Stop),
+    /// The call's reservation did not fit a budget; the call was not made.
+    Budget(BudgetStop),
+    /// The store failed while reserving spend (the run stops; the task stays resumable).
+    Store(Error),
 }
 
 /// Everything a path needs while running one task.
@@ -70,6 +80,7 @@ pub struct RunCtx {
     shutdown: Shutdown,
     shutdown_grace: Duration,
     heartbeat: Heartbeat,
+    budget: BudgetScope,
 }
 
 impl RunCtx {
@@ -85,6 +96,7 @@ impl RunCtx {
         shutdown: Shutdown,
         shutdown_grace: Duration,
         heartbeat: Heartbeat,
+        budget: BudgetScope,
     ) -> Self {
         Self {
             store,
@@ -96,6 +108,7 @@ impl RunCtx {
             shutdown,
             shutdown_grace,
             heartbeat,
+            budget,
         }
     }
 
@@ -116,9 +129,43 @@ impl RunCtx {
         }
     }
 
-    /// Runs one agent iteration with retries. On shutdown the iteration in flight gets
-    /// `shutdown_grace` to finish (so it can be checkpointed) before it is abandoned.
+    /// Runs one agent iteration with retries: every agent call of every path goes
+    /// through here. First a reservation must fit the task's and the tenant's budget
+    /// (else `StepError::Budget` and no call); the actual cost is settled afterwards.
+    /// On shutdown the iteration in flight gets `shutdown_grace` to finish (so it can be
+    /// checkpointed) before it is abandoned (its reservation is then released by the
+    /// next lease holder).
     pub async fn call_agent(
+        &self,
+        input: IterationInput,
+    ) -> std::result::Result<IterationOutput, StepError> {
+        let reservation = match self.budget.reserve(self.store.as_ref()).await {
+            Ok(SpendOutcome::Reserved(r)) => r,
+            Ok(SpendOutcome::Refused {
+                by, spent, limit, ..
+            }) => {
+                let stop = crate::budget::stop_of(by, spent, limit);
+                return Err(StepError::Budget(stop));
+            }
+            Ok(SpendOutcome::NotLeaseHolder) => return Err(StepError::Stopped(Stop::LeaseLost)),
+            Err(e) => return Err(StepError::Store(e)),
+        };
+        let path = if input.step == AgentStep::Iteration {
+            "single"
+        } else {
+            "multi"
+        };
+        let result = self.call_agent_reserved(input).await;
+        let cost = match &result {
+            Ok(out) if out.cost_usd.is_finite() && out.cost_usd > 0.0 => out.cost_usd,
+            _ => 0.0,
+        };
+        crate::budget::settle(self.store.as_ref(), &reservation, cost).await;
+        crate::telemetry::spend(self.budget.tenant_name(), path, cost);
+        result
+    }
+
+    async fn call_agent_reserved(
         &self,
         input: IterationInput,
     ) -> std::result::Result<IterationOutput, StepError> {
@@ -169,6 +216,8 @@ pub struct RunOptions {
     pub max_iterations: u32,
     /// `Some(false)` forces the single path.
     pub use_multi_agent: Option<bool>,
+    /// A new spend budget for the task, USD.
+    pub budget_usd: Option<f64>,
 }
 
 /// Records a workspace failure as the task's last error (checkpointed, fenced) and

@@ -1,18 +1,22 @@
 //! The `taskrouter.v1.Executor` gRPC service: request validation, then the engine.
 
+use crate::approval::{ANONYMOUS, APPROVER_ROLE, MAX_COMMENT_BYTES};
 use crate::autonomous_loop::{AutonomousLoop, is_final};
+use crate::decision::GateDecision;
 use crate::error::Error;
 use crate::run::RunOptions;
 use service_kit::Shutdown;
+use service_kit::auth::Identity;
 use service_kit::validation::{TaskLimits, Violations, check_task, check_task_id};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use taskrouter_proto::v1::executor_server::Executor;
 use taskrouter_proto::v1::{
-    CancelRequest, CancelResponse, Complexity, GetRequest, GetResponse, ListIterationsRequest,
-    ListIterationsResponse, ListTasksRequest, ListTasksResponse, ProgressEvent, RunRequest,
-    RunResponse, SubmitRequest, SubmitResponse, Task, TaskStatus, WatchRequest, progress_event,
+    ApprovalGate, CancelRequest, CancelResponse, Complexity, Decision, DecisionRequest,
+    DecisionResponse, GetRequest, GetResponse, ListIterationsRequest, ListIterationsResponse,
+    ListTasksRequest, ListTasksResponse, ProgressEvent, RunRequest, RunResponse, SubmitRequest,
+    SubmitResponse, Task, TaskStatus, WatchRequest, progress_event,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -51,6 +55,43 @@ fn require_task<'a>(v: &mut Violations, task: &'a Option<Task>) -> Option<&'a Ta
     task.as_ref()
 }
 
+fn check_budget(v: &mut Violations, budget_usd: Option<f64>) {
+    if let Some(b) = budget_usd
+        && let Err(problem) = crate::budget::check_budget(b)
+    {
+        v.add("budget_usd", problem);
+    }
+}
+
+/// The `tenant` label becomes part of a Redis key: it must be a plain name.
+fn check_tenant(v: &mut Violations, field: &str, task: &Task) {
+    if let Some(t) = task.labels.get(crate::budget::TENANT_LABEL)
+        && !crate::budget::valid_tenant_name(t)
+    {
+        v.add(
+            format!("{field}.labels[tenant]"),
+            "must be 1..=64 characters of A-Z a-z 0-9 . _ -",
+        );
+    }
+}
+
+fn check_decision(v: &mut Violations, req: &DecisionRequest) {
+    check_task_id(v, "task_id", &req.task_id);
+    match ApprovalGate::try_from(req.gate) {
+        Ok(ApprovalGate::BeforeStart | ApprovalGate::BeforeComplete) => {}
+        _ => v.add(
+            "gate",
+            "must be APPROVAL_GATE_BEFORE_START or APPROVAL_GATE_BEFORE_COMPLETE",
+        ),
+    }
+    if req.comment.len() > MAX_COMMENT_BYTES {
+        v.add(
+            "comment",
+            format!("must be at most {MAX_COMMENT_BYTES} bytes"),
+        );
+    }
+}
+
 fn check_bound(v: &mut Violations, max_iterations: u32) {
     if max_iterations > MAX_ITERATIONS_LIMIT {
         v.add(
@@ -76,13 +117,21 @@ impl Executor for ExecutorService {
             let mut v = Violations::new();
             if let Some(task) = require_task(&mut v, &req.task) {
                 check_task(&mut v, "task", task, &self.limits);
+                check_tenant(&mut v, "task", task);
             }
             check_bound(&mut v, req.max_iterations);
+            check_budget(&mut v, req.budget_usd);
             Error::check(v)?;
             let task = req.task.unwrap_or_default();
             let (state, created) = self
                 .engine
-                .submit(task, req.max_iterations, req.use_multi_agent, &parent)
+                .submit(
+                    task,
+                    req.max_iterations,
+                    req.use_multi_agent,
+                    req.budget_usd,
+                    &parent,
+                )
                 .await?;
             Ok(Response::new(SubmitResponse {
                 state: Some(state),
@@ -106,9 +155,11 @@ impl Executor for ExecutorService {
                     check_task_id(&mut v, "task.id", &task.id);
                 } else {
                     check_task(&mut v, "task", task, &self.limits);
+                    check_tenant(&mut v, "task", task);
                 }
             }
             check_bound(&mut v, req.max_iterations);
+            check_budget(&mut v, req.budget_usd);
             Error::check(v)?;
             let task = req.task.unwrap_or_default();
             if id_only {
@@ -119,6 +170,7 @@ impl Executor for ExecutorService {
                 resume: req.resume,
                 max_iterations: req.max_iterations,
                 use_multi_agent: req.use_multi_agent,
+                budget_usd: req.budget_usd,
             };
             let result = self.engine.run(task, opts).await?;
             Ok(Response::new(RunResponse {
@@ -209,7 +261,15 @@ impl Executor for ExecutorService {
                     if stored.event.sequence <= req.after_sequence {
                         continue;
                     }
-                    let last = matches!(stored.event.kind, Some(progress_event::Kind::Finished(_)));
+                    // The stream ends with the task, or when a budget stops it (a resume
+                    // with a larger budget is watched again).
+                    let last = matches!(
+                        stored.event.kind,
+                        Some(
+                            progress_event::Kind::Finished(_)
+                                | progress_event::Kind::BudgetStopped(_)
+                        )
+                    );
                     if tx.send(Ok(stored.event)).await.is_err() || last {
                         return;
                     }
@@ -252,5 +312,56 @@ impl Executor for ExecutorService {
         let store = self.engine.store();
         let resp = crate::task_list::list_iterations(store.as_ref(), request.get_ref()).await?;
         Ok(Response::new(resp))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<DecisionRequest>,
+    ) -> Result<Response<DecisionResponse>, Status> {
+        self.decide(request, Decision::Approved).await
+    }
+
+    async fn reject(
+        &self,
+        request: Request<DecisionRequest>,
+    ) -> Result<Response<DecisionResponse>, Status> {
+        self.decide(request, Decision::Rejected).await
+    }
+}
+
+impl ExecutorService {
+    /// Approve and Reject: the caller needs the approver role (when authentication is
+    /// on), the request must be valid, then the decision applies.
+    async fn decide(
+        &self,
+        request: Request<DecisionRequest>,
+        decision: Decision,
+    ) -> Result<Response<DecisionResponse>, Status> {
+        let identity = request.extensions().get::<Identity>().cloned();
+        let by = match &identity {
+            // Authentication is off: anyone who can call can decide.
+            None => ANONYMOUS.to_string(),
+            Some(id) if id.has_role(APPROVER_ROLE) => id.name.clone(),
+            Some(id) => {
+                return Err(Error::PermissionDenied(format!(
+                    "{} lacks the {APPROVER_ROLE} role",
+                    id.name
+                ))
+                .into());
+            }
+        };
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        check_decision(&mut v, &req);
+        Error::check(v)?;
+        let d = GateDecision {
+            gate: ApprovalGate::try_from(req.gate).unwrap_or_default(),
+            decision,
+            by: &by,
+            comment: &req.comment,
+            timed_out: false,
+        };
+        let state = crate::decision::decide(&self.engine, &req.task_id, d).await?;
+        Ok(Response::new(DecisionResponse { state: Some(state) }))
     }
 }

@@ -37,6 +37,12 @@ pub const SPECIALIST_MAX_ITERATIONS: u32 = 10;
 pub const TEAM_MAX_PARALLEL: usize = 4;
 /// Largest number of specialists a plan may staff (not a flag).
 pub const MAX_SPECIALISTS: usize = 8;
+/// Default smallest spend reservation per agent call, USD.
+pub const AGENT_MAX_CALL_COST_USD: f64 = 0.10;
+/// Default life of an unsettled tenant spend hold.
+pub const BUDGET_HOLD_TTL: Duration = Duration::from_secs(15 * 60);
+/// How often a worker looks for approval gates past their timeout (not a flag).
+pub const APPROVAL_SCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest one blocking queue read waits before it is issued again (not a flag).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the store is probed for the health status (not a flag).
@@ -90,6 +96,13 @@ pub struct Settings {
     pub concurrency: usize,
     /// Longest one blocking queue read waits before it is issued again.
     pub poll_interval: Duration,
+    /// Smallest spend reservation per agent call, USD (the task's costliest call
+    /// raises it).
+    pub agent_max_call_cost_usd: f64,
+    /// Life of an unsettled tenant spend hold (a dead worker's hold expires after it).
+    pub budget_hold_ttl: Duration,
+    /// How often approval timeouts are looked for.
+    pub approval_scan_interval: Duration,
 }
 
 impl Default for Settings {
@@ -105,6 +118,9 @@ impl Default for Settings {
             max_deliveries: MAX_DELIVERIES,
             concurrency: CONCURRENCY,
             poll_interval: POLL_INTERVAL,
+            agent_max_call_cost_usd: AGENT_MAX_CALL_COST_USD,
+            budget_hold_ttl: BUDGET_HOLD_TTL,
+            approval_scan_interval: APPROVAL_SCAN_INTERVAL,
         }
     }
 }

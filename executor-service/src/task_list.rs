@@ -143,7 +143,7 @@ pub fn filter_of(req: &ListTasksRequest) -> Result<TaskFilter> {
         match TaskStatus::try_from(*s) {
             Ok(TaskStatus::Unspecified) | Err(_) => v.add(
                 format!("statuses[{i}]"),
-                format!("{s} is not a task status (PENDING..CANCELLED)"),
+                format!("{s} is not a task status (PENDING..WAITING_APPROVAL)"),
             ),
             Ok(st) => statuses.push(st),
         }

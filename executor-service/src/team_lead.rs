@@ -11,8 +11,8 @@ use crate::workspace::TaskWorkspace;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use taskrouter_proto::v1::{
-    AgentStep, FallbackCause, IterationDone, PhaseChanged, SpecialistProgress, SpecialistStatus,
-    Task, TeamPhase, progress_event,
+    AgentStep, ApprovalGate, FallbackCause, IterationDone, PhaseChanged, SpecialistProgress,
+    SpecialistStatus, Task, TeamPhase, progress_event,
 };
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
@@ -47,6 +47,14 @@ pub async fn run(ctx: &Arc<RunCtx>, session: &Arc<Mutex<ActiveSession>>) -> Resu
                     .await?
             }
             TeamPhase::Specialists => {
+                // The plan is made: a person approves it before anyone works on it.
+                let gate = {
+                    let s = session.lock().await;
+                    crate::approval::pending(&s.state, ApprovalGate::BeforeStart)
+                };
+                if let Some(gate) = gate {
+                    return Ok(PathOutcome::AwaitApproval(gate));
+                }
                 specialists(ctx, session, &task)
                     .instrument(tracing::info_span!("team.specialists", task.id = %task.id))
                     .await?
@@ -131,6 +139,8 @@ async fn analysis(
     let out = match lead_step(ctx, task, AgentStep::Analysis, suggested.clone(), workspace).await {
         Ok(out) => out,
         Err(StepError::Stopped(stop)) => return Ok(Some(PathOutcome::Stopped(stop))),
+        Err(StepError::Budget(stop)) => return Ok(Some(PathOutcome::BudgetExhausted(stop))),
+        Err(StepError::Store(e)) => return Err(e),
         Err(StepError::Agent(e)) => {
             return Ok(Some(PathOutcome::Fallback {
                 cause: FallbackCause::AnalysisFailed,
@@ -392,6 +402,10 @@ async fn specialist(
             Err(StepError::Stopped(stop)) => {
                 return Ok(SpecialistEnd::Stopped(PathOutcome::Stopped(stop)));
             }
+            Err(StepError::Budget(stop)) => {
+                return Ok(SpecialistEnd::Stopped(PathOutcome::BudgetExhausted(stop)));
+            }
+            Err(StepError::Store(e)) => return Err(e),
             Err(StepError::Agent(e)) => {
                 let cause = if matches!(e, crate::error::Error::AgentTimeout(_)) {
                     FallbackCause::SpecialistTimeout
@@ -448,12 +462,18 @@ async fn synthesis(
 ) -> Result<Option<PathOutcome>> {
     let (mut context, heads, specialist_heads): (Vec<String>, _, Vec<_>) = {
         let s = session.lock().await;
+        let mut context: Vec<String> = s
+            .state
+            .specialists
+            .iter()
+            .map(|sp| format!("{}: {}", sp.role, sp.output))
+            .collect();
+        // A reviewer sent the result back: the lead synthesises again with the comment.
+        if !s.state.review_feedback.is_empty() {
+            context.push(format!("reviewer: {}", s.state.review_feedback));
+        }
         (
-            s.state
-                .specialists
-                .iter()
-                .map(|sp| format!("{}: {}", sp.role, sp.output))
-                .collect(),
+            context,
             s.state.repos.clone(),
             s.state
                 .specialists
@@ -487,6 +507,8 @@ async fn synthesis(
     let out = match lead_step(ctx, task, AgentStep::Synthesis, context, workspace).await {
         Ok(out) => out,
         Err(StepError::Stopped(stop)) => return Ok(Some(PathOutcome::Stopped(stop))),
+        Err(StepError::Budget(stop)) => return Ok(Some(PathOutcome::BudgetExhausted(stop))),
+        Err(StepError::Store(e)) => return Err(e),
         Err(StepError::Agent(e)) => {
             return Ok(Some(PathOutcome::Fallback {
                 cause: FallbackCause::SynthesisFailed,
@@ -520,6 +542,7 @@ async fn synthesis(
     let record = s.apply_iteration(&ctx.worker_id, LEAD_ROLE, 2, out);
     s.state.team_iterations += 1;
     s.state.result = record.output.clone();
+    s.state.review_feedback.clear();
     s.state.phase = TeamPhase::Done as i32;
     let evs = [
         s.event(progress_event::Kind::Iteration(IterationDone {

@@ -86,3 +86,19 @@ pub fn register() {
     metrics::counter!("taskrouter_index_write_failures_total").increment(0);
     serving(false);
 }
+
+/// Adds one agent call's cost to the spend by tenant and path.
+pub fn spend(tenant: &str, path: &'static str, usd: f64) {
+    metrics::counter!("taskrouter_spend_micro_usd_total", "tenant" => tenant.to_string(), "path" => path)
+        .increment((usd * 1e6).round().max(0.0) as u64);
+}
+
+/// Counts a task stopped by a budget, by budget kind (`task`, `tenant`).
+pub fn budget_stop(kind: &'static str) {
+    metrics::counter!("taskrouter_budget_stops_total", "kind" => kind).increment(1);
+}
+
+/// Counts an approval gate event (`requested`, `approved`, `rejected`) by gate.
+pub fn approval(gate: &'static str, event: &'static str) {
+    metrics::counter!("taskrouter_approvals_total", "gate" => gate, "event" => event).increment(1);
+}

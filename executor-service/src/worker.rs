@@ -6,7 +6,7 @@
 //! task is final, and dead-letters it after `max_deliveries` deliveries in a row that
 //! made no progress (no checkpoint after the previous delivery's start).
 
-use crate::autonomous_loop::{AutonomousLoop, is_final, status_of};
+use crate::autonomous_loop::{AutonomousLoop, is_final, is_parked, status_of};
 use crate::error::Error;
 use crate::queue::Delivery;
 use crate::run::RunOptions;
@@ -42,7 +42,26 @@ pub fn spawn_pool(engine: &Arc<AutonomousLoop>) -> tokio::task::JoinSet<()> {
         let (e, tx2, idle) = (engine.clone(), tx.clone(), idle_rx.clone());
         set.spawn(async move { reclaim_shard(e, shard, tx2, idle).await });
     }
+    {
+        let engine = engine.clone();
+        set.spawn(async move { approval_timeouts(engine).await });
+    }
     set
+}
+
+/// Applies approval gates' timeouts as they fall due (every replica scans; each timeout
+/// applies once, see `decision`).
+async fn approval_timeouts(engine: Arc<AutonomousLoop>) {
+    let shutdown = engine.shutdown();
+    while !shutdown.is_triggered() {
+        if let Err(e) = crate::decision::apply_due_timeouts(&engine).await {
+            tracing::warn!(error = %e, "approval timeout scan failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(engine.settings().approval_scan_interval) => {}
+            _ = shutdown.wait() => {}
+        }
+    }
 }
 
 /// One worker: takes deliveries off the channel and runs them.
@@ -224,7 +243,8 @@ async fn handle(engine: &AutonomousLoop, d: &Delivery) {
             return;
         }
     };
-    if is_final(status_of(&state)) {
+    // Parked tasks hold no queue entry: a decision or a resume continues them.
+    if is_final(status_of(&state)) || is_parked(status_of(&state)) {
         let _ = queue.ack(d).await;
         return;
     }
@@ -235,11 +255,13 @@ async fn handle(engine: &AutonomousLoop, d: &Delivery) {
     }
     let opts = RunOptions {
         resume: true,
-        max_iterations: 0,
-        use_multi_agent: None,
+        ..RunOptions::default()
     };
     match engine.run_existing(&d.task_id, &opts, true, Some(d)).await {
-        Ok(r) if is_final(TaskStatus::try_from(r.status).unwrap_or_default()) => {
+        Ok(r)
+            if is_final(TaskStatus::try_from(r.status).unwrap_or_default())
+                || is_parked(TaskStatus::try_from(r.status).unwrap_or_default()) =>
+        {
             let _ = queue.ack(d).await;
         }
         Ok(_) => {}

@@ -100,7 +100,7 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
             .submit(authed(SubmitRequest {
                 task: Some(t),
                 max_iterations: 1000,
-                use_multi_agent: None,
+                ..Default::default()
             }))
             .await
             .unwrap();

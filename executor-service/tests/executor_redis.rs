@@ -67,6 +67,7 @@ async fn run_without_resume_on_a_known_id_is_already_exists() {
         resume: false,
         max_iterations: 0,
         use_multi_agent: Some(false),
+        budget_usd: None,
     };
     h.client.run(req.clone()).await.unwrap();
     let err = h.client.run(req).await.unwrap_err();
@@ -471,6 +472,7 @@ async fn cancel_stops_a_running_task_at_the_next_boundary() {
             task: Some(task.clone()),
             max_iterations: 500,
             use_multi_agent: Some(false),
+            budget_usd: None,
         })
         .await
         .unwrap();
@@ -783,6 +785,7 @@ async fn redis_restart_mid_run_loses_no_checkpointed_iteration() {
             task: Some(task.clone()),
             max_iterations: 20,
             use_multi_agent: Some(false),
+            budget_usd: None,
         })
         .await
         .unwrap();

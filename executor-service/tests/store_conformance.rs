@@ -4,6 +4,9 @@
 use executor_service::Error;
 use executor_service::queue::WorkQueue;
 use executor_service::session::Lease;
+use executor_service::session::governance::{
+    Refusal, Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantHold, TenantSpend,
+};
 use executor_service::session::{
     Checkpoint, CreateOutcome, Cursor, ListPage, ListQuery, SessionStore, TaskFilter,
 };
@@ -659,6 +662,171 @@ pub async fn rebuilding_the_indexes_keeps_the_listing(b: Backend) {
     assert_eq!(ids(&acme), ["R-1"]);
 }
 
+fn spend_request<'a>(
+    id: &'a str,
+    owner: &'a str,
+    rid: &str,
+    min: i64,
+    task_limit: i64,
+    tenant_limit: i64,
+) -> SpendRequest<'a> {
+    SpendRequest {
+        task_id: id,
+        owner,
+        reservation_id: rid.into(),
+        min_amount: min,
+        task_limit,
+        tenant: Some(TenantHold {
+            tenant: "acme".into(),
+            day: "2026-01-01".into(),
+            limit: tenant_limit,
+        }),
+        hold_ttl: Duration::from_secs(60),
+    }
+}
+
+fn reserved(o: SpendOutcome) -> Reservation {
+    match o {
+        SpendOutcome::Reserved(r) => r,
+        other => panic!("not reserved: {other:?}"),
+    }
+}
+
+pub async fn spend_is_reserved_against_task_and_tenant_and_settled(b: Backend) {
+    created(&b, "S-1").await;
+    let l = lease(&b, "S-1", "w1", 5000).await.unwrap();
+    let st = &b.store;
+    // Only the lease holder may reserve.
+    let stranger = st
+        .reserve_spend(&spend_request("S-1", "w2", "r0", 100, 1000, 0))
+        .await
+        .unwrap();
+    assert_eq!(stranger, SpendOutcome::NotLeaseHolder);
+    let r1 = reserved(
+        st.reserve_spend(&spend_request("S-1", &l.owner, "r1", 300, 1000, 10_000))
+            .await
+            .unwrap(),
+    );
+    let r2 = reserved(
+        st.reserve_spend(&spend_request("S-1", &l.owner, "r2", 300, 1000, 10_000))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((r1.amount, r2.amount), (300, 300));
+    // 600 held + 300 > 1000: the task budget refuses.
+    let refused = st
+        .reserve_spend(&spend_request("S-1", &l.owner, "r3", 500, 1000, 10_000))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            SpendOutcome::Refused {
+                by: Refusal::Task,
+                spent: 0,
+                limit: 1000,
+                amount: 500
+            }
+        ),
+        "{refused:?}"
+    );
+    st.settle_spend(&r1, 450).await.unwrap();
+    st.settle_spend(&r2, 0).await.unwrap();
+    let spend = st.task_spend("S-1").await.unwrap();
+    assert_eq!(
+        spend,
+        TaskSpend {
+            spent: 450,
+            held: 0,
+            max_call: 450
+        }
+    );
+    // The costliest call so far raises the reservation.
+    let r4 = reserved(
+        st.reserve_spend(&spend_request("S-1", &l.owner, "r4", 100, 1000, 10_000))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r4.amount, 450);
+    assert_eq!(
+        st.tenant_spend("acme", "2026-01-01").await.unwrap(),
+        TenantSpend {
+            spent: 450,
+            held: 450
+        }
+    );
+    // The tenant refuses what the task would allow; the task's hold is given back.
+    let tight = st
+        .reserve_spend(&spend_request("S-1", &l.owner, "r5", 100, 0, 1000))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            tight,
+            SpendOutcome::Refused {
+                by: Refusal::Tenant,
+                ..
+            }
+        ),
+        "{tight:?}"
+    );
+    assert_eq!(st.task_spend("S-1").await.unwrap().held, 450);
+    st.settle_spend(&r4, 450).await.unwrap();
+    assert_eq!(
+        st.tenant_spend("acme", "2026-01-01").await.unwrap(),
+        TenantSpend {
+            spent: 900,
+            held: 0
+        }
+    );
+}
+
+pub async fn a_dead_holders_reservations_are_released_by_the_next_lease(b: Backend) {
+    created(&b, "S-2").await;
+    let st = &b.store;
+    let dead = lease(&b, "S-2", "w1", 300).await.unwrap();
+    reserved(
+        st.reserve_spend(&spend_request("S-2", &dead.owner, "d1", 400, 1000, 1000))
+            .await
+            .unwrap(),
+    );
+    // The holder dies: its lease expires, the next holder reconciles.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let next = lease(&b, "S-2", "w2", 5000).await.unwrap();
+    assert_eq!(st.reconcile_spend("S-2", &next.owner).await.unwrap(), 1);
+    assert_eq!(st.reconcile_spend("S-2", &next.owner).await.unwrap(), 0);
+    assert_eq!(st.task_spend("S-2").await.unwrap().held, 0);
+    assert_eq!(
+        st.tenant_spend("acme", "2026-01-01").await.unwrap(),
+        TenantSpend { spent: 0, held: 0 }
+    );
+    // An unsettled tenant hold also expires by itself.
+    let mut req = spend_request("S-2", &next.owner, "d2", 400, 0, 1000);
+    req.hold_ttl = Duration::from_millis(200);
+    reserved(st.reserve_spend(&req).await.unwrap());
+    assert_eq!(
+        st.tenant_spend("acme", "2026-01-01").await.unwrap().held,
+        400
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(st.tenant_spend("acme", "2026-01-01").await.unwrap().held, 0);
+}
+
+pub async fn approval_deadlines_come_due_in_order(b: Backend) {
+    let st = &b.store;
+    st.set_approval_deadline("G-2", 2_000).await.unwrap();
+    st.set_approval_deadline("G-1", 1_000).await.unwrap();
+    st.set_approval_deadline("G-3", 9_000).await.unwrap();
+    assert_eq!(
+        st.due_approvals(500, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(st.due_approvals(5_000, 10).await.unwrap(), ["G-1", "G-2"]);
+    assert_eq!(st.due_approvals(5_000, 1).await.unwrap(), ["G-1"]);
+    st.clear_approval_deadline("G-1").await.unwrap();
+    assert_eq!(st.due_approvals(10_000, 10).await.unwrap(), ["G-2", "G-3"]);
+}
+
 pub async fn a_task_is_queued_once_and_requeue_replaces_its_entry(b: Backend) {
     let q = &b.queue;
     q.ensure_group().await.unwrap();
@@ -744,6 +912,9 @@ macro_rules! conformance_suite {
             case!(archived_tasks_leave_the_list_when_they_expire);
             case!(the_iteration_log_reads_whole_in_pages);
             case!(rebuilding_the_indexes_keeps_the_listing);
+            case!(spend_is_reserved_against_task_and_tenant_and_settled);
+            case!(a_dead_holders_reservations_are_released_by_the_next_lease);
+            case!(approval_deadlines_come_due_in_order);
             case!(a_task_is_queued_once_and_requeue_replaces_its_entry);
         }
     };

@@ -34,6 +34,7 @@ async fn a_finished_run_is_listed_before_the_call_returns_and_pages_are_exact() 
                 resume: false,
                 max_iterations: 5,
                 use_multi_agent: None,
+                budget_usd: None,
             })
             .await
             .unwrap();
@@ -106,6 +107,7 @@ async fn a_long_iteration_log_reads_whole_in_pages() {
             resume: false,
             max_iterations: 250,
             use_multi_agent: None,
+            budget_usd: None,
         })
         .await
         .unwrap();

@@ -306,6 +306,7 @@ async fn checkpoints_failing_past_their_retry_budget_leave_the_task_resumable_un
             task: Some(t.clone()),
             max_iterations: 15,
             use_multi_agent: Some(false),
+            budget_usd: None,
         })
         .await
         .unwrap();

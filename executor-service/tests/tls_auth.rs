@@ -500,6 +500,7 @@ async fn start_secured_agent(pki: &TestPki) -> (u16, service_kit::Shutdown) {
         auth: service_kit::auth::ServerAuthArgs {
             auth_token_file: None,
             auth_token: Some(service_kit::security::Secret::new(AGENT_TOKEN)),
+            auth_tokens_file: None,
         },
         ..ServerArgs::default()
     };

@@ -331,6 +331,7 @@ async fn submit_all(
                     task: Some(bench_task(task_id(&prefix, i), k, latency_ms)),
                     max_iterations: k,
                     use_multi_agent: None,
+                    budget_usd: None,
                 };
                 let t0 = Instant::now();
                 let answer = tokio::time::timeout(timeout, client.submit(req)).await;

@@ -80,8 +80,18 @@ impl LocalStack {
     /// [`executor_config`]; its router address is set here), and returns once both
     /// report SERVING. A Redis store that does not answer within `within` is one clear
     /// error rather than failed tasks later.
-    pub async fn start(store: Store, mut config: ExecutorConfig, within: Duration) -> Result<Self> {
-        let router = LocalRouter::start().await?;
+    pub async fn start(store: Store, config: ExecutorConfig, within: Duration) -> Result<Self> {
+        Self::start_with_policy(store, config, within, None).await
+    }
+
+    /// Like [`Self::start`], with the router reading the policy file at `policy`.
+    pub async fn start_with_policy(
+        store: Store,
+        mut config: ExecutorConfig,
+        within: Duration,
+        policy: Option<std::path::PathBuf>,
+    ) -> Result<Self> {
+        let router = LocalRouter::start_with_policy(policy).await?;
         config.router_addr = Some(format!("http://{}", router.addr));
         let shutdown = Shutdown::new();
         let engine = match &store {

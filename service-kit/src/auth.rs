@@ -1,4 +1,11 @@
-//! Optional bearer-token authentication.
+//! Optional bearer-token authentication, and who is calling.
+//!
+//! Identities: with `--auth-tokens-file`, each line `name token [roles…]` names a
+//! token's holder and its roles (`#` starts a comment); a line whose token is `-` gives
+//! roles to a mutual-TLS client certificate whose subject common name is `name` (a
+//! caller presenting no token is then identified by its certificate). The single
+//! `--auth-token-file` token identifies as `token`, without roles. The identity reaches
+//! handlers as an [`Identity`] in the request extensions.
 //!
 //! Server side, [`AuthLayer`] runs before every handler: a call must carry
 //! `authorization: Bearer <token>` matching the configured token (compared in constant
@@ -27,6 +34,134 @@ pub const MAX_TOKEN_CHARS: usize = 4096;
 pub const REJECTION: &str = "missing or invalid bearer token";
 /// gRPC services reachable without a token.
 const OPEN_SERVICES: [&str; 1] = ["/grpc.health.v1.Health/"];
+
+/// Who is calling, as authentication established it; handlers read it from the
+/// request extensions. Absent when authentication is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The name of the token's entry, or the client certificate's subject.
+    pub name: String,
+    /// Roles granted to it (e.g. `approver`).
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the identity holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Token field of a tokens-file line that grants roles to a certificate subject.
+pub const CERTIFICATE_ONLY: &str = "-";
+/// Identity name of the single `--auth-token-file` token.
+pub const SINGLE_TOKEN_NAME: &str = "token";
+
+/// Everything a server accepts as authentication: named tokens with roles, and roles of
+/// client-certificate subjects. Never printed with its tokens.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    tokens: Vec<(Identity, BearerToken)>,
+    subjects: Vec<Identity>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("tokens", &self.tokens.len())
+            .field("subjects", &self.subjects.len())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Only the single token, as identity [`SINGLE_TOKEN_NAME`] without roles.
+    pub fn single(token: BearerToken) -> Self {
+        Self {
+            tokens: vec![(
+                Identity {
+                    name: SINGLE_TOKEN_NAME.to_string(),
+                    roles: Vec::new(),
+                },
+                token,
+            )],
+            subjects: Vec::new(),
+        }
+    }
+
+    /// Parses a tokens file (`name token [roles…]` per line). The error names the line,
+    /// never a token.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut c = Self::default();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(token)) = (words.next(), words.next()) else {
+                return Err(format!("line {}: expected `name token [roles...]`", i + 1));
+            };
+            if name.len() > 256 {
+                return Err(format!("line {}: the name is longer than 256 bytes", i + 1));
+            }
+            if c.tokens.iter().any(|(id, _)| id.name == name)
+                || c.subjects.iter().any(|id| id.name == name)
+            {
+                return Err(format!("line {}: the name {name:?} is listed twice", i + 1));
+            }
+            let identity = Identity {
+                name: name.to_string(),
+                roles: words.map(str::to_string).collect(),
+            };
+            if token == CERTIFICATE_ONLY {
+                c.subjects.push(identity);
+            } else {
+                let token = BearerToken::new(token)
+                    .map_err(|problem| format!("line {} ({name}): {problem}", i + 1))?;
+                c.tokens.push((identity, token));
+            }
+        }
+        if c.tokens.is_empty() && c.subjects.is_empty() {
+            return Err("lists no identity".into());
+        }
+        Ok(c)
+    }
+
+    /// The identity whose token an `authorization` value presents. Every token is
+    /// compared (each in constant time), so the time taken does not depend on which.
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Option<&Identity> {
+        let mut found = None;
+        for (identity, token) in &self.tokens {
+            if token.verify(authorization) && found.is_none() {
+                found = Some(identity);
+            }
+        }
+        found
+    }
+
+    /// The identity granted to a client certificate with this subject common name.
+    pub fn subject(&self, common_name: &str) -> Option<&Identity> {
+        self.subjects.iter().find(|id| id.name == common_name)
+    }
+}
+
+/// The subject common name of the first client certificate of a TLS connection.
+fn client_common_name<B>(req: &http::Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let der = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(cn)
+}
 
 /// A bearer token. Holds only its digest and the ready header value; never printed.
 #[derive(Clone)]
@@ -145,17 +280,47 @@ pub struct ServerAuthArgs {
     /// would show in `ps`.
     #[arg(skip = Secret::from_env(AUTH_TOKEN_ENV))]
     pub auth_token: Option<Secret>,
+    /// File of identities: one `name token [roles...]` per line (`-` as the token gives
+    /// the roles to a mutual-TLS client certificate whose subject CN is `name`). Role
+    /// `approver` may call Approve and Reject. Unset with no token: no authentication.
+    #[arg(long, env = "TASKROUTER_AUTH_TOKENS_FILE", value_name = "FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
 }
 
+const TOKENS_FILE_SETTING: &str = "--auth-tokens-file / TASKROUTER_AUTH_TOKENS_FILE";
+
 impl ServerAuthArgs {
-    /// The token calls must present, if authentication is on. Reads the file now.
-    pub fn load(&self) -> Result<Option<BearerToken>, SecurityError> {
-        BearerToken::resolve(
+    /// What calls must present, if authentication is on. Reads the files now.
+    pub fn load(&self) -> Result<Option<Credentials>, SecurityError> {
+        let single = BearerToken::resolve(
             self.auth_token_file.as_deref(),
             "--auth-token-file / TASKROUTER_AUTH_TOKEN_FILE",
             self.auth_token.as_ref(),
             AUTH_TOKEN_ENV,
-        )
+        )?;
+        let Some(path) = &self.auth_tokens_file else {
+            return Ok(single.map(Credentials::single));
+        };
+        if single.is_some() {
+            return Err(SecurityError::Config(format!(
+                "{TOKENS_FILE_SETTING}: set either it or --auth-token-file / {AUTH_TOKEN_ENV}, not both"
+            )));
+        }
+        let bytes = read_file(path, TOKENS_FILE_SETTING)?;
+        let invalid = |problem: String| SecurityError::Invalid {
+            setting: TOKENS_FILE_SETTING.to_string(),
+            path: path.clone(),
+            problem,
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
+        Credentials::parse(text).map(Some).map_err(invalid)
+    }
+
+    /// Whether any authentication is configured.
+    pub fn is_on(&self) -> bool {
+        self.auth_token_file.is_some()
+            || self.auth_token.is_some()
+            || self.auth_tokens_file.is_some()
     }
 }
 
@@ -169,14 +334,14 @@ pub fn is_open_path(path: &str) -> bool {
 /// cannot forget it.
 #[derive(Clone, Debug, Default)]
 pub struct AuthLayer {
-    token: Option<Arc<BearerToken>>,
+    token: Option<Arc<Credentials>>,
 }
 
 impl AuthLayer {
-    /// Requires `token` on every call but health; `None` lets every call through.
-    pub fn new(token: Option<BearerToken>) -> Self {
+    /// Requires `credentials` on every call but health; `None` lets every call through.
+    pub fn new(credentials: Option<Credentials>) -> Self {
         Self {
-            token: token.map(Arc::new),
+            token: credentials.map(Arc::new),
         }
     }
 }
@@ -196,7 +361,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct Authenticated<S> {
     inner: S,
-    token: Option<Arc<BearerToken>>,
+    token: Option<Arc<Credentials>>,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for Authenticated<S>
@@ -217,11 +382,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(token) = &self.token
-            && !is_open_path(req.uri().path())
-            && !token.verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
-        {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let identity = self.token.as_ref().and_then(|c| {
+            c.verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
+                .or_else(|| client_common_name(&req).and_then(|cn| c.subject(&cn)))
+                .cloned()
+        });
+        if let Some(identity) = identity {
+            req.extensions_mut().insert(identity);
+        } else if self.token.is_some() && !is_open_path(req.uri().path()) {
             let (service, _) = crate::grpc_path::split(req.uri().path());
             // The service name only: paths of unknown services are caller-chosen text.
             tracing::debug!(rpc.service = %service.chars().take(64).collect::<String>(), "call rejected: {REJECTION}");
@@ -274,6 +443,49 @@ mod tests {
     use tonic::service::Interceptor as _;
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_tokens_file_names_identities_and_their_roles() {
+        let other = "fedcba9876543210fedcba9876543210";
+        let c = Credentials::parse(&format!(
+            "# who may do what\nalice {TOKEN} approver\n\nci {other}  # no roles\nops-cert - approver\n"
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains(TOKEN));
+        let alice = c
+            .verify(Some(format!("Bearer {TOKEN}").as_bytes()))
+            .unwrap();
+        assert_eq!(alice.name, "alice");
+        assert!(alice.has_role("approver"));
+        let ci = c
+            .verify(Some(format!("Bearer {other}").as_bytes()))
+            .unwrap();
+        assert_eq!(ci.name, "ci");
+        assert!(!ci.has_role("approver"));
+        assert!(c.verify(Some(b"Bearer nope-nope-nope-nope")).is_none());
+        assert!(c.subject("ops-cert").unwrap().has_role("approver"));
+        assert!(c.subject("alice").is_none());
+    }
+
+    #[test]
+    fn bad_tokens_files_name_the_line_and_never_the_token() {
+        for (text, expect) in [
+            ("alice\n", "line 1: expected"),
+            (
+                &format!("a {TOKEN}\nb short\n") as &str,
+                "line 2 (b): the token must be",
+            ),
+            (
+                &format!("a {TOKEN}\na {TOKEN}x\n"),
+                "line 2: the name \"a\" is listed twice",
+            ),
+            ("# nothing\n", "lists no identity"),
+        ] {
+            let e = Credentials::parse(text).unwrap_err();
+            assert!(e.starts_with(expect), "{text:?} -> {e}");
+            assert!(!e.contains(TOKEN) && !e.contains("short"), "{e}");
+        }
+    }
 
     #[test]
     fn tokens_are_checked_and_never_printed() {

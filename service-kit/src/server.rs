@@ -7,7 +7,7 @@
 //! SERVING when the dependency check answers, NOT_SERVING on shutdown, then the drain.
 
 use crate::Shutdown;
-use crate::auth::{AuthLayer, BearerToken, ServerAuthArgs};
+use crate::auth::{AuthLayer, Credentials, ServerAuthArgs};
 use crate::health::{HealthReporter, Lifecycle, Readiness};
 use crate::health_port::{HealthPort, HealthPortError};
 use crate::observe::ObserveLayer;
@@ -64,8 +64,9 @@ pub struct ServerArgs {
 pub struct ServerSecurity {
     /// TLS config; `None` serves plaintext.
     pub tls: Option<ServerTlsConfig>,
-    /// Token every call but health must present; `None` disables authentication.
-    pub token: Option<BearerToken>,
+    /// Tokens (and certificate subjects) accepted on every call but health; `None`
+    /// disables authentication.
+    pub token: Option<Credentials>,
 }
 
 /// The defaults of [`ServerArgs`], written once: clap shows and parses these texts, and
@@ -119,11 +120,7 @@ impl ServerArgs {
 
     /// `plaintext`, `tls` or `mtls`, plus whether a token is required: for the startup log.
     pub fn security_summary(&self) -> String {
-        let auth = if self.auth.auth_token_file.is_some() || self.auth.auth_token.is_some() {
-            "token"
-        } else {
-            "none"
-        };
+        let auth = if self.auth.is_on() { "token" } else { "none" };
         format!("transport={} auth={auth}", self.tls.mode())
     }
 }

@@ -141,6 +141,13 @@ pub enum Command {
     List(ListArgs),
     /// Live view: counts by status and the running tasks, refreshed in place (q quits).
     Top(TopArgs),
+    /// Continue a task (e.g. one stopped by its budget) in this call, optionally with a
+    /// larger budget.
+    Resume(ResumeArgs),
+    /// Approve the gate a task waits at (needs the `approver` role when auth is on).
+    Approve(DecisionArgs),
+    /// Reject the gate a task waits at (needs the `approver` role when auth is on).
+    Reject(DecisionArgs),
     /// Show the router's policy in force, or compare a candidate with it (`policy diff`).
     Policy(PolicyArgs),
     /// Show or steer the rollout controller (status, pause, resume, abort).
@@ -216,6 +223,9 @@ pub struct SubmitArgs {
     /// Force the single-agent path whatever the router says.
     #[arg(long)]
     pub single_agent: bool,
+    /// Spend budget in USD (default: the policy's for the routing decision).
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub budget: Option<f64>,
 }
 
 /// Flags of `run`.
@@ -233,6 +243,45 @@ pub struct RunArgs {
     /// Force the single-agent path whatever the router says.
     #[arg(long)]
     pub single_agent: bool,
+    /// Spend budget in USD (default: the saved one, or the policy's for a new task).
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub budget: Option<f64>,
+}
+
+/// Flags of `resume`.
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// Task id.
+    pub id: String,
+    /// A new spend budget in USD (must exceed what the task has spent to go on).
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub budget: Option<f64>,
+    /// Bound on the task's total iterations (default: the saved bound).
+    #[arg(long)]
+    pub max_iterations: Option<u32>,
+}
+
+/// Gate names on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateArg {
+    /// After the plan, before the work.
+    BeforeStart,
+    /// Before the task is marked completed.
+    BeforeComplete,
+}
+
+/// Flags of `approve` and `reject`.
+#[derive(Args, Debug)]
+pub struct DecisionArgs {
+    /// Task id.
+    pub id: String,
+    /// The gate being decided (default: the one the task waits at).
+    #[arg(long, value_enum)]
+    pub gate: Option<GateArg>,
+    /// A comment (at most 4096 bytes); on a rejection that sends the task back, the agent
+    /// gets it.
+    #[arg(long)]
+    pub comment: Option<String>,
 }
 
 /// Flags of `get`.
@@ -278,6 +327,10 @@ pub enum StatusArg {
     Failed,
     /// Stopped by Cancel.
     Cancelled,
+    /// Stopped by a budget (resumable).
+    BudgetExhausted,
+    /// Parked at an approval gate.
+    WaitingApproval,
 }
 
 impl From<StatusArg> for taskrouter_proto::v1::TaskStatus {
@@ -289,6 +342,8 @@ impl From<StatusArg> for taskrouter_proto::v1::TaskStatus {
             StatusArg::Completed => S::Completed,
             StatusArg::Failed => S::Failed,
             StatusArg::Cancelled => S::Cancelled,
+            StatusArg::BudgetExhausted => S::BudgetExhausted,
+            StatusArg::WaitingApproval => S::WaitingApproval,
         }
     }
 }

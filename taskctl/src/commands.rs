@@ -1,6 +1,10 @@
-//! The client commands: route, submit, run, get, watch, cancel, policy.
+//! The client commands: route, submit, run, get, watch, cancel, resume, approve, reject,
+//! policy.
 
-use crate::cli::{Cli, GetArgs, IdArg, RunArgs, SubmitArgs, TaskArgs, WatchArgs};
+use crate::cli::{
+    Cli, DecisionArgs, GateArg, GetArgs, IdArg, ResumeArgs, RunArgs, SubmitArgs, TaskArgs,
+    WatchArgs,
+};
 use crate::client::{connect, request, unary};
 use crate::error::{CliError, Exit, Result, Service};
 use crate::input::build_task;
@@ -10,8 +14,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
 use taskrouter_proto::v1::{
-    CancelRequest, GetPolicyRequest, GetRequest, RouteRequest, RunRequest, SubmitRequest,
-    TaskStatus, WatchRequest, progress_event,
+    ApprovalGate, CancelRequest, DecisionRequest, GetPolicyRequest, GetRequest, RouteRequest,
+    RunRequest, SubmitRequest, Task, TaskStatus, WatchRequest, progress_event,
 };
 
 /// The exit code for a task's final status: FAILED and CANCELLED are 3.
@@ -69,6 +73,7 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<Exit> {
         task: Some(task),
         max_iterations: args.max_iterations.unwrap_or(0),
         use_multi_agent: args.single_agent.then_some(false),
+        budget_usd: args.budget,
     };
     let resp = unary(&conn, "Submit", t, client.submit(request(req, t))).await?;
     let state = resp.state.unwrap_or_default();
@@ -105,6 +110,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
         resume: args.resume,
         max_iterations: args.max_iterations.unwrap_or(0),
         use_multi_agent: args.single_agent.then_some(false),
+        budget_usd: args.budget,
     };
     let resp = unary(&conn, "Run", None, client.run(request(req, None))).await?;
     let result = resp
@@ -175,6 +181,85 @@ pub async fn cancel(cli: &Cli, args: &IdArg) -> Result<Exit> {
         emit(&format!(
             "cancel requested for {}; it stops at its next iteration boundary\n",
             state.task_id
+        ));
+    }
+    Ok(Exit::Ok)
+}
+
+/// `taskctl resume`: continues a task in this call (a budget stop needs `--budget`).
+pub async fn resume(cli: &Cli, args: &ResumeArgs) -> Result<Exit> {
+    let conn = executor(cli).await?;
+    let mut client = conn.executor();
+    let req = RunRequest {
+        task: Some(Task {
+            id: args.id.clone(),
+            ..Default::default()
+        }),
+        resume: true,
+        max_iterations: args.max_iterations.unwrap_or(0),
+        use_multi_agent: None,
+        budget_usd: args.budget,
+    };
+    let resp = unary(&conn, "Run", None, client.run(request(req, None))).await?;
+    let result = resp
+        .result
+        .ok_or_else(|| CliError::Runtime("the executor answered without a result".into()))?;
+    if cli.json {
+        emit_json(&render::run_result_json(&result));
+    } else {
+        emit(&render::run_result_text(&result));
+    }
+    Ok(exit_for_status(result.status))
+}
+
+/// `taskctl approve` / `taskctl reject`.
+pub async fn decide(cli: &Cli, args: &DecisionArgs, approve: bool) -> Result<Exit> {
+    let conn = executor(cli).await?;
+    let t = Some(cli.timeout);
+    let mut client = conn.executor();
+    let gate = match args.gate {
+        Some(GateArg::BeforeStart) => ApprovalGate::BeforeStart as i32,
+        Some(GateArg::BeforeComplete) => ApprovalGate::BeforeComplete as i32,
+        None => {
+            // The gate the task waits at now.
+            let req = GetRequest {
+                task_id: args.id.clone(),
+                ..Default::default()
+            };
+            let state = unary(&conn, "Get", t, client.get(request(req, t)))
+                .await?
+                .state
+                .unwrap_or_default();
+            if state.status != TaskStatus::WaitingApproval as i32 {
+                return Err(CliError::Usage(format!(
+                    "{} does not wait for approval ({}); pass --gate to repeat a decision",
+                    args.id,
+                    render::status_short(state.status)
+                )));
+            }
+            state.waiting_gate
+        }
+    };
+    let req = DecisionRequest {
+        task_id: args.id.clone(),
+        gate,
+        comment: args.comment.clone().unwrap_or_default(),
+    };
+    let resp = if approve {
+        unary(&conn, "Approve", t, client.approve(request(req, t))).await?
+    } else {
+        unary(&conn, "Reject", t, client.reject(request(req, t))).await?
+    };
+    let state = resp.state.unwrap_or_default();
+    if cli.json {
+        emit_json(&render::state_json(&state));
+    } else {
+        emit(&format!(
+            "{} {} at {}; now {}\n",
+            state.task_id,
+            if approve { "approved" } else { "rejected" },
+            render::gate_short(gate),
+            render::status_short(state.status)
         ));
     }
     Ok(Exit::Ok)

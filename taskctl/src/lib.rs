@@ -7,6 +7,9 @@
 //! FAILED or CANCELLED (`run`, `watch`); the demo exits 1 when a scenario did not end
 //! as expected, and `bench` when any request failed or a task did not complete.
 
+// `render::state_json` is one `json!` object with every SessionState field.
+#![recursion_limit = "256"]
+
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -44,6 +47,9 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Cancel(a) => commands::cancel(&cli, a).await,
         Command::List(a) => listing::list(&cli, a).await,
         Command::Top(a) => listing::top(&cli, a).await,
+        Command::Resume(a) => commands::resume(&cli, a).await,
+        Command::Approve(a) => commands::decide(&cli, a, true).await,
+        Command::Reject(a) => commands::decide(&cli, a, false).await,
         Command::Policy(a) => match &a.action {
             None => commands::policy(&cli).await,
             Some(cli::PolicyAction::Diff(d)) => policy_diff::diff(&cli, d).await,

@@ -5,9 +5,9 @@ use scenarios::Outcome;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{
-    ExecutionPath, FallbackRecord, GetPolicyResponse, IterationRecord, ProgressEvent, RepoBranch,
-    RoutingAnalysis, RoutingDecision, RunResult, SessionState, SpecialistProgress, Task,
-    progress_event,
+    ApprovalGate, BudgetKind, Decision, ExecutionPath, FallbackRecord, GetPolicyResponse,
+    IterationRecord, ProgressEvent, RepoBranch, RoutingAnalysis, RoutingDecision, RunResult,
+    SessionState, SpecialistProgress, Task, progress_event,
 };
 
 pub use crate::names::*;
@@ -72,6 +72,17 @@ pub fn analysis_json(a: &RoutingAnalysis) -> Value {
         "suggested_roles": a.suggested_roles,
         "policy_version": a.policy_version,
         "multi_agent_recommended": a.multi_agent_recommended,
+        "budget_usd": a.budget_usd,
+        "tenant": a.tenant,
+        "tenant_usd_per_day": a.tenant_usd_per_day,
+        "gates": a.gates.iter().map(|g| json!({
+            "gate": gate_name(g.gate),
+            "reason": reason_name(g.reason),
+            "timeout_seconds": g.timeout_seconds,
+            "on_timeout": if g.on_timeout == taskrouter_proto::v1::TimeoutAction::Approve as i32 { "approve" } else { "reject" },
+            "on_reject": if g.on_reject == taskrouter_proto::v1::RejectAction::Iterate as i32 { "iterate" } else { "fail" },
+            "message": g.message,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -160,6 +171,19 @@ pub fn state_json(s: &SessionState) -> Value {
         "archive_expires_at": time_json(&s.archive_expires_at),
         "force_single_agent": s.force_single_agent,
         "repos": repos_json(&s.repos),
+        "budget_usd": s.budget_usd,
+        "budget_exhausted": budget_kind_name(s.budget_exhausted),
+        "waiting_gate": gate_name(s.waiting_gate),
+        "approval_deadline": time_json(&s.approval_deadline),
+        "approvals": s.approvals.iter().map(|r| json!({
+            "gate": gate_name(r.gate),
+            "decision": decision_verdict(r.decision),
+            "decided_by": r.decided_by,
+            "at": time_json(&r.at),
+            "comment": r.comment,
+            "timed_out": r.timed_out,
+        })).collect::<Vec<_>>(),
+        "passed_gates": s.passed_gates.iter().map(|g| gate_name(*g)).collect::<Vec<_>>(),
     })
 }
 
@@ -229,6 +253,31 @@ pub fn event_json(e: &ProgressEvent) -> Value {
                 "cost_usd": f.cost_usd,
                 "error": f.error,
                 "repos": repos_json(&f.repos),
+            }),
+        ),
+        Some(Kind::ApprovalRequested(a)) => (
+            "approval_requested",
+            json!({
+                "gate": gate_name(a.gate),
+                "deadline": time_json(&a.deadline),
+                "reason": a.reason,
+            }),
+        ),
+        Some(Kind::ApprovalDecided(d)) => (
+            "approval_decided",
+            json!({
+                "gate": gate_name(d.gate),
+                "decision": decision_verdict(d.decision),
+                "decided_by": d.decided_by,
+                "timed_out": d.timed_out,
+            }),
+        ),
+        Some(Kind::BudgetStopped(b)) => (
+            "budget_stopped",
+            json!({
+                "kind": budget_kind_name(b.kind),
+                "spent_usd": b.spent_usd,
+                "limit_usd": b.limit_usd,
             }),
         ),
     };
@@ -577,6 +626,43 @@ pub fn policy_text(p: &GetPolicyResponse) -> String {
     out
 }
 
+/// An approval gate's proto name.
+pub fn gate_name(g: i32) -> String {
+    ApprovalGate::try_from(g)
+        .map(|g| g.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("UNKNOWN({g})"))
+}
+
+/// An approval gate as the policy file writes it (`before_start`).
+pub fn gate_short(g: i32) -> String {
+    gate_name(g)
+        .trim_start_matches("APPROVAL_GATE_")
+        .to_ascii_lowercase()
+}
+
+/// `approved` / `rejected`.
+pub fn decision_verdict(d: i32) -> &'static str {
+    match Decision::try_from(d) {
+        Ok(Decision::Approved) => "approved",
+        Ok(Decision::Rejected) => "rejected",
+        _ => "undecided",
+    }
+}
+
+/// A budget kind's proto name.
+pub fn budget_kind_name(k: i32) -> String {
+    BudgetKind::try_from(k)
+        .map(|k| k.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("UNKNOWN({k})"))
+}
+
+/// `task` / `tenant`.
+pub fn budget_kind_short(k: i32) -> String {
+    budget_kind_name(k)
+        .trim_start_matches("BUDGET_KIND_")
+        .to_ascii_lowercase()
+}
+
 /// One human line for a progress event, or `None` for events not worth a line.
 pub fn event_line(e: &ProgressEvent) -> Option<String> {
     use progress_event::Kind;
@@ -640,6 +726,24 @@ pub fn event_line(e: &ProgressEvent) -> Option<String> {
             }
             s
         }
+        Kind::ApprovalRequested(a) => format!(
+            "waiting for approval at {}: {}",
+            gate_short(a.gate),
+            a.reason
+        ),
+        Kind::ApprovalDecided(d) => format!(
+            "{} {} by {}{}",
+            gate_short(d.gate),
+            decision_verdict(d.decision),
+            d.decided_by,
+            if d.timed_out { " (timeout)" } else { "" }
+        ),
+        Kind::BudgetStopped(b) => format!(
+            "stopped: the {} budget (${:.4}) ran out after ${:.4}; resume with a larger --budget",
+            budget_kind_short(b.kind),
+            b.limit_usd,
+            b.spent_usd
+        ),
     };
     Some(format!("#{:<4} {text}", e.sequence))
 }

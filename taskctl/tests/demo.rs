@@ -57,7 +57,8 @@ fn check_rows(out: &Output) {
     assert_eq!(out.code, 0, "demo failed:\n{}\n{}", out.stdout, out.stderr);
     let rows = out.json();
     let rows = rows.as_array().expect("a JSON array");
-    assert_eq!(rows.len(), EXPECTED.len(), "{rows:#?}");
+    // The plan's scenarios, then the two governance ones.
+    assert_eq!(rows.len(), EXPECTED.len() + 2, "{rows:#?}");
     for (row, (id, decision, path, fallback)) in rows.iter().zip(EXPECTED) {
         assert_eq!(row["task_id"], id, "{row:#}");
         assert_eq!(row["decision"], decision, "{row:#}");
@@ -99,9 +100,20 @@ fn check_rows(out: &Output) {
     );
     assert_eq!(reset["runs"][1]["iterations_this_run"], 8, "{reset:#}");
     assert_eq!(reset["runs"][1]["total_iterations"], 10, "{reset:#}");
+    let gated = by_id("TEST-GATE-001");
+    assert_eq!(gated["status"], "TASK_STATUS_COMPLETED", "{gated:#}");
+    assert_eq!(gated["path"], "EXECUTION_PATH_MULTI_AGENT", "{gated:#}");
+    assert_eq!(gated["ok"], true, "{gated:#}");
+    let budget = by_id("TEST-BUDGET-001");
+    assert_eq!(
+        budget["status"], "TASK_STATUS_BUDGET_EXHAUSTED",
+        "{budget:#}"
+    );
+    assert_eq!(budget["iterations"], 3, "{budget:#}");
+    assert_eq!(budget["ok"], true, "{budget:#}");
     assert!(
         out.stderr
-            .contains("7 of 7 scenarios ended as the plan expects"),
+            .contains("9 of 9 scenarios ended as the plan expects"),
         "{}",
         out.stderr
     );
@@ -167,7 +179,7 @@ async fn the_human_demo_prints_one_table() {
     assert!(fallback.contains("SYNTHESIS_FAILED"), "{fallback}");
     assert_eq!(
         lines.iter().filter(|l| l.ends_with(" ok")).count(),
-        7,
+        9,
         "{}",
         out.stdout
     );

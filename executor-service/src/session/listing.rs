@@ -12,12 +12,14 @@ use taskrouter_proto::v1::{ExecutionPath, ReasonCode, SessionState, TaskStatus};
 pub const TENANT_LABEL: &str = "tenant";
 
 /// Every status a stored task can have, in proto order (what counts cover).
-pub const STATUSES: [TaskStatus; 5] = [
+pub const STATUSES: [TaskStatus; 7] = [
     TaskStatus::Pending,
     TaskStatus::InProgress,
     TaskStatus::Completed,
     TaskStatus::Failed,
     TaskStatus::Cancelled,
+    TaskStatus::BudgetExhausted,
+    TaskStatus::WaitingApproval,
 ];
 
 /// Which tasks to list. `None`/empty fields match anything; fields combine with AND.

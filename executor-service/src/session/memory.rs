@@ -7,7 +7,9 @@
 //! never use it for real work. Expiry is checked lazily against [`Instant`]s, as each
 //! key is touched, plus an occasional sweep so expired tasks do not pile up.
 
+use super::governance::{Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantSpend};
 use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
+use super::memory_governance::Ledger;
 use super::{
     Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
 };
@@ -153,6 +155,7 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     /// Signs page tokens; nothing outlives the process, so neither do tokens.
     token_key: [u8; 32],
+    ledger: Mutex<Ledger>,
 }
 
 impl Default for MemoryStore {
@@ -168,12 +171,18 @@ impl MemoryStore {
             prefix: "memory".to_string(),
             inner: Mutex::new(Inner::default()),
             token_key: rand::random(),
+            ledger: Mutex::new(Ledger::default()),
         }
     }
 
     /// The key names `task_id` would have in Redis (used in error messages).
     pub fn keys(&self, task_id: &str) -> TaskKeys {
         TaskKeys::new(&self.prefix, task_id)
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // Same reasoning as `lock`.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -551,6 +560,48 @@ impl SessionStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    async fn reserve_spend(&self, req: &SpendRequest<'_>) -> Result<SpendOutcome> {
+        let now = Instant::now();
+        // The task lock is held across the ledger step, as the script holds Redis.
+        let mut inner = self.lock();
+        let owner = inner
+            .tasks
+            .get_mut(req.task_id)
+            .and_then(|t| live(&mut t.lease, now).cloned());
+        Ok(self.ledger().reserve(req, owner.as_deref(), now))
+    }
+
+    async fn settle_spend(&self, r: &Reservation, actual: i64) -> Result<()> {
+        self.ledger().settle(r, actual, Instant::now());
+        Ok(())
+    }
+
+    async fn reconcile_spend(&self, task_id: &str, owner: &str) -> Result<usize> {
+        Ok(self.ledger().reconcile(task_id, owner, Instant::now()))
+    }
+
+    async fn task_spend(&self, task_id: &str) -> Result<TaskSpend> {
+        Ok(self.ledger().task_spend(task_id))
+    }
+
+    async fn tenant_spend(&self, tenant: &str, day: &str) -> Result<TenantSpend> {
+        Ok(self.ledger().tenant_spend(tenant, day, Instant::now()))
+    }
+
+    async fn set_approval_deadline(&self, task_id: &str, at_ms: i64) -> Result<()> {
+        self.ledger().set_deadline(task_id, at_ms);
+        Ok(())
+    }
+
+    async fn clear_approval_deadline(&self, task_id: &str) -> Result<()> {
+        self.ledger().clear_deadline(task_id);
+        Ok(())
+    }
+
+    async fn due_approvals(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        Ok(self.ledger().due(now_ms, limit))
     }
 }
 

@@ -11,18 +11,23 @@
 //! - `<prefix>:{id}:events` — stream of progress events (`seq`, `ev`), capped;
 //! - `<prefix>:{id}:lease` — owner token of the worker running the task (with expiry);
 //! - `<prefix>:{id}:fence` — counter incremented on every lease acquisition;
-//! - `<prefix>:{id}:cancel` — present once Cancel was requested.
+//! - `<prefix>:{id}:cancel` — present once Cancel was requested;
+//! - `<prefix>:{id}:spend` — spend reservations (see [`governance`]).
 //!
 //! The secondary indexes `List` reads live under `<prefix>:{index}:` (see [`redis_index`]).
 
 pub mod active;
+pub mod governance;
 pub mod heartbeat;
 pub mod listing;
 pub mod memory;
+mod memory_governance;
+mod redis_governance;
 pub mod redis_index;
 pub mod redis_store;
 
 use crate::error::{Error, Result};
+use governance::{Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantSpend};
 use std::time::Duration;
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState};
 
@@ -71,6 +76,8 @@ pub struct TaskKeys {
     pub fence: String,
     /// Cancel marker.
     pub cancel: String,
+    /// Spend reservations and settled spend.
+    pub spend: String,
 }
 
 impl TaskKeys {
@@ -84,6 +91,7 @@ impl TaskKeys {
             lease: format!("{base}:lease"),
             fence: format!("{base}:fence"),
             cancel: format!("{base}:cancel"),
+            spend: format!("{base}:spend"),
         }
     }
 }
@@ -223,4 +231,30 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Short backend name ("redis", "memory").
     fn kind(&self) -> &'static str;
+
+    /// Reserves spend for one agent call against the task's budget and then its tenant's
+    /// (see [`governance`] for the order and crash handling).
+    async fn reserve_spend(&self, req: &SpendRequest<'_>) -> Result<SpendOutcome>;
+
+    /// Closes a reservation with the call's actual cost in micro-dollars (0 releases it).
+    async fn settle_spend(&self, r: &Reservation, actual: i64) -> Result<()>;
+
+    /// Drops every open reservation of `task_id` not owned by `owner` (a previous lease
+    /// holder's) and releases their tenant holds; returns how many it dropped.
+    async fn reconcile_spend(&self, task_id: &str, owner: &str) -> Result<usize>;
+
+    /// The task's recorded spend.
+    async fn task_spend(&self, task_id: &str) -> Result<TaskSpend>;
+
+    /// A tenant's spend on a UTC day (`YYYY-MM-DD`).
+    async fn tenant_spend(&self, tenant: &str, day: &str) -> Result<TenantSpend>;
+
+    /// Records when the gate `task_id` waits at times out (ms since the epoch).
+    async fn set_approval_deadline(&self, task_id: &str, at_ms: i64) -> Result<()>;
+
+    /// Forgets `task_id`'s approval deadline.
+    async fn clear_approval_deadline(&self, task_id: &str) -> Result<()>;
+
+    /// Up to `limit` task ids whose approval deadline is at or before `now_ms`.
+    async fn due_approvals(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
 }

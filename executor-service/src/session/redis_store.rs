@@ -2,6 +2,7 @@
 //! trip), not WATCH/MULTI: on a shared multiplexed connection other tasks' commands
 //! would interleave with a WATCH.
 
+use super::governance::{Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantSpend};
 use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
 use super::redis_index::{FilterArgs, INDEX_PUT, LIST, decode_entry, index_prefix};
 use super::{
@@ -36,7 +37,7 @@ return {1}
     )
 });
 
-/// KEYS: state, log, events, lease, fence, cancel.
+/// KEYS: state, log, events, lease, fence, cancel, spend.
 /// ARGV: expected_version, fencing_token, owner, data, status, log_entry, archive_ttl_ms,
 ///       schema, events_maxlen, event...
 /// Returns `{version, cancel}` on success; `{-1, current}` version mismatch;
@@ -66,7 +67,7 @@ for i = 10, #ARGV do
 end
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
-  for i = 1, 6 do
+  for i = 1, #KEYS do
     if i ~= 4 then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
 end
@@ -253,6 +254,11 @@ impl RedisStore {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// A handle on the shared connection.
+    pub(super) fn conn(&self) -> RedisConn {
+        self.conn.clone()
     }
 
     /// Decodes a stored state the way loading does: `data` (protobuf `SessionState`) and
@@ -447,6 +453,7 @@ impl SessionStore for RedisStore {
             .key(&keys.lease)
             .key(&keys.fence)
             .key(&keys.cancel)
+            .key(&keys.spend)
             .arg(cp.expected_version)
             .arg(cp.lease.fencing_token)
             .arg(&cp.lease.owner)
@@ -837,6 +844,38 @@ impl SessionStore for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn reserve_spend(&self, req: &SpendRequest<'_>) -> Result<SpendOutcome> {
+        self.reserve_spend_redis(req).await
+    }
+
+    async fn settle_spend(&self, r: &Reservation, actual: i64) -> Result<()> {
+        self.settle_spend_redis(r, actual).await
+    }
+
+    async fn reconcile_spend(&self, task_id: &str, owner: &str) -> Result<usize> {
+        self.reconcile_spend_redis(task_id, owner).await
+    }
+
+    async fn task_spend(&self, task_id: &str) -> Result<TaskSpend> {
+        self.task_spend_redis(task_id).await
+    }
+
+    async fn tenant_spend(&self, tenant: &str, day: &str) -> Result<TenantSpend> {
+        self.tenant_spend_redis(tenant, day).await
+    }
+
+    async fn set_approval_deadline(&self, task_id: &str, at_ms: i64) -> Result<()> {
+        self.set_deadline_redis(task_id, at_ms).await
+    }
+
+    async fn clear_approval_deadline(&self, task_id: &str) -> Result<()> {
+        self.clear_deadline_redis(task_id).await
+    }
+
+    async fn due_approvals(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        self.due_deadlines_redis(now_ms, limit).await
     }
 }
 

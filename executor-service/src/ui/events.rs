@@ -53,6 +53,11 @@ fn event_json(e: &ProgressEvent) -> (&'static str, serde_json::Value) {
             json!({ "status": name(f.status, |v| TaskStatus::try_from(v).ok(), |s| s.as_str_name()) }),
         ),
         Some(progress_event::Kind::Fallback(_)) => ("fallback", json!({})),
+        // Governance events: the `state` event sent after them carries the new status
+        // (an approver's comment is never sent).
+        Some(progress_event::Kind::ApprovalRequested(_)) => ("approval", json!({})),
+        Some(progress_event::Kind::ApprovalDecided(_)) => ("approval", json!({})),
+        Some(progress_event::Kind::BudgetStopped(_)) => ("budget", json!({})),
         Some(progress_event::Kind::Routed(_)) => ("routed", json!({})),
         Some(progress_event::Kind::Submitted(_)) | None => ("submitted", json!({})),
     }

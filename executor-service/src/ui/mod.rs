@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use service_kit::Shutdown;
-use service_kit::auth::BearerToken;
+use service_kit::auth::Credentials;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub struct UiSettings {
 #[derive(Clone)]
 struct Ui {
     engine: Arc<AutonomousLoop>,
-    token: Option<BearerToken>,
+    token: Option<Credentials>,
     show_descriptions: bool,
     shutdown: Shutdown,
 }
@@ -62,7 +62,7 @@ impl UiServer {
 /// Binds `settings.listen` and serves the dashboard until `shutdown`.
 pub async fn start(
     engine: Arc<AutonomousLoop>,
-    token: Option<BearerToken>,
+    token: Option<Credentials>,
     settings: &UiSettings,
     shutdown: Shutdown,
 ) -> Result<UiServer> {
@@ -168,7 +168,7 @@ async fn login(State(ui): State<Ui>, headers: HeaderMap, body: axum::body::Bytes
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
     let header_value = format!("Bearer {}", presented.trim());
-    if !token.verify(Some(header_value.as_bytes())) {
+    if token.verify(Some(header_value.as_bytes())).is_none() {
         tracing::info!("dashboard login refused");
         return html(
             StatusCode::UNAUTHORIZED,

@@ -31,6 +31,12 @@ pub struct PolicyFile {
     pub fallback: Fallback,
     /// `[limits]`: request size limits.
     pub limits: Limits,
+    /// `[budgets]`: a task's default spend budget by decision.
+    pub budgets: Budgets,
+    /// `[tenants]`: spend limits per tenant and UTC day.
+    pub tenants: Tenants,
+    /// `[approval]`: gates a person must pass, by reason code.
+    pub approval: Approval,
 }
 
 /// `[multi_agent]` section.
@@ -189,6 +195,187 @@ impl Default for Limits {
     }
 }
 
+// ---- governance: budgets, tenants, approval gates -------------------------------------
+
+/// Largest budget or tenant limit accepted, in USD (keeps micro-dollar sums exact).
+pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
+/// Longest gate timeout accepted (30 days).
+pub const MAX_GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// Most `[[approval.rules]]`.
+pub const MAX_APPROVAL_RULES: usize = 64;
+/// Most tenants listed in `[tenants.usd_per_day]`.
+pub const MAX_TENANTS: usize = 10_000;
+
+/// `[budgets]` section: a task's budget when the caller gives none (0 = no budget).
+#[derive(Clone, Debug, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budgets {
+    /// Budget in USD of a task routed to the single path.
+    pub single_agent_usd: f64,
+    /// Budget in USD of a task routed to the team path.
+    pub multi_agent_usd: f64,
+}
+
+/// `[tenants]` section: spend per tenant (the task label `tenant`) and UTC calendar day.
+#[derive(Clone, Debug, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tenants {
+    /// Limit in USD per UTC day of a tenant not listed below (0 = no limit).
+    pub default_usd_per_day: f64,
+    /// Limit in USD per UTC day by tenant name (0 = no limit).
+    pub usd_per_day: std::collections::BTreeMap<String, f64>,
+}
+
+/// `[approval]` section.
+#[derive(Clone, Debug, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Approval {
+    /// `[[approval.rules]]`, in order.
+    pub rules: Vec<ApprovalRule>,
+}
+
+/// One `[[approval.rules]]` entry: tasks with `reason` wait at `gate`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    /// Reason code, e.g. `DEPLOYMENT` (the `REASON_CODE_` prefix is optional).
+    pub reason: String,
+    /// Which gate.
+    pub gate: GateName,
+    /// How long a decision may take, e.g. `"24h"`.
+    pub timeout: String,
+    /// What a timeout does.
+    pub on_timeout: OnTimeout,
+    /// What a rejection at `before_complete` does (default `fail`).
+    #[serde(default)]
+    pub on_reject: OnReject,
+}
+
+/// Gate names in the policy file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateName {
+    /// After the plan (team path) or before the first iteration (single path).
+    BeforeStart,
+    /// Before the task is marked COMPLETED.
+    BeforeComplete,
+}
+
+/// `on_timeout` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The gate is rejected.
+    Reject,
+    /// The gate is approved.
+    Approve,
+}
+
+/// `on_reject` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnReject {
+    /// The task fails.
+    #[default]
+    Fail,
+    /// The task goes back for more iterations with the reviewer's comment.
+    Iterate,
+}
+
+/// The reason code a rule names, accepting `DEPLOYMENT` or `REASON_CODE_DEPLOYMENT`.
+pub fn rule_reason(name: &str) -> Option<taskrouter_proto::v1::ReasonCode> {
+    use taskrouter_proto::v1::ReasonCode;
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("REASON_CODE_") {
+        upper
+    } else {
+        format!("REASON_CODE_{upper}")
+    };
+    ReasonCode::from_str_name(&full).filter(|c| *c != ReasonCode::Unspecified)
+}
+
+/// Whether `name` can be a tenant: 1..=64 of `A-Z a-z 0-9 . _ -` (it becomes part of a
+/// Redis key).
+pub fn valid_tenant_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_usd(value: f64) -> Result<(), String> {
+    if !value.is_finite() || !(0.0..=MAX_BUDGET_USD).contains(&value) {
+        return Err(format!(
+            "must be finite, >= 0 and at most {MAX_BUDGET_USD} (got {value})"
+        ));
+    }
+    Ok(())
+}
+
+impl PolicyFile {
+    fn validate_governance(&self, bad: &dyn Fn(&str, String) -> Error) -> Result<(), Error> {
+        check_usd(self.budgets.single_agent_usd).map_err(|p| bad("budgets.single_agent_usd", p))?;
+        check_usd(self.budgets.multi_agent_usd).map_err(|p| bad("budgets.multi_agent_usd", p))?;
+        check_usd(self.tenants.default_usd_per_day)
+            .map_err(|p| bad("tenants.default_usd_per_day", p))?;
+        if self.tenants.usd_per_day.len() > MAX_TENANTS {
+            return Err(bad(
+                "tenants.usd_per_day",
+                format!("must list at most {MAX_TENANTS} tenants"),
+            ));
+        }
+        for (name, usd) in &self.tenants.usd_per_day {
+            if !valid_tenant_name(name) {
+                return Err(bad(
+                    "tenants.usd_per_day",
+                    format!("tenant names must be 1..=64 of A-Z a-z 0-9 . _ - (got {name:?})"),
+                ));
+            }
+            check_usd(*usd).map_err(|p| bad(&format!("tenants.usd_per_day.{name}"), p))?;
+        }
+        if self.approval.rules.len() > MAX_APPROVAL_RULES {
+            return Err(bad(
+                "approval.rules",
+                format!("must list at most {MAX_APPROVAL_RULES} rules"),
+            ));
+        }
+        for (i, rule) in self.approval.rules.iter().enumerate() {
+            let key = |k: &str| format!("approval.rules[{i}].{k}");
+            if rule_reason(&rule.reason).is_none() {
+                return Err(bad(
+                    &key("reason"),
+                    format!(
+                        "is not a reason code (got {:?}; e.g. \"DEPLOYMENT\", \"COMPLIANCE_SENSITIVE\")",
+                        rule.reason
+                    ),
+                ));
+            }
+            match humantime::parse_duration(&rule.timeout) {
+                Ok(d) if d >= std::time::Duration::from_secs(1) && d <= MAX_GATE_TIMEOUT => {}
+                _ => {
+                    return Err(bad(
+                        &key("timeout"),
+                        format!(
+                            "must be a duration between 1s and 30days, e.g. \"24h\" (got {:?})",
+                            rule.timeout
+                        ),
+                    ));
+                }
+            }
+            if rule.on_reject == OnReject::Iterate && rule.gate == GateName::BeforeStart {
+                return Err(bad(
+                    &key("on_reject"),
+                    "\"iterate\" applies to before_complete only (a rejected plan fails the task)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- end governance ------------------------------------------------------------------
+
 impl PolicyFile {
     /// Parses and validates policy TOML; `origin` (a path or `builtin policy`) prefixes errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
@@ -250,7 +437,7 @@ impl PolicyFile {
                 format!("must be between 1 and {MAX_DESCRIPTION_BYTES_CEILING} (got {max})"),
             ));
         }
-        Ok(())
+        self.validate_governance(&bad)
     }
 }
 
@@ -390,6 +577,80 @@ mod tests {
                 "{text:?} -> {e}"
             );
         }
+    }
+
+    #[test]
+    fn governance_settings_parse() {
+        let p = parse(
+            "[budgets]\nsingle_agent_usd = 2.5\nmulti_agent_usd = 10\n\
+             [tenants]\ndefault_usd_per_day = 50\n[tenants.usd_per_day]\nacme = 5.0\n\
+             [[approval.rules]]\nreason = \"DEPLOYMENT\"\ngate = \"before_start\"\ntimeout = \"24h\"\non_timeout = \"reject\"\n\
+             [[approval.rules]]\nreason = \"REASON_CODE_COMPLIANCE_SENSITIVE\"\ngate = \"before_complete\"\ntimeout = \"30m\"\non_timeout = \"approve\"\non_reject = \"iterate\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.budgets.multi_agent_usd, 10.0);
+        assert_eq!(p.tenants.usd_per_day["acme"], 5.0);
+        assert_eq!(p.approval.rules.len(), 2);
+        assert_eq!(p.approval.rules[1].on_reject, OnReject::Iterate);
+        assert_eq!(p.approval.rules[0].on_reject, OnReject::Fail);
+    }
+
+    #[test]
+    fn bad_governance_settings_name_their_key() {
+        let rule = |extra: &str| {
+            format!(
+                "[[approval.rules]]\nreason = \"DEPLOYMENT\"\ngate = \"before_complete\"\non_timeout = \"reject\"\n{extra}"
+            )
+        };
+        for (text, key) in [
+            (
+                "[budgets]\nsingle_agent_usd = -1".to_string(),
+                "budgets.single_agent_usd",
+            ),
+            (
+                "[budgets]\nmulti_agent_usd = nan".to_string(),
+                "budgets.multi_agent_usd",
+            ),
+            (
+                "[budgets]\nmulti_agent_usd = 1e12".to_string(),
+                "budgets.multi_agent_usd",
+            ),
+            (
+                "[tenants]\ndefault_usd_per_day = inf".to_string(),
+                "tenants.default_usd_per_day",
+            ),
+            (
+                "[tenants.usd_per_day]\n\"a b\" = 1".to_string(),
+                "tenants.usd_per_day",
+            ),
+            (
+                "[tenants.usd_per_day]\nacme = -2".to_string(),
+                "tenants.usd_per_day.acme",
+            ),
+            (
+                rule("timeout = \"1h\"\n").replace("DEPLOYMENT", "NOPE"),
+                "approval.rules[0].reason",
+            ),
+            (rule("timeout = \"soon\"\n"), "approval.rules[0].timeout"),
+            (rule("timeout = \"90days\"\n"), "approval.rules[0].timeout"),
+            (
+                rule("timeout = \"1h\"\non_reject = \"iterate\"\n")
+                    .replace("before_complete", "before_start"),
+                "approval.rules[0].on_reject",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(
+                e.starts_with(&format!("/x.toml: {key} ")),
+                "{text:?} -> {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(
+            err(&rule("timeout = \"1h\"\n").replace("before_complete", "after_lunch"))
+                .contains("line 3")
+        );
+        assert!(err(&rule("")).contains("missing field `timeout`"));
     }
 
     #[test]

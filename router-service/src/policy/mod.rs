@@ -20,12 +20,16 @@
 //!   single (range 0.6..=0.9).
 
 mod file;
+mod governance;
 mod keywords;
 
 pub use file::{
-    BUILTIN_POLICY_TOML, Fallback, FallbackDecision, Limits, MAX_DESCRIPTION_BYTES_CEILING,
-    MAX_KEYWORD_BYTES, MAX_KEYWORDS_PER_LIST, MultiAgent, PolicyFile, Rules,
+    Approval, ApprovalRule, BUILTIN_POLICY_TOML, Budgets, Fallback, FallbackDecision, GateName,
+    Limits, MAX_BUDGET_USD, MAX_DESCRIPTION_BYTES_CEILING, MAX_KEYWORD_BYTES,
+    MAX_KEYWORDS_PER_LIST, MultiAgent, OnReject, OnTimeout, PolicyFile, Rules, Tenants,
+    valid_tenant_name,
 };
+pub use governance::{DEFAULT_TENANT, TENANT_LABEL};
 pub use keywords::{Category, Found, KeywordMatcher};
 
 use crate::error::Error;
@@ -159,12 +163,15 @@ impl PolicyEngine {
             limits: Limits {
                 max_description_bytes: policy.max_description_bytes,
             },
+            // GetPolicy does not carry governance; it does not change the decision.
+            ..PolicyFile::default()
         };
         Self::compile(settings, version.to_string(), origin)
     }
 
-    /// Decides the path of `task`. Total: an unvalidated task (unknown complexity, NaN
-    /// value) simply fires fewer rules.
+    /// Decides the path of `task`, then adds its governance (budget, tenant limit,
+    /// approval gates). Total: an unvalidated task (unknown complexity, NaN value)
+    /// simply fires fewer rules.
     pub fn evaluate(&self, task: &Task) -> RoutingAnalysis {
         let found = self.matcher.scan(&task.description);
         self.evaluate_scanned(task, &found)
@@ -194,6 +201,13 @@ impl PolicyEngine {
     }
 
     fn evaluate_scanned(&self, task: &Task, found: &Found) -> RoutingAnalysis {
+        let mut analysis = self.decide(task, found);
+        governance::apply(&self.settings, task, &mut analysis);
+        analysis
+    }
+
+    /// The routing decision alone.
+    fn decide(&self, task: &Task, found: &Found) -> RoutingAnalysis {
         let s = &self.settings;
         let complexity = Complexity::try_from(task.complexity).unwrap_or(Complexity::Unspecified);
         let mut fired = Fired::default();
@@ -285,6 +299,7 @@ impl PolicyEngine {
             suggested_roles: Vec::new(),
             policy_version: self.version.clone(),
             multi_agent_recommended: recommended,
+            ..Default::default()
         };
 
         if !recommended {
@@ -357,6 +372,7 @@ pub fn fallback_to_single_agent(
         suggested_roles: Vec::new(),
         policy_version: String::new(),
         multi_agent_recommended: false,
+        ..Default::default()
     }
 }
 

@@ -15,6 +15,32 @@ use local_stack::{LocalStack, Store};
 use serde_json::Value;
 use std::time::Instant;
 
+/// Plays the governance scenarios on a stack whose router reads
+/// [`driver::GOVERNANCE_POLICY`].
+async fn governance(store: &Store, cli: &Cli) -> Result<Vec<scenarios::Outcome>> {
+    let path = std::env::temp_dir().join(format!(
+        "taskrouter-demo-governance-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, driver::GOVERNANCE_POLICY)
+        .map_err(|e| CliError::Runtime(format!("cannot write the demo policy: {e}")))?;
+    let config = local_stack::executor_config(store);
+    let stack =
+        LocalStack::start_with_policy(store.clone(), config, cli.timeout, Some(path.clone()))
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()));
+    let rows = match stack {
+        Ok(stack) => {
+            let rows = driver::run_governance(&stack.executor_url(), cli.timeout).await;
+            stack.stop().await;
+            rows
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&path);
+    rows
+}
+
 /// `taskctl demo`.
 pub async fn demo(cli: &Cli, args: &DemoArgs) -> Result<Exit> {
     let started = Instant::now();
@@ -44,7 +70,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> Result<Exit> {
     let repos = workspace::LocalRemotes::create(&scenarios::plan())
         .map_err(|e| CliError::Runtime(format!("demo repositories: {e}")))?;
     config.workspace = repos.as_ref().map(workspace::LocalRemotes::config);
-    let stack = LocalStack::start(store, config, cli.timeout)
+    let stack = LocalStack::start(store.clone(), config, cli.timeout)
         .await
         .map_err(|e| match e {
             local_stack::Error::Config(_) => CliError::Usage(e.to_string()),
@@ -52,13 +78,18 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> Result<Exit> {
         })?;
     let outcome =
         driver::run_scenarios(&stack.router_url(), &stack.executor_url(), cli.timeout).await;
-    let (router_addr, executor_addr, store) =
+    let (router_addr, executor_addr, store_name) =
         (stack.router_addr, stack.executor_addr, stack.store.name());
     stack.stop().await;
+    // Governance: a second stack whose router gates deployments (the plan's scenarios
+    // above run under the built-in policy, which has none).
+    let governance = governance(&store, cli).await;
+    let store = store_name;
     if let Some(t) = telemetry {
         t.shutdown();
     }
-    let (rows, policy_version) = outcome?;
+    let (mut rows, policy_version) = outcome?;
+    rows.extend(governance?);
     let failed: Vec<&scenarios::Outcome> = rows.iter().filter(|r| !r.failures.is_empty()).collect();
     if cli.json {
         emit_json(&Value::Array(

@@ -442,6 +442,7 @@ fn submit_accepts_valid_tasks_names_every_bad_field_and_gets_no_task_stuck() {
                     task,
                     max_iterations,
                     use_multi_agent,
+                    budget_usd: None,
                 }),
             );
             outcomes.saw(&r);
@@ -528,6 +529,7 @@ fn run_answers_with_a_result_or_a_clear_status() {
                     resume,
                     max_iterations,
                     use_multi_agent,
+                    budget_usd: None,
                 }),
             );
             outcomes.saw(&r);
@@ -656,6 +658,7 @@ fn resuming_an_unknown_id_with_only_the_id_is_not_found() {
             resume: true,
             max_iterations: 0,
             use_multi_agent: None,
+            budget_usd: None,
         }),
     );
     let status = r.expect_err("nothing to resume");

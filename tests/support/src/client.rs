@@ -203,6 +203,7 @@ pub async fn run(
             resume: false,
             max_iterations,
             use_multi_agent: None,
+            budget_usd: None,
         },
     )
     .await
@@ -226,6 +227,7 @@ pub async fn resume(
             resume: true,
             max_iterations,
             use_multi_agent: None,
+            budget_usd: None,
         },
     )
     .await
