@@ -15,6 +15,7 @@
 //! - `<prefix>:{id}:spend` — spend reservations (see [`governance`]).
 
 pub mod active;
+pub mod delivery;
 pub mod governance;
 pub mod heartbeat;
 pub mod memory;
