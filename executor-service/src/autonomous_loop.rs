@@ -539,8 +539,8 @@ impl AutonomousLoop {
             }
             if let Some(n) = delivery_count {
                 s.state.delivery_count = n.min(u32::MAX as u64) as u32;
-                let progressed = crate::worker::made_progress(&s.state);
-                s.state.stalled_deliveries = crate::worker::stalled_deliveries(&s.state);
+                let progressed = crate::session::delivery::made_progress(&s.state);
+                s.state.stalled_deliveries = crate::session::delivery::stalled_deliveries(&s.state);
                 // This start's own checkpoint is not progress; any later one is.
                 s.state.delivery_start_version = s.version() + 1;
                 if n > 1 {

@@ -17,6 +17,7 @@
 //! The secondary indexes `List` reads live under `<prefix>:{index}:` (see [`redis_index`]).
 
 pub mod active;
+pub mod delivery;
 pub mod governance;
 pub mod heartbeat;
 pub mod listing;
