@@ -234,11 +234,21 @@ async fn a_task_whose_deliveries_make_no_progress_is_dead_lettered_and_visible_t
     assert!(s.dead_lettered);
     assert_eq!(s.stalled_deliveries, 1);
     assert!(s.last_error.contains("dead-lettered"), "{}", s.last_error);
+    // The worker marks the task failed first and then appends the dead letter, so the
+    // entry may trail the final state by a moment.
     let mut conn = c.redis.connection().await;
-    let n: u64 = redis::cmd("XLEN")
-        .arg(&executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0].dead_letters)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let key = &executor_service::queue::redis_queue::shard_keys("taskrouter", 1)[0].dead_letters;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let n = loop {
+        let n: u64 = redis::cmd("XLEN")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(n, 1);
 }
