@@ -19,8 +19,9 @@ const TASKS: usize = 8;
 const ITERATIONS: u32 = 40;
 const OUTAGE: Duration = Duration::from_secs(3);
 const FLAGS: &[&str] = &[
+    // One worker per task: all run at once, so none finishes before the outage.
     "--concurrency",
-    "4",
+    "8",
     "--lease-ttl",
     "2s",
     "--shutdown-grace",
