@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use taskrouter_proto::v1::RepoBranch;
 
-/// Environment variable of the test-only failpoint: `after-push:<n>` kills the process
-/// with SIGKILL right after iteration `n`'s push, before its checkpoint. Inert unless
-/// set; operators never set it.
+/// Environment variable of the test-only failpoints: `after-push:<n>` kills the process
+/// with SIGKILL right after iteration `n`'s push, before its checkpoint;
+/// `stop-before-push:<n>` freezes it with SIGSTOP right before iteration `n`'s commit
+/// and push (a paused pod, at a known point). Inert unless set; operators never set it.
 pub const FAILPOINT_ENV: &str = "TASKROUTER_TEST_FAILPOINT";
 
 /// A conflicted merge left in a worktree for the synthesis agent.
@@ -132,6 +133,7 @@ impl TaskWorkspace {
             role: role.to_string(),
             fence: self.fence,
         };
+        failpoint(Failpoint::StopBeforePush, iteration);
         let mut out = Vec::with_capacity(heads.len());
         for (i, b) in heads.iter().enumerate() {
             let h = head(b);
@@ -164,7 +166,7 @@ impl TaskWorkspace {
                 ..b.clone()
             });
         }
-        failpoint_after_push(iteration);
+        failpoint(Failpoint::AfterPush, iteration);
         Ok(out)
     }
 
@@ -238,26 +240,42 @@ impl TaskWorkspace {
     }
 }
 
-/// Kills this process after the push of iteration `n` when the test-only failpoint
-/// asks for it (see [`FAILPOINT_ENV`]).
-fn failpoint_after_push(iteration: u32) {
+/// The test-only failpoints (see [`FAILPOINT_ENV`]).
+#[derive(Clone, Copy)]
+enum Failpoint {
+    AfterPush,
+    StopBeforePush,
+}
+
+/// Fires `which` at `iteration` when the test-only failpoint asks for it.
+fn failpoint(which: Failpoint, iteration: u32) {
     let Ok(spec) = std::env::var(FAILPOINT_ENV) else {
         return;
     };
+    let prefix = match which {
+        Failpoint::AfterPush => "after-push:",
+        Failpoint::StopBeforePush => "stop-before-push:",
+    };
     let hit = spec
-        .strip_prefix("after-push:")
+        .strip_prefix(prefix)
         .and_then(|n| n.trim().parse::<u32>().ok())
         == Some(iteration);
-    if hit {
-        tracing::warn!(
-            iteration,
-            "test failpoint: killing the process after the push"
-        );
-        #[cfg(unix)]
-        // SAFETY: kill(2) on our own pid with SIGKILL; no memory is involved.
+    if !hit {
+        return;
+    }
+    tracing::warn!(iteration, failpoint = prefix, "test failpoint fired");
+    #[cfg(unix)]
+    {
+        let signal = match which {
+            Failpoint::AfterPush => libc::SIGKILL,
+            Failpoint::StopBeforePush => libc::SIGSTOP,
+        };
+        // SAFETY: kill(2) on our own pid; no memory is involved.
         unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
+            libc::kill(libc::getpid(), signal);
         }
+    }
+    if matches!(which, Failpoint::AfterPush) {
         std::process::abort();
     }
 }

@@ -211,22 +211,22 @@ async fn a_paused_workers_push_is_refused_and_changes_nothing() {
     let template = remotes.template();
     let root = tempfile::tempdir().unwrap();
     let mut c = Cluster::start().await;
+    // exec-a freezes (SIGSTOP, from inside) with iteration 2's answer in hand, right
+    // before its commit and push: a paused pod at a known point.
     let a = add(
         &mut c,
         "exec-a",
         &flags(&template, &root.path().join("a")),
-        &[],
+        &[("TASKROUTER_TEST_FAILPOINT", "stop-before-push:2")],
     )
     .await;
-    // Long iterations: exec-a is inside iteration 2's agent call when it is paused.
-    submit(&c, a, "WS-STALE", 4, 1500).await;
-    wait_for(&c, a, "WS-STALE", |s| s.iteration_count >= 1).await;
+    submit(&c, a, "WS-STALE", 4, 50).await;
     let pid = c.executors[a].process.pid().to_string();
-    let stop = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap();
-    assert!(stop.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !is_stopped(&pid) {
+        assert!(std::time::Instant::now() < deadline, "exec-a never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Its lease (2 s) expires; exec-b takes the task over and finishes it.
     let b = add(
         &mut c,
@@ -245,7 +245,13 @@ async fn a_paused_workers_push_is_refused_and_changes_nothing() {
         .status()
         .unwrap();
     assert!(cont.success());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = "checkpoint rejected for task WS-STALE: branch";
+    while !c.executors[a].process.log_contents().contains(refused)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         remotes.tip(REPO, "taskrouter/WS-STALE"),
         tip,
@@ -259,9 +265,20 @@ async fn a_paused_workers_push_is_refused_and_changes_nothing() {
     assert_eq!(after.version, s.version, "nor did the checkpoint");
     let log = c.executors[a].process.log_contents();
     assert!(
-        log.contains("checkpoint rejected for task WS-STALE: branch"),
+        log.contains(refused),
         "exec-a's push was refused by the compare-and-swap:\n{log}"
     );
+}
+
+/// Whether the process `pid` is stopped (state `T` in /proc/<pid>/stat).
+fn is_stopped(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
 }
 
 #[tokio::test]
