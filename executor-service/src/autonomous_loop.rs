@@ -10,7 +10,7 @@ use crate::routing::{RouterLink, single_agent_analysis};
 use crate::run::{PathOutcome, RunCtx, RunOptions, Stop};
 use crate::session::active::now;
 use crate::session::{ActiveSession, CreateOutcome, Heartbeat, SessionStore, StoredEvent};
-use crate::settings::Settings;
+use crate::settings::{Settings, WhenRouterUnavailable};
 use crate::workspace::{TaskWorkspace, Workspaces};
 use prost::Message as _;
 use service_kit::Shutdown;
@@ -19,8 +19,9 @@ use std::time::Duration;
 use taskrouter_proto::SESSION_SCHEMA_VERSION;
 use taskrouter_proto::v1::{
     ApprovalGate, ApprovalRequested, BudgetKind, BudgetStopped, ExecutionPath, FallbackCause,
-    FallbackRecord, Finished, GateRequirement, IterationRecord, ProgressEvent, ReasonCode, Routed,
-    RoutingDecision, RunResult, SessionState, Submitted, Task, TaskStatus, progress_event,
+    FallbackRecord, Finished, GateRequirement, IterationRecord, ProgressEvent, ReasonCode,
+    RejectAction, Routed, RoutingAnalysis, RoutingDecision, RunResult, SessionState, Submitted,
+    Task, TaskStatus, TimeoutAction, progress_event,
 };
 use tokio::sync::Mutex;
 
@@ -686,6 +687,23 @@ impl AutonomousLoop {
         Ok(())
     }
 
+    /// With `--when-router-unavailable hold`, an analysis made without the router gets a
+    /// `before_start` gate: the policy's own gates are unknown, so a person decides.
+    fn hold_without_router(&self, analysis: &mut RoutingAnalysis) {
+        if self.settings.when_router_unavailable != WhenRouterUnavailable::Hold {
+            return;
+        }
+        let secs = self.settings.router_unavailable_hold_timeout.as_secs();
+        analysis.gates = vec![GateRequirement {
+            gate: ApprovalGate::BeforeStart as i32,
+            reason: ReasonCode::RouterUnavailable as i32,
+            timeout_seconds: u32::try_from(secs).unwrap_or(u32::MAX).max(1),
+            on_timeout: TimeoutAction::Reject as i32,
+            on_reject: RejectAction::Unspecified as i32,
+            message: "the router could not be reached, so the policy's gates and budgets are unknown; approve to run on the single path".to_string(),
+        }];
+    }
+
     /// Decides the path for a task that has none yet and records it in the state.
     async fn route(&self, s: &mut ActiveSession) -> Routed {
         let task = s.task().clone();
@@ -696,14 +714,20 @@ impl AutonomousLoop {
             );
             // Forcing the path must not skip governance: the policy's budget, tenant
             // limit and gates still apply when the router answers.
-            if let Some(router) = &self.router
-                && let Ok(a) = router.route(&task).await
-            {
-                forced.budget_usd = a.budget_usd;
-                forced.gates = a.gates;
-                forced.tenant = a.tenant;
-                forced.tenant_usd_per_day = a.tenant_usd_per_day;
-                forced.policy_version = a.policy_version;
+            if let Some(router) = &self.router {
+                match router.route(&task).await {
+                    Ok(a) => {
+                        forced.budget_usd = a.budget_usd;
+                        forced.gates = a.gates;
+                        forced.tenant = a.tenant;
+                        forced.tenant_usd_per_day = a.tenant_usd_per_day;
+                        forced.policy_version = a.policy_version;
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %task.id, error = %e, "router unavailable; the policy's gates and budgets are unknown");
+                        self.hold_without_router(&mut forced);
+                    }
+                }
             }
             (forced, "forced")
         } else {
@@ -726,13 +750,14 @@ impl AutonomousLoop {
                         phase: 0,
                     });
                     crate::telemetry::fallback(cause_label(FallbackCause::RouterUnavailable));
-                    (
-                        single_agent_analysis(
-                            ReasonCode::RouterUnavailable,
-                            format!("router unavailable ({e}); safe default is the single path"),
-                        ),
-                        "fallback",
-                    )
+                    let mut analysis = single_agent_analysis(
+                        ReasonCode::RouterUnavailable,
+                        format!("router unavailable ({e}); safe default is the single path"),
+                    );
+                    if self.router.is_some() {
+                        self.hold_without_router(&mut analysis);
+                    }
+                    (analysis, "fallback")
                 }
             }
         };

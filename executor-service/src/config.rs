@@ -101,6 +101,15 @@ pub struct Args {
     /// How long an unsettled tenant spend hold lives (a dead worker's hold is freed after it).
     #[arg(long, env = "EXECUTOR_BUDGET_HOLD_TTL", default_value_t = settings::BUDGET_HOLD_TTL.into())]
     pub budget_hold_ttl: humantime::Duration,
+    /// What a new task does when the router cannot be reached: `run` on the single path
+    /// without the policy's gates and budgets, or `hold` it at a before_start approval
+    /// gate (fail closed; use it when the policy has approval gates or budgets).
+    #[arg(long, env = "EXECUTOR_WHEN_ROUTER_UNAVAILABLE", value_enum, default_value_t = settings::WHEN_ROUTER_UNAVAILABLE)]
+    pub when_router_unavailable: settings::WhenRouterUnavailable,
+    /// How long a task held because the router was unreachable waits for a person before
+    /// it is rejected.
+    #[arg(long, env = "EXECUTOR_ROUTER_UNAVAILABLE_HOLD_TIMEOUT", default_value_t = settings::ROUTER_UNAVAILABLE_HOLD_TIMEOUT.into())]
+    pub router_unavailable_hold_timeout: humantime::Duration,
     /// Largest accepted task description, in bytes.
     #[arg(long, env = "EXECUTOR_MAX_DESCRIPTION_BYTES", default_value_t = TaskLimits::default().max_description_bytes)]
     pub max_description_bytes: usize,
@@ -325,6 +334,13 @@ impl Args {
             "--budget-hold-ttl / EXECUTOR_BUDGET_HOLD_TTL",
             *self.budget_hold_ttl,
         )?;
+        let hold = *self.router_unavailable_hold_timeout;
+        if hold.as_secs() == 0 || hold.as_secs() > u64::from(u32::MAX) {
+            return Err(
+                "--router-unavailable-hold-timeout / EXECUTOR_ROUTER_UNAVAILABLE_HOLD_TIMEOUT: must be between 1s and 136 years"
+                    .into(),
+            );
+        }
         if self.max_description_bytes == 0 {
             return Err(
                 "--max-description-bytes / EXECUTOR_MAX_DESCRIPTION_BYTES: must be at least 1"
@@ -372,6 +388,8 @@ impl Args {
                 concurrency: self.concurrency,
                 agent_max_call_cost_usd: self.agent_max_call_cost,
                 budget_hold_ttl: *self.budget_hold_ttl,
+                when_router_unavailable: self.when_router_unavailable,
+                router_unavailable_hold_timeout: *self.router_unavailable_hold_timeout,
                 ..Settings::default()
             },
             agent: self.agent.clone(),

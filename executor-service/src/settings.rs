@@ -45,8 +45,24 @@ pub const BUDGET_HOLD_TTL: Duration = Duration::from_secs(15 * 60);
 pub const APPROVAL_SCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest one blocking queue read waits before it is issued again (not a flag).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// Default of what a task does when the router cannot be reached.
+pub const WHEN_ROUTER_UNAVAILABLE: WhenRouterUnavailable = WhenRouterUnavailable::Run;
+/// Default time a person has to approve a task held because the router was unreachable.
+pub const ROUTER_UNAVAILABLE_HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often the store is probed for the health status (not a flag).
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a new task does when a router is configured but does not answer: the policy's
+/// budgets and approval gates are then unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhenRouterUnavailable {
+    /// Run on the single path without the policy's gates and default budget (the seed's
+    /// `fallback_to_single_agent`): available, but ungoverned.
+    Run,
+    /// Fail closed: hold the task at a `before_start` gate that a person approves (then it
+    /// runs on the single path) or rejects; the gate's timeout rejects it.
+    Hold,
+}
 
 /// Team path limits.
 #[derive(Clone, Debug)]
@@ -103,6 +119,10 @@ pub struct Settings {
     pub budget_hold_ttl: Duration,
     /// How often approval timeouts are looked for.
     pub approval_scan_interval: Duration,
+    /// What a new task does when the router cannot be reached.
+    pub when_router_unavailable: WhenRouterUnavailable,
+    /// Timeout of the gate a task is held at by [`WhenRouterUnavailable::Hold`].
+    pub router_unavailable_hold_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -121,6 +141,8 @@ impl Default for Settings {
             agent_max_call_cost_usd: AGENT_MAX_CALL_COST_USD,
             budget_hold_ttl: BUDGET_HOLD_TTL,
             approval_scan_interval: APPROVAL_SCAN_INTERVAL,
+            when_router_unavailable: WHEN_ROUTER_UNAVAILABLE,
+            router_unavailable_hold_timeout: ROUTER_UNAVAILABLE_HOLD_TIMEOUT,
         }
     }
 }

@@ -761,3 +761,68 @@ async fn bad_budgets_gates_and_comments_are_invalid_arguments_and_store_nothing(
     assert!(state.approvals.is_empty());
     h.stop().await;
 }
+
+/// `--when-router-unavailable hold`: with the router down, the policy's gates are
+/// unknown, so new tasks (routed or forced to the single path) wait for a person instead
+/// of running ungoverned; an approval runs the task, the hold's timeout rejects it.
+#[tokio::test]
+async fn with_the_router_down_fail_closed_holds_new_tasks_for_a_person() {
+    // A port nothing listens on: every Route fails fast.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut h = Harness::start(|c| {
+        c.router_addr = Some(format!("http://{addr}"));
+        c.settings.when_router_unavailable =
+            executor_service::settings::WhenRouterUnavailable::Hold;
+        c.settings.router_unavailable_hold_timeout = Duration::from_secs(3);
+        c.settings.approval_scan_interval = Duration::from_millis(20);
+    })
+    .await;
+    let routed = task("HOLD-ROUTED", "deploy the billing service", 3, &[]);
+    let forced = task("HOLD-FORCED", "deploy the billing service", 3, &[]);
+    for (t, force) in [(&routed, None), (&forced, Some(false))] {
+        h.client
+            .submit(SubmitRequest {
+                task: Some(t.clone()),
+                use_multi_agent: force,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for t in [&routed, &forced] {
+        let waiting = wait_for(&mut h.client, &t.id, "waiting", |s| {
+            status(s) == TaskStatus::WaitingApproval
+        })
+        .await;
+        assert_eq!(waiting.waiting_gate, ApprovalGate::BeforeStart as i32);
+        assert_eq!(waiting.iteration_count, 0);
+        let gates = &waiting.analysis.as_ref().unwrap().gates;
+        assert_eq!(gates.len(), 1, "{gates:?}");
+        assert_eq!(
+            gates[0].reason,
+            taskrouter_proto::v1::ReasonCode::RouterUnavailable as i32
+        );
+        assert!(gates[0].message.contains("router"), "{}", gates[0].message);
+    }
+    h.client
+        .approve(decision(&routed.id, ApprovalGate::BeforeStart, "ok"))
+        .await
+        .unwrap();
+    let done = wait_for(&mut h.client, &routed.id, "completed", |s| {
+        status(s) == TaskStatus::Completed
+    })
+    .await;
+    assert_eq!(done.iteration_count, 3);
+    assert_eq!(done.approvals[0].decision, Decision::Approved as i32);
+    // Nobody decides on the other one: the hold's timeout rejects it.
+    let failed = wait_for(&mut h.client, &forced.id, "failed", |s| {
+        status(s) == TaskStatus::Failed
+    })
+    .await;
+    assert_eq!(failed.iteration_count, 0);
+    assert!(failed.approvals[0].timed_out);
+    assert_eq!(failed.approvals[0].decision, Decision::Rejected as i32);
+    h.stop().await;
+}
