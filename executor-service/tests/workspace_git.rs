@@ -405,3 +405,115 @@ async fn least_recently_used_mirrors_are_evicted_beyond_the_bound() {
     assert!(!mirrors.join("two.git").exists());
     assert!(!mirrors.join("three.git").exists());
 }
+
+/// What the agent reports is committed exactly, without the index: new, edited,
+/// executable, symlinked and deleted files, awkward names; an ignored file is never
+/// committed; and a later commit that does go through the index (a reported directory)
+/// keeps every earlier change instead of building on a stale index.
+#[tokio::test]
+async fn reported_paths_are_committed_exactly_and_a_later_index_commit_keeps_them() {
+    let remotes = GitRemotes::new();
+    remotes.create("app", 20, 64);
+    let root = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, root.path());
+    let mut head = started(&ws, 1).await;
+    let dir = ws.ensure(TASK, ROLE, &head).await.unwrap();
+    let tracked = git(&dir, &["ls-files"]);
+    let victim = tracked.lines().next().unwrap().to_string();
+    let odd = "dir with space/q\"uote \u{e9}\nline.txt";
+    std::fs::create_dir_all(dir.join("dir with space")).unwrap();
+    std::fs::write(dir.join(odd), "odd\n").unwrap();
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    std::os::unix::fs::symlink("run.sh", dir.join("link")).unwrap();
+    std::fs::remove_file(dir.join(&victim)).unwrap();
+    std::fs::write(dir.join(".gitignore"), "build/\n").unwrap();
+    let reported: Vec<String> = [odd, "run.sh", "link", victim.as_str(), ".gitignore"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let first = ws
+        .commit(
+            TASK,
+            ROLE,
+            &head,
+            &trailers(1, ROLE, 1),
+            "one",
+            Some(&reported),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_ne!(first, head.commit);
+    head.commit = first.clone();
+    let tree = git(&dir, &["ls-tree", "-r", &first]);
+    let mode_of = |name: &str| {
+        tree.lines()
+            .find(|l| l.ends_with(&format!("\t{name}")))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+    };
+    assert_eq!(mode_of("run.sh").as_deref(), Some("100755"), "{tree}");
+    assert_eq!(mode_of("link").as_deref(), Some("120000"), "{tree}");
+    assert_eq!(mode_of(&victim), None, "deleted: {tree}");
+    assert_eq!(
+        git(&dir, &["show", &format!("{first}:{odd}")]).trim_end(),
+        "odd"
+    );
+    // Every other tracked file is still there.
+    assert_eq!(
+        git(&dir, &["ls-tree", "-r", "--name-only", &first])
+            .lines()
+            .count(),
+        tracked.lines().count() - 1 + 4
+    );
+    assert_eq!(
+        remotes.tip("app", &head.branch).as_deref(),
+        Some(first.as_str())
+    );
+
+    // An ignored path is not committed (nothing else changed: no commit at all).
+    std::fs::create_dir_all(dir.join("build")).unwrap();
+    std::fs::write(dir.join("build/out.o"), "binary").unwrap();
+    let same = ws
+        .commit(
+            TASK,
+            ROLE,
+            &head,
+            &trailers(2, ROLE, 1),
+            "two",
+            Some(&["build/out.o".to_string()]),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(same, first);
+
+    // A reported directory takes the index route, which must not undo the first commit.
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    std::fs::write(dir.join("docs/a.md"), "a\n").unwrap();
+    let third = ws
+        .commit(
+            TASK,
+            ROLE,
+            &head,
+            &trailers(3, ROLE, 1),
+            "three",
+            Some(&["docs".to_string()]),
+            &[],
+        )
+        .await
+        .unwrap();
+    let files = git(&dir, &["ls-tree", "-r", "--name-only", &third]);
+    assert!(files.lines().any(|l| l == "docs/a.md"), "{files}");
+    assert!(files.lines().any(|l| l == "run.sh"), "{files}");
+    assert!(!files.lines().any(|l| l == victim), "{files}");
+    assert!(!files.lines().any(|l| l.starts_with("build/")), "{files}");
+    assert_eq!(
+        git(&dir, &["rev-parse", &format!("{third}^")]).trim(),
+        first
+    );
+}

@@ -344,12 +344,28 @@ impl Workspaces {
         extra_parents: &[String],
     ) -> Result<String> {
         let wt = Worktree::at(self.repo_dir(task_id, role, &head.repo));
-        wt.stage(&self.git, changed).await?;
         let message = trailers.message(output);
-        let Some(commit) = wt
-            .commit(&self.git, &head.commit, extra_parents, &message)
-            .await?
-        else {
+        // The agent named what it changed: commit those paths without the index.
+        let fast = match changed {
+            Some(paths) if extra_parents.is_empty() => Some(
+                wt.commit_paths(&self.git, &head.commit, paths, &message)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let committed = match fast {
+            Some(Ok(done)) => done,
+            fallback => {
+                if fallback.is_some() {
+                    // Earlier index-free commits left the index behind HEAD.
+                    wt.refresh_index(&self.git).await?;
+                }
+                wt.stage(&self.git, changed).await?;
+                wt.commit(&self.git, &head.commit, extra_parents, &message)
+                    .await?
+            }
+        };
+        let Some(commit) = committed else {
             self.mark_clean(wt.path, &head.commit);
             return Ok(head.commit.clone());
         };
@@ -390,6 +406,9 @@ impl Workspaces {
             }
         }
         let wt = Worktree::at(self.repo_dir(task_id, role, &head.repo));
+        if !commits.is_empty() {
+            wt.refresh_index(&self.git).await?;
+        }
         wt.merge(&self.git, commits).await
     }
 

@@ -179,6 +179,156 @@ impl Worktree {
         Ok(Some(commit))
     }
 
+    /// Commits exactly `paths` (the agent's report, relative to the worktree) on top of
+    /// `parent` without the index: one `git fast-import` reads the parent's trees along
+    /// those paths only, so the cost does not grow with the size of the tree (`git add`
+    /// and `write-tree` read and rewrite the whole index). Moves HEAD there; the index is
+    /// left behind (anything that needs it refreshes it first, see
+    /// [`Worktree::refresh_index`]). `Ok(None)` when the tree equals the parent's;
+    /// `Err(Fallback)` when a path cannot take this route (a directory, an ignored or
+    /// unusual file, a large file): the caller stages the classic way then.
+    pub async fn commit_paths(
+        &self,
+        git: &Git,
+        parent: &str,
+        paths: &[String],
+        message: &str,
+    ) -> Result<std::result::Result<Option<String>, Fallback>> {
+        if paths.is_empty() {
+            return Ok(Ok(None));
+        }
+        let mut changes = Vec::with_capacity(paths.len());
+        for p in paths {
+            check_relative(p)?;
+            let full = self.path.join(p);
+            let change = match tokio::fs::symlink_metadata(&full).await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileChange::Deleted,
+                Err(_) => return Ok(Err(Fallback)),
+                Ok(m) if m.file_type().is_symlink() => match tokio::fs::read_link(&full).await {
+                    Ok(target) => FileChange::Written {
+                        mode: "120000",
+                        bytes: target.as_os_str().as_encoded_bytes().to_vec(),
+                    },
+                    Err(_) => return Ok(Err(Fallback)),
+                },
+                Ok(m) if m.is_file() && m.len() <= FAST_COMMIT_MAX_FILE_BYTES => {
+                    let mode = if is_executable(&m) {
+                        "100755"
+                    } else {
+                        "100644"
+                    };
+                    match tokio::fs::read(&full).await {
+                        Ok(bytes) => FileChange::Written { mode, bytes },
+                        Err(_) => return Ok(Err(Fallback)),
+                    }
+                }
+                Ok(_) => return Ok(Err(Fallback)),
+            };
+            changes.push((p.as_str(), change));
+        }
+        if self.any_ignored(git, paths).await? {
+            return Ok(Err(Fallback));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut script: Vec<u8> = Vec::new();
+        script.extend_from_slice(b"commit refs/worktree/taskrouter-commit\nmark :1\n");
+        script.extend_from_slice(
+            format!(
+                "committer {} <{}> {now} +0000\n",
+                super::git::COMMITTER_NAME,
+                super::git::COMMITTER_EMAIL
+            )
+            .as_bytes(),
+        );
+        // fast-import takes the author from the committer line when none is given.
+        script.extend_from_slice(format!("data {}\n", message.len()).as_bytes());
+        script.extend_from_slice(message.as_bytes());
+        script.extend_from_slice(format!("\nfrom {parent}\n").as_bytes());
+        for (path, change) in &changes {
+            match change {
+                FileChange::Deleted => {
+                    script.extend_from_slice(b"D ");
+                    script.extend_from_slice(&quote_path(path));
+                    script.push(b'\n');
+                }
+                FileChange::Written { mode, bytes } => {
+                    script.extend_from_slice(format!("M {mode} inline ").as_bytes());
+                    script.extend_from_slice(&quote_path(path));
+                    script.extend_from_slice(format!("\ndata {}\n", bytes.len()).as_bytes());
+                    script.extend_from_slice(bytes);
+                    script.push(b'\n');
+                }
+            }
+        }
+        script.extend_from_slice(b"\nget-mark :1\ndone\n");
+        let out = git
+            .output(
+                &self.path,
+                ["fast-import", "--quiet", "--force", "--done"],
+                Some(&script),
+            )
+            .await?;
+        if !out.ok() {
+            return Err(Error::Workspace(format!(
+                "git fast-import: {}",
+                out.error_summary()
+            )));
+        }
+        let commit = out.text();
+        let trees = git
+            .run(
+                &self.path,
+                "git rev-parse",
+                [
+                    "rev-parse",
+                    &format!("{commit}^{{tree}}"),
+                    &format!("{parent}^{{tree}}"),
+                ],
+            )
+            .await?;
+        let mut lines = trees.lines();
+        if lines.next().is_some_and(|a| Some(a) == lines.next()) {
+            return Ok(Ok(None));
+        }
+        self.set_head(git, &commit).await?;
+        Ok(Ok(Some(commit)))
+    }
+
+    /// Whether git ignores any of `paths` (such a path is never committed).
+    async fn any_ignored(&self, git: &Git, paths: &[String]) -> Result<bool> {
+        let mut list = Vec::new();
+        for p in paths {
+            list.extend_from_slice(p.as_bytes());
+            list.push(0);
+        }
+        let out = git
+            .output(
+                &self.path,
+                ["check-ignore", "--no-index", "-z", "--stdin"],
+                Some(&list),
+            )
+            .await?;
+        match out.code {
+            // 0: some path is ignored; 1: none is.
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(Error::Workspace(format!(
+                "git check-ignore: {}",
+                out.error_summary()
+            ))),
+        }
+    }
+
+    /// Makes the index match HEAD again (after [`Worktree::commit_paths`] left it behind),
+    /// for what reads it: merges.
+    pub async fn refresh_index(&self, git: &Git) -> Result<()> {
+        git.run(&self.path, "git reset", ["reset", "--quiet"])
+            .await?;
+        Ok(())
+    }
+
     /// Points the detached HEAD at `commit` without touching files or the index.
     pub async fn set_head(&self, git: &Git, commit: &str) -> Result<()> {
         git.run(
@@ -310,6 +460,48 @@ impl Worktree {
         }
         Ok(())
     }
+}
+
+/// Largest file [`Worktree::commit_paths`] reads into memory; a larger one is staged the
+/// classic way.
+const FAST_COMMIT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why [`Worktree::commit_paths`] could not commit: stage and commit the classic way.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fallback;
+
+/// One reported path's new content.
+enum FileChange {
+    Deleted,
+    Written { mode: &'static str, bytes: Vec<u8> },
+}
+
+#[cfg(unix)]
+fn is_executable(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    m.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// A path as fast-import reads it: C-style quoted, so spaces, quotes, newlines and
+/// non-ASCII bytes survive.
+fn quote_path(p: &str) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for &b in p.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            0x20..=0x7e => out.push(b),
+            _ => out.extend_from_slice(format!("\\{b:03o}").as_bytes()),
+        }
+    }
+    out.push(b'"');
+    out
 }
 
 /// A path an agent reports must stay inside its worktree.
