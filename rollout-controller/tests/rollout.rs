@@ -650,9 +650,12 @@ async fn policy_diff_shows_the_flips_and_the_observed_outcomes_by_group() {
         wait_final(&mut executor, id).await;
     }
     let candidate = stack.dir.path().join("candidate-100.toml");
+    // Governance changes too: a team-path budget, and a gate for valuable work.
     std::fs::write(
         &candidate,
-        "[multi_agent]\nrollout_percent = 100\n[rules]\nvalue_threshold_usd = 100.0\n",
+        "[multi_agent]\nrollout_percent = 100\n[rules]\nvalue_threshold_usd = 100.0\n\
+         [budgets]\nmulti_agent_usd = 10.0\n\
+         [[approval.rules]]\nreason = \"HIGH_VALUE\"\ngate = \"before_start\"\ntimeout = \"1h\"\non_timeout = \"reject\"\n",
     )
     .unwrap();
     let cand = candidate.to_str().unwrap();
@@ -678,11 +681,39 @@ async fn policy_diff_shows_the_flips_and_the_observed_outcomes_by_group() {
     assert_eq!(group("single", "single")["tasks"], 2);
     assert!(group("single", "single").get("task_ids").is_none());
     assert_eq!(group("multi", "multi")["tasks"], 0);
+    // The two valuable tasks get the team path's budget and a gate; the others keep both.
+    assert_eq!(
+        v["budget_changes"],
+        serde_json::json!([
+            {"task_id": "DIFF-A", "live_usd": 0.0, "candidate_usd": 10.0},
+            {"task_id": "DIFF-B", "live_usd": 0.0, "candidate_usd": 10.0},
+        ])
+    );
+    let gate = "before_start(HIGH_VALUE, timeout 3600s, then reject, reject fail)";
+    assert_eq!(
+        v["gate_changes"],
+        serde_json::json!([
+            {"task_id": "DIFF-A", "live": [], "candidate": [gate]},
+            {"task_id": "DIFF-B", "live": [], "candidate": [gate]},
+        ])
+    );
 
     let text = stack.taskctl(&["policy", "diff", cand, "--since", "1h"]);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(
         text.contains("flip single -> multi (2): DIFF-A DIFF-B"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "default budget changes (2):\n  DIFF-A  $0.00 -> $10.00\n  DIFF-B  $0.00 -> $10.00\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "approval gate changes (2):\n  DIFF-A  none -> {gate}\n"
+        )),
         "{text}"
     );
     assert!(!text.contains("sk-live"), "a description leaked: {text}");
