@@ -135,3 +135,91 @@ async fn every_matching_task_is_read_once_across_pages() {
     assert_eq!(got.len(), n);
     assert_eq!(ids(&got).len(), n);
 }
+
+/// What a check cost before the listing indexes: SCAN every state hash and decode each.
+async fn scan_every_state(conn: &mut redis::aio::ConnectionManager) -> usize {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("taskrouter:\\{*\\}:state")
+            .arg("COUNT")
+            .arg(500)
+            .arg("TYPE")
+            .arg("hash")
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let mut decoded = 0;
+    for key in keys {
+        let (data, task, version): (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("data")
+                .arg("task")
+                .arg("version")
+                .query_async(conn)
+                .await
+                .unwrap();
+        if let Some(data) = data {
+            RedisStore::decode_state(&key, &data, &task.unwrap_or_default(), version.unwrap_or(0))
+                .unwrap();
+            decoded += 1;
+        }
+    }
+    decoded
+}
+
+/// The figure in docs/OPERATIONS.md ("Multi-agent rollout"):
+/// `cargo nextest run -p rollout-controller -E 'binary(outcomes)' --run-ignored only --no-capture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; takes about half a minute"]
+async fn a_check_reads_its_window_not_the_keyspace() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection_manager().await;
+    let store = RedisStore::new(conn.clone(), "taskrouter");
+    let now = SystemTime::now();
+    let total = 10_000;
+    for i in 0..total {
+        // One task in ten finished in the window under the step's version.
+        let (at, version) = if i % 10 == 0 {
+            (now - Duration::from_secs(60), "v2")
+        } else {
+            (now - Duration::from_secs(86_400), "v1")
+        };
+        let mut s = record(&format!("T-{i}"), TaskStatus::Completed, version, at, at);
+        if let Some(t) = s.task.as_mut() {
+            t.description = "x".repeat(2000);
+        }
+        store.create(&s, &ProgressEvent::default()).await.unwrap();
+    }
+    let records = RedisRecords::new(conn.clone(), "taskrouter");
+    let step = RecordQuery {
+        policy_version: Some("v2".into()),
+        ..RecordQuery::since(now - Duration::from_secs(3600))
+    };
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let got = records.finished(&step).await.unwrap();
+        let list = t.elapsed();
+        let t = std::time::Instant::now();
+        let scanned = scan_every_state(&mut conn).await;
+        let scan = t.elapsed();
+        println!(
+            "{total} tasks, {} in the window: listing {:.0} ms, scanning {scanned} {:.0} ms",
+            got.len(),
+            list.as_secs_f64() * 1000.0,
+            scan.as_secs_f64() * 1000.0
+        );
+        assert_eq!(got.len(), total / 10);
+        assert!(list * 5 < scan, "listing {list:?} vs scanning {scan:?}");
+    }
+}
