@@ -182,7 +182,15 @@ impl<S: OutcomeSource, W: PolicyWriter> Controller<S, W> {
     /// One check: operator requests, then gates.
     async fn check(&self, mut state: RolloutState) -> Result<RolloutState> {
         if let Some(request) = self.store.take_request().await? {
-            state = self.apply(state, request).await?;
+            match self.apply(state.clone(), request).await {
+                Ok(next) => state = next,
+                Err(e) => {
+                    // The policy write failed (a 409 Conflict, the API or the disk):
+                    // the request stays pending for the next check instead of being lost.
+                    self.store.restore_request(request).await?;
+                    return Err(e);
+                }
+            }
         }
         if !state.status.is_active() {
             return Ok(state);

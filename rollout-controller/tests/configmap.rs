@@ -14,7 +14,7 @@ use rollout_controller::configmap::{ConfigMapRef, ConfigMapWriter};
 use rollout_controller::controller::{Controller, ControllerConfig};
 use rollout_controller::gates::Gates;
 use rollout_controller::outcomes::RedisRecords;
-use rollout_controller::state::{RolloutStore, Status};
+use rollout_controller::state::{Request as Operator, RolloutStore, Status};
 use rollout_controller::writer::PolicyWriter;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -470,4 +470,58 @@ async fn the_controller_starts_a_rollout_by_writing_the_configmap() {
     let engine = router_service::PolicyEngine::from_toml(&text, "configmap").unwrap();
     assert_eq!(engine.version(), state.policy_version);
     assert_eq!(store.load().await.unwrap().unwrap().percent, 10);
+}
+
+#[tokio::test]
+async fn an_abort_whose_write_meets_a_conflict_is_applied_at_the_next_check() {
+    let pki = TestPki::generate();
+    let candidate = "[multi_agent]\nrollout_percent = 0\n";
+    let api = FakeApi::start(&pki, config_map(json!({"policy.toml": LIVE})), "t").await;
+    let account = Account::new(&pki, "t");
+    let redis = RedisServer::start();
+    let conn = redis.connection_manager().await;
+    let store = RolloutStore::new(conn.clone(), "taskrouter");
+    let controller = Controller::new(
+        store.clone(),
+        RedisRecords::new(conn, "taskrouter"),
+        account.writer(&api),
+        ControllerConfig {
+            steps: vec![10, 50],
+            interval: Duration::from_secs(3600),
+            check_every: Duration::from_millis(100),
+            window: Duration::from_secs(3600),
+            gates: Gates::default(),
+            candidate: Some(candidate.to_string()),
+        },
+    );
+    let run = tokio::spawn(async move { controller.run(service_kit::Shutdown::new()).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.load().await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no first step");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The abort's write (rollout_percent = 0) meets someone else's edit.
+    let theirs = "# applied by hand\n[multi_agent]\nrollout_percent = 10\n";
+    api.state.lock().unwrap().edit_after_next_get =
+        Some(("policy.toml".to_string(), theirs.to_string()));
+    store.request(Operator::Abort).await.unwrap();
+
+    let state = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the abort was lost")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, Status::Aborted);
+    assert_eq!(state.percent, 0);
+    let text = api.data("policy.toml").unwrap();
+    assert!(text.contains("rollout_percent = 0"), "{text}");
+    let puts = api
+        .seen()
+        .iter()
+        .filter(|(m, _, _)| *m == Method::PUT)
+        .count();
+    // The first step, the refused abort, the abort again.
+    assert_eq!(puts, 3);
+    assert!(store.pending().await.unwrap().is_none());
 }
