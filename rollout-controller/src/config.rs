@@ -1,5 +1,6 @@
 //! The `rollout-controller` command line (flags with env fallbacks).
 
+use crate::configmap::{ConfigMapRef, check_key};
 use crate::controller::ControllerConfig;
 use crate::gates::{
     DEFAULT_MAX_COST_PER_COMPLETED_USD, DEFAULT_MAX_DURATION_RATIO, DEFAULT_MAX_FALLBACK_RATE,
@@ -31,12 +32,36 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_KEY_PREFIX", default_value = "taskrouter")]
     pub key_prefix: String,
     /// The router's policy file (its --policy), rewritten atomically at each step.
-    #[arg(long, env = "ROLLOUT_POLICY", required = true)]
-    pub policy: PathBuf,
+    /// Exactly one of this and --policy-configmap.
+    #[arg(
+        long,
+        env = "ROLLOUT_POLICY",
+        required_unless_present = "policy_configmap",
+        conflicts_with = "policy_configmap"
+    )]
+    pub policy: Option<PathBuf>,
+    /// The routers' policy ConfigMap, `NAMESPACE/NAME` or `NAME` (the pod's namespace),
+    /// replaced through the Kubernetes API at each step; only from inside a pod (in-cluster
+    /// service-account credentials).
+    #[arg(long, env = "ROLLOUT_POLICY_CONFIGMAP", value_parser = parse_configmap)]
+    pub policy_configmap: Option<ConfigMapRef>,
+    /// The key of that ConfigMap holding the policy (the file name the routers read).
+    #[arg(
+        long,
+        env = "ROLLOUT_POLICY_CONFIGMAP_KEY",
+        default_value = "policy.toml",
+        value_parser = parse_key
+    )]
+    pub policy_configmap_key: String,
     /// Candidate policy to roll out; its rollout_percent is replaced at each step. Without
     /// it, only an active rollout is resumed.
     #[arg(long, env = "ROLLOUT_CANDIDATE")]
     pub candidate: Option<PathBuf>,
+    /// Keep running after the rollout ends or when there is nothing to do, until
+    /// SIGTERM (for a Deployment, which would restart an exited process). A --candidate
+    /// file that does not exist then means "no candidate yet" instead of an error.
+    #[arg(long, env = "ROLLOUT_STAY_RUNNING")]
+    pub stay_running: bool,
     /// Steps of rollout_percent, comma-separated, increasing.
     #[arg(
         long,
@@ -75,7 +100,42 @@ pub struct Args {
     pub telemetry: TelemetryArgs,
 }
 
+fn parse_configmap(s: &str) -> Result<ConfigMapRef, String> {
+    s.parse()
+}
+
+fn parse_key(s: &str) -> Result<String, String> {
+    check_key(s).map(|()| s.to_string())
+}
+
+/// Where the controller writes the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyTarget {
+    /// A file, rewritten atomically.
+    File(PathBuf),
+    /// One key of a ConfigMap, through the Kubernetes API.
+    ConfigMap {
+        /// Which ConfigMap.
+        configmap: ConfigMapRef,
+        /// Which key.
+        key: String,
+    },
+}
+
 impl Args {
+    /// Where the policy goes (clap has checked that exactly one target is given).
+    pub fn policy_target(&self) -> PolicyTarget {
+        match (&self.policy_configmap, &self.policy) {
+            (Some(configmap), _) => PolicyTarget::ConfigMap {
+                configmap: configmap.clone(),
+                key: self.policy_configmap_key.clone(),
+            },
+            (None, Some(path)) => PolicyTarget::File(path.clone()),
+            // Unreachable after clap's check; an empty path fails loudly at the first write.
+            (None, None) => PolicyTarget::File(PathBuf::new()),
+        }
+    }
+
     /// The controller settings (without the candidate text, read separately).
     pub fn controller_config(&self) -> ControllerConfig {
         ControllerConfig {
@@ -107,6 +167,53 @@ mod tests {
         assert_eq!(c.steps, [10, 25, 50, 100]);
         assert_eq!(c.window, Duration::from_secs(3600));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_policy_goes_to_exactly_one_place() {
+        let args = Args::try_parse_from(["rollout-controller", "--policy", "/p.toml"]).unwrap();
+        assert_eq!(args.policy_target(), PolicyTarget::File("/p.toml".into()));
+        let args = Args::try_parse_from([
+            "rollout-controller",
+            "--policy-configmap",
+            "taskrouter/router-policy",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.policy_target(),
+            PolicyTarget::ConfigMap {
+                configmap: "taskrouter/router-policy".parse().unwrap(),
+                key: "policy.toml".into(),
+            }
+        );
+        let both = Args::try_parse_from([
+            "rollout-controller",
+            "--policy",
+            "/p.toml",
+            "--policy-configmap",
+            "router-policy",
+        ])
+        .unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let neither = Args::try_parse_from(["rollout-controller"]).unwrap_err();
+        assert_eq!(
+            neither.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        for argv in [
+            &["rollout-controller", "--policy-configmap", "Bad/Name"][..],
+            &[
+                "rollout-controller",
+                "--policy-configmap",
+                "x",
+                "--policy-configmap-key",
+                "a/b",
+            ],
+        ] {
+            let e = Args::try_parse_from(argv).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+            assert!(e.to_string().contains(argv[argv.len() - 2]), "{e}");
+        }
     }
 
     #[test]

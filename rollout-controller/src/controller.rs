@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::gates::{Gates, Verdict};
-use crate::outcomes::{GroupStats, Outcome, OutcomeSource};
+use crate::outcomes::{GroupStats, Outcome, OutcomeSource, RecordQuery};
 use crate::state::{Event, EventKind, Request, RolloutState, RolloutStore, Status, now_ms};
 use crate::writer::{PolicyWriter, validate, with_rollout_percent};
 use service_kit::Shutdown;
@@ -182,7 +182,15 @@ impl<S: OutcomeSource, W: PolicyWriter> Controller<S, W> {
     /// One check: operator requests, then gates.
     async fn check(&self, mut state: RolloutState) -> Result<RolloutState> {
         if let Some(request) = self.store.take_request().await? {
-            state = self.apply(state, request).await?;
+            match self.apply(state.clone(), request).await {
+                Ok(next) => state = next,
+                Err(e) => {
+                    // The policy write failed (a 409 Conflict, the API or the disk):
+                    // the request stays pending for the next check instead of being lost.
+                    self.store.restore_request(request).await?;
+                    return Err(e);
+                }
+            }
         }
         if !state.status.is_active() {
             return Ok(state);
@@ -191,12 +199,17 @@ impl<S: OutcomeSource, W: PolicyWriter> Controller<S, W> {
         let window_ms = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
         let since_ms = state.step_started_at_ms.max(now.saturating_sub(window_ms));
         let since = UNIX_EPOCH + Duration::from_millis(since_ms);
+        let query = RecordQuery {
+            policy_version: Some(state.policy_version.clone()),
+            ..RecordQuery::since(since)
+        };
         let outcomes: Vec<Outcome> = self
             .source
-            .finished_since(since)
+            .finished(&query)
             .await?
             .iter()
             .map(Outcome::of)
+            // The source filters too; this keeps a looser source from skewing the gates.
             .filter(|o| o.policy_version == state.policy_version)
             .collect();
         let multi = GroupStats::of(outcomes.iter().filter(|o| o.multi));

@@ -19,6 +19,23 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The policy ConfigMap could not be read or replaced through the Kubernetes API.
+    #[error("ConfigMap {configmap}: {reason}")]
+    ConfigMap {
+        /// `namespace/name`.
+        configmap: String,
+        /// Why (never the token).
+        reason: String,
+    },
+    /// The policy ConfigMap changed between the controller's read and its write (409
+    /// Conflict): the other change stands and the write is retried at the next check.
+    #[error(
+        "ConfigMap {configmap} changed while it was being written (409 Conflict); nothing was overwritten"
+    )]
+    Conflict {
+        /// `namespace/name`.
+        configmap: String,
+    },
     /// Redis refused or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),

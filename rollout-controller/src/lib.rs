@@ -3,10 +3,12 @@
 //! when a gate fails.
 //!
 //! Module layering (imports point down only): `controller` → `gates`, `outcomes`,
-//! `state`, `writer` → `error`. `taskctl` uses `state` (status, pause, resume, abort) and
+//! `state`, `writer` → `error`; `configmap` (the Kubernetes writer) → `writer`; `config`
+//! (flags) builds the writers. `taskctl` uses `state` (status, pause, resume, abort) and
 //! `outcomes` (policy diff).
 
 pub mod config;
+pub mod configmap;
 pub mod controller;
 pub mod error;
 pub mod gates;

@@ -2,116 +2,152 @@
 //!
 //! An [`OutcomeSource`] lists the executor's SessionStates; [`Outcome`] is the part of one
 //! that gates and diffs need (never the description); [`GroupStats`] summarises a group.
-//! The first source, [`RedisRecords`], scans the executor's state hashes directly (key
-//! layout in `executor_service::session`); the executor's `List` RPC can replace it
-//! without touching the callers.
+//! [`RedisRecords`] reads them the way the executor's `List` and `Get` RPCs do, through
+//! the executor's own store: its secondary indexes (filtered by final status, update time
+//! and policy version, paged) and, only when the task itself is wanted, one state read per
+//! task. Using the store rather than the RPCs keeps the controller free of an executor
+//! address and credentials; it needs Redis anyway for its own state.
 
 use crate::error::{Error, Result};
-use executor_service::session::{RedisStore, TaskKeys};
+use executor_service::session::{ListQuery, RedisStore, SessionStore as _, TaskFilter};
+use futures::{StreamExt as _, TryStreamExt as _};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use taskrouter_proto::v1::{RoutingAnalysis, RoutingDecision, SessionState, TaskStatus};
 
-/// SCAN batch size: large enough to keep round trips few, small enough not to stall Redis.
-const SCAN_COUNT: usize = 500;
+/// Tasks per page of the listing (the store's maximum is 1000).
+const PAGE_SIZE: usize = 500;
+
+/// Concurrent state reads when the tasks themselves are wanted.
+const LOADS_IN_FLIGHT: usize = 16;
+
+/// The statuses that end a task.
+const FINAL_STATUSES: [TaskStatus; 3] = [
+    TaskStatus::Completed,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+];
+
+/// Which finished tasks to read.
+#[derive(Clone, Debug)]
+pub struct RecordQuery {
+    /// Only tasks that reached a final status at or after this time.
+    pub since: SystemTime,
+    /// Only tasks routed by this policy version (`None`: any).
+    pub policy_version: Option<String>,
+    /// Whether each record must carry its task (to evaluate a policy on it): one more
+    /// read per task. Without it `SessionState::task` is `None`.
+    pub with_task: bool,
+}
+
+impl RecordQuery {
+    /// Every task finished at or after `since`, without the task itself.
+    pub fn since(since: SystemTime) -> Self {
+        Self {
+            since,
+            policy_version: None,
+            with_task: false,
+        }
+    }
+}
 
 /// Where task records come from.
 pub trait OutcomeSource {
-    /// Every task record that reached a final status at or after `since`.
-    fn finished_since(
+    /// The records of the tasks `query` selects.
+    fn finished(
         &self,
-        since: SystemTime,
+        query: &RecordQuery,
     ) -> impl std::future::Future<Output = Result<Vec<SessionState>>> + Send;
 }
 
-/// Task records read straight from the executor's Redis keys.
+/// Task records read through the executor's store (its listing indexes).
 #[derive(Clone)]
 pub struct RedisRecords {
-    conn: ConnectionManager,
-    prefix: String,
+    store: RedisStore,
 }
 
 impl RedisRecords {
     /// Records under the executor's key `prefix` (its `--key-prefix`).
     pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
         Self {
-            conn,
-            prefix: prefix.into(),
+            store: RedisStore::new(conn, prefix),
         }
     }
+}
+
+fn store_err(e: executor_service::error::Error) -> Error {
+    match e {
+        executor_service::error::Error::Redis(e) => Error::Redis(e),
+        e => Error::TaskRecord(e.to_string()),
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl OutcomeSource for RedisRecords {
-    async fn finished_since(&self, since: SystemTime) -> Result<Vec<SessionState>> {
-        let mut conn = self.conn.clone();
-        // `{` and `}` are literal in SCAN patterns only when escaped.
-        let pattern = format!("{}:\\{{*\\}}:state", glob_escape(&self.prefix));
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                // Only the executor's state hashes (Redis >= 6).
-                .arg("TYPE")
-                .arg("hash")
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+    async fn finished(&self, query: &RecordQuery) -> Result<Vec<SessionState>> {
+        // A task's last update is its final checkpoint or later, so "updated since"
+        // selects a superset of "finished since"; `finished_at` decides below.
+        let filter = TaskFilter {
+            statuses: FINAL_STATUSES.to_vec(),
+            policy_version: query.policy_version.clone(),
+            updated_from_ms: Some(millis(query.since)),
+            ..TaskFilter::default()
+        };
+        let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for key in keys {
-            let (data, task, version): (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>) =
-                redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("data")
-                    .arg("task")
-                    .arg("version")
-                    .query_async(&mut conn)
-                    .await?;
-            let Some(data) = data else { continue };
-            let state = RedisStore::decode_state(
-                &key,
-                &data,
-                &task.unwrap_or_default(),
-                version.unwrap_or(0),
-            )
-            .map_err(|e| Error::TaskRecord(e.to_string()))?;
-            if is_final(state.status)
-                && state
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list(&ListQuery {
+                    filter: filter.clone(),
+                    page_size: PAGE_SIZE,
+                    after,
+                })
+                .await
+                .map_err(store_err)?;
+            for listed in page.tasks {
+                let state = listed.state;
+                let finished = state
                     .finished_at
                     .as_ref()
-                    .is_some_and(|t| timestamp(t) >= since)
-            {
-                out.push(state);
+                    .is_some_and(|t| timestamp(t) >= query.since);
+                // A task updated while the pages are read can show up twice.
+                if is_final(state.status) && finished && seen.insert(state.task_id.clone()) {
+                    out.push(state);
+                }
+            }
+            match page.next {
+                Some(cursor) => after = Some(cursor),
+                None => break,
             }
         }
-        Ok(out)
-    }
-}
-
-/// The state key of `task_id`, for messages.
-pub fn state_key(prefix: &str, task_id: &str) -> String {
-    TaskKeys::new(prefix, task_id).state
-}
-
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
-            out.push('\\');
+        if !query.with_task {
+            return Ok(out);
         }
-        out.push(c);
+        // The listing leaves the task (and its description) out; `Get` reads it.
+        let loaded: Vec<Option<SessionState>> = futures::stream::iter(out)
+            .map(|state| async move {
+                match self.store.load(&state.task_id).await.map_err(store_err)? {
+                    Some(full) => Ok(Some(SessionState {
+                        task: full.task,
+                        ..state
+                    })),
+                    // Expired between the listing and this read.
+                    None => Ok::<_, Error>(None),
+                }
+            })
+            .buffered(LOADS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(loaded.into_iter().flatten().collect())
     }
-    out
 }
 
 fn is_final(status: i32) -> bool {
@@ -297,14 +333,5 @@ mod tests {
         assert_eq!(s.success_rate(), 0.0);
         assert!(s.cost_per_completed_usd().is_infinite());
         assert_eq!(s.median_duration_secs(), 0.0);
-    }
-
-    #[test]
-    fn scan_patterns_escape_glob_characters() {
-        assert_eq!(glob_escape("tr*x"), "tr\\*x");
-        assert_eq!(
-            state_key("taskrouter", "T-1"),
-            "taskrouter:{T-1}:state".to_string()
-        );
     }
 }

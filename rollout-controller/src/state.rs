@@ -296,4 +296,17 @@ impl RolloutStore {
             .await?;
         Ok(raw.as_deref().and_then(Request::parse))
     }
+
+    /// Puts back a request taken by [`RolloutStore::take_request`] that could not be
+    /// applied, unless the operator has made a newer one since.
+    pub async fn restore_request(&self, request: Request) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&self.control_key)
+            .arg(request.name())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
 }

@@ -650,9 +650,12 @@ async fn policy_diff_shows_the_flips_and_the_observed_outcomes_by_group() {
         wait_final(&mut executor, id).await;
     }
     let candidate = stack.dir.path().join("candidate-100.toml");
+    // Governance changes too: a team-path budget, and a gate for valuable work.
     std::fs::write(
         &candidate,
-        "[multi_agent]\nrollout_percent = 100\n[rules]\nvalue_threshold_usd = 100.0\n",
+        "[multi_agent]\nrollout_percent = 100\n[rules]\nvalue_threshold_usd = 100.0\n\
+         [budgets]\nmulti_agent_usd = 10.0\n\
+         [[approval.rules]]\nreason = \"HIGH_VALUE\"\ngate = \"before_start\"\ntimeout = \"1h\"\non_timeout = \"reject\"\n",
     )
     .unwrap();
     let cand = candidate.to_str().unwrap();
@@ -678,11 +681,39 @@ async fn policy_diff_shows_the_flips_and_the_observed_outcomes_by_group() {
     assert_eq!(group("single", "single")["tasks"], 2);
     assert!(group("single", "single").get("task_ids").is_none());
     assert_eq!(group("multi", "multi")["tasks"], 0);
+    // The two valuable tasks get the team path's budget and a gate; the others keep both.
+    assert_eq!(
+        v["budget_changes"],
+        serde_json::json!([
+            {"task_id": "DIFF-A", "live_usd": 0.0, "candidate_usd": 10.0},
+            {"task_id": "DIFF-B", "live_usd": 0.0, "candidate_usd": 10.0},
+        ])
+    );
+    let gate = "before_start(HIGH_VALUE, timeout 3600s, then reject, reject fail)";
+    assert_eq!(
+        v["gate_changes"],
+        serde_json::json!([
+            {"task_id": "DIFF-A", "live": [], "candidate": [gate]},
+            {"task_id": "DIFF-B", "live": [], "candidate": [gate]},
+        ])
+    );
 
     let text = stack.taskctl(&["policy", "diff", cand, "--since", "1h"]);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(
         text.contains("flip single -> multi (2): DIFF-A DIFF-B"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "default budget changes (2):\n  DIFF-A  $0.00 -> $10.00\n  DIFF-B  $0.00 -> $10.00\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "approval gate changes (2):\n  DIFF-A  none -> {gate}\n"
+        )),
         "{text}"
     );
     assert!(!text.contains("sk-live"), "a description leaked: {text}");
@@ -692,4 +723,84 @@ async fn policy_diff_shows_the_flips_and_the_observed_outcomes_by_group() {
     let bad = stack.taskctl(&["policy", "diff", cand]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("rules.value_threshold_usd"));
+}
+
+#[tokio::test]
+async fn with_stay_running_the_controller_idles_until_sigterm_and_a_missing_candidate_is_none() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, LIVE).unwrap();
+    let missing = dir.path().join("no-candidate.toml");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let redis_url = redis.url();
+    let args = |stay: bool| {
+        let mut a = vec![
+            "--redis-url",
+            &redis_url,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--candidate",
+            missing.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics,
+        ];
+        if stay {
+            a.push("--stay-running");
+        }
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+
+    // Without it, a missing candidate file is a configuration error.
+    let refs = args(false);
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let mut once = ServiceProcess::spawn("rollout-controller", &refs, &[]);
+    let status = once
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert_eq!(status.code(), Some(2), "{}", once.log_contents());
+    assert!(once.log_contents().contains("--candidate"));
+
+    // With it, there is nothing to start: the process stays up (a Deployment would
+    // otherwise restart it), answers the kubelet's probe, and exits 0 on SIGTERM.
+    let refs = args(true);
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let mut idle = ServiceProcess::spawn("rollout-controller", &refs, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !idle.log_contents().contains("idle until stopped") {
+        assert!(
+            Instant::now() < deadline && idle.try_exit_status().is_none(),
+            "{}",
+            idle.log_contents()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(idle.try_exit_status().is_none(), "{}", idle.log_contents());
+    let health = http_get(&metrics, "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    assert!(health.ends_with("OK"), "{health}");
+    idle.sigterm();
+    let status = idle
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", idle.log_contents());
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), LIVE);
+}
+
+/// One plain HTTP/1.0 GET; the whole answer, headers included.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
 }

@@ -1,18 +1,25 @@
 //! `taskctl policy diff CANDIDATE.toml`: re-evaluates recorded tasks under the live and
 //! a candidate policy with the router's own policy code, and reports the confusion table,
 //! the ids of the tasks that flip (ids only, never descriptions) and, for each group, the
-//! outcomes observed on the path the tasks actually took.
+//! outcomes observed on the path the tasks actually took. It also lists the tasks whose
+//! governance would change: the default budget (`[budgets]`, which follows the decision)
+//! and the approval gates (`[approval]`) the candidate would attach.
 
 use crate::cli::{Cli, DiffArgs};
 use crate::client::{request, unary};
 use crate::error::{CliError, Exit, Result};
 use crate::output::{emit, emit_json};
 use crate::rollout::connect;
-use rollout_controller::outcomes::{GroupStats, Outcome, OutcomeSource, RedisRecords, is_multi};
+use rollout_controller::outcomes::{
+    GroupStats, Outcome, OutcomeSource, RecordQuery, RedisRecords, is_multi,
+};
 use router_service::PolicyEngine;
 use serde_json::{Value, json};
 use std::time::SystemTime;
-use taskrouter_proto::v1::GetPolicyRequest;
+use taskrouter_proto::v1::{
+    ApprovalGate, GateRequirement, GetPolicyRequest, ReasonCode, RejectAction, RoutingAnalysis,
+    TimeoutAction,
+};
 
 /// One cell of the confusion table.
 struct Group {
@@ -20,6 +27,65 @@ struct Group {
     candidate_multi: bool,
     ids: Vec<String>,
     outcomes: Vec<Outcome>,
+}
+
+/// A task whose default budget would change.
+struct BudgetChange {
+    task_id: String,
+    live_usd: f64,
+    candidate_usd: f64,
+}
+
+/// A task whose approval gates would change.
+struct GateChange {
+    task_id: String,
+    live: Vec<String>,
+    candidate: Vec<String>,
+}
+
+/// Budgets are whole micro-dollars in the policy; anything closer is the same budget.
+const USD_EPSILON: f64 = 1e-7;
+
+/// Each gate of an analysis as one line: gate, reason, timeout and actions.
+fn gates(analysis: &RoutingAnalysis) -> Vec<String> {
+    let mut out: Vec<String> = analysis.gates.iter().map(gate_text).collect();
+    out.sort();
+    out
+}
+
+fn gate_text(g: &GateRequirement) -> String {
+    let gate = match ApprovalGate::try_from(g.gate) {
+        Ok(ApprovalGate::BeforeStart) => "before_start",
+        Ok(ApprovalGate::BeforeComplete) => "before_complete",
+        _ => "unknown_gate",
+    };
+    let reason = ReasonCode::try_from(g.reason)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("REASON_CODE_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| g.reason.to_string());
+    let on_timeout = match TimeoutAction::try_from(g.on_timeout) {
+        Ok(TimeoutAction::Approve) => "approve",
+        _ => "reject",
+    };
+    let on_reject = match RejectAction::try_from(g.on_reject) {
+        Ok(RejectAction::Iterate) => "iterate",
+        _ => "fail",
+    };
+    format!(
+        "{gate}({reason}, timeout {}s, then {on_timeout}, reject {on_reject})",
+        g.timeout_seconds
+    )
+}
+
+fn gates_label(gates: &[String]) -> String {
+    if gates.is_empty() {
+        "none".to_string()
+    } else {
+        gates.join(" + ")
+    }
 }
 
 fn path(multi: bool) -> &'static str {
@@ -37,8 +103,13 @@ pub async fn diff(cli: &Cli, args: &DiffArgs) -> Result<Exit> {
         .checked_sub(args.since)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let source = RedisRecords::new(connect(&args.records)?, args.records.key_prefix.clone());
+    // Re-evaluating a policy needs each task itself, not just its summary.
+    let query = RecordQuery {
+        with_task: true,
+        ..RecordQuery::since(since)
+    };
     let records = source
-        .finished_since(since)
+        .finished(&query)
         .await
         .map_err(|e| crate::rollout::redis_err(&args.records, e))?;
 
@@ -52,20 +123,39 @@ pub async fn diff(cli: &Cli, args: &DiffArgs) -> Result<Exit> {
         })
         .collect();
     let mut skipped = 0u64;
+    let mut budgets = Vec::new();
+    let mut gate_changes = Vec::new();
     for state in &records {
         let Some(task) = &state.task else {
             skipped += 1;
             continue;
         };
-        let l = is_multi(&live.evaluate(task));
-        let c = is_multi(&candidate.evaluate(task));
+        let (la, ca) = live.evaluate_pair(&candidate, task);
+        let (l, c) = (is_multi(&la), is_multi(&ca));
         let g = &mut groups[usize::from(l) * 2 + usize::from(c)];
         g.ids.push(state.task_id.clone());
         g.outcomes.push(Outcome::of(state));
+        if (la.budget_usd - ca.budget_usd).abs() > USD_EPSILON {
+            budgets.push(BudgetChange {
+                task_id: state.task_id.clone(),
+                live_usd: la.budget_usd,
+                candidate_usd: ca.budget_usd,
+            });
+        }
+        let (lg, cg) = (gates(&la), gates(&ca));
+        if lg != cg {
+            gate_changes.push(GateChange {
+                task_id: state.task_id.clone(),
+                live: lg,
+                candidate: cg,
+            });
+        }
     }
     for g in &mut groups {
         g.ids.sort();
     }
+    budgets.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    gate_changes.sort_by(|a, b| a.task_id.cmp(&b.task_id));
 
     if cli.json {
         emit_json(&json!({
@@ -75,9 +165,19 @@ pub async fn diff(cli: &Cli, args: &DiffArgs) -> Result<Exit> {
             "tasks": records.len() as u64 - skipped,
             "skipped_without_task": skipped,
             "groups": groups.iter().map(group_json).collect::<Vec<Value>>(),
+            "budget_changes": budgets.iter().map(|b| json!({
+                "task_id": b.task_id,
+                "live_usd": b.live_usd,
+                "candidate_usd": b.candidate_usd,
+            })).collect::<Vec<Value>>(),
+            "gate_changes": gate_changes.iter().map(|g| json!({
+                "task_id": g.task_id,
+                "live": g.live,
+                "candidate": g.candidate,
+            })).collect::<Vec<Value>>(),
         }));
     } else {
-        emit(&text(
+        let mut out = text(
             &live,
             &live_source,
             &candidate,
@@ -85,7 +185,9 @@ pub async fn diff(cli: &Cli, args: &DiffArgs) -> Result<Exit> {
             &groups,
             records.len() as u64 - skipped,
             skipped,
-        ));
+        );
+        out.push_str(&governance_text(&budgets, &gate_changes));
+        emit(&out);
     }
     Ok(Exit::Ok)
 }
@@ -200,6 +302,37 @@ fn text(
             out.push_str(id);
         }
         out.push('\n');
+    }
+    out
+}
+
+/// The governance changes: one line per task (ids and amounts only).
+fn governance_text(budgets: &[BudgetChange], gate_changes: &[GateChange]) -> String {
+    let mut out = format!("\ndefault budget changes ({}):", budgets.len());
+    if budgets.is_empty() {
+        out.push_str(" none\n");
+    } else {
+        out.push('\n');
+    }
+    for b in budgets {
+        out.push_str(&format!(
+            "  {}  ${:.2} -> ${:.2}\n",
+            b.task_id, b.live_usd, b.candidate_usd
+        ));
+    }
+    out.push_str(&format!("approval gate changes ({}):", gate_changes.len()));
+    if gate_changes.is_empty() {
+        out.push_str(" none\n");
+    } else {
+        out.push('\n');
+    }
+    for g in gate_changes {
+        out.push_str(&format!(
+            "  {}  {} -> {}\n",
+            g.task_id,
+            gates_label(&g.live),
+            gates_label(&g.candidate)
+        ));
     }
     out
 }

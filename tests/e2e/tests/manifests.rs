@@ -22,7 +22,10 @@
 //!   Secret and checking a name of the router's Service; every Secret the overlay does not
 //!   create is one docs/OPERATIONS.md tells the operator to create;
 //! * every workload has resource requests and limits and a restricted security context;
-//! * the executor's termination grace period covers its preStop sleep and shutdown grace.
+//! * the executor's termination grace period covers its preStop sleep and shutdown grace;
+//! * the rollout controller runs once, replaces the key of the ConfigMap the routers
+//!   mount, may do nothing else through the API (its Role), gets its credentials where
+//!   in-cluster clients look for them, and the real binary accepts its settings.
 
 use serde::Deserialize as _;
 use serde_yaml::Value;
@@ -1514,6 +1517,167 @@ fn autoscaler_and_disruption_budgets_target_real_workloads() {
         }
     }
     assert_no_failures("autoscaling and disruption budgets", failures);
+}
+
+#[test]
+fn the_rollout_controller_may_only_replace_the_policy_the_routers_mount() {
+    const ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let mut failures = Vec::new();
+    for o in overlays() {
+        let mut err = |msg: String| failures.push(format!("{}: {msg}", o.name));
+        let Some(w) = o.object("Deployment", "rollout-controller") else {
+            err("no Deployment rollout-controller".into());
+            continue;
+        };
+        let Some(c) = containers(w).next() else {
+            err("rollout-controller has no container".into());
+            continue;
+        };
+        let env = match container_env(o, w, c) {
+            Ok(env) => env,
+            Err(e) => {
+                err(format!("rollout-controller env: {e}"));
+                continue;
+            }
+        };
+        // One controller, never two at once.
+        if at(w, &["spec", "replicas"]).and_then(Value::as_i64) != Some(1)
+            || str_at(w, &["spec", "strategy", "type"]) != Some("Recreate")
+        {
+            err("rollout-controller must have replicas 1 and the Recreate strategy".into());
+        }
+
+        // It writes the very ConfigMap key the routers read.
+        let cm = env
+            .get("ROLLOUT_POLICY_CONFIGMAP")
+            .cloned()
+            .unwrap_or_default();
+        let key = env
+            .get("ROLLOUT_POLICY_CONFIGMAP_KEY")
+            .cloned()
+            .unwrap_or_else(|| "policy.toml".into());
+        match o.workload_running("router-service") {
+            Some((rw, rc)) => {
+                let router_env = container_env(o, rw, rc).unwrap_or_default();
+                let policy = router_env.get("ROUTER_POLICY").cloned().unwrap_or_default();
+                let read = config_map_mounts(rw, rc)
+                    .iter()
+                    .any(|(mount, name, _)| *name == cm && policy == format!("{mount}/{key}"));
+                if !read {
+                    err(format!(
+                        "the controller writes {cm:?} key {key:?}, but the router reads {policy:?} from another ConfigMap or key"
+                    ));
+                }
+            }
+            None => err("no router".into()),
+        }
+        if o.config_map_data(&cm).is_none_or(|d| !d.contains_key(&key)) {
+            err(format!(
+                "ConfigMap {cm:?} with key {key:?} is not in the overlay"
+            ));
+        }
+
+        // Its Role: get and update of that one ConfigMap, nothing more.
+        let sa = str_at(pod_spec(w), &["serviceAccountName"]).unwrap_or("");
+        let bound_roles: Vec<&str> = o
+            .objects("RoleBinding")
+            .chain(o.objects("ClusterRoleBinding"))
+            .filter(|b| {
+                seq(b, &["subjects"]).any(|s| {
+                    str_at(s, &["kind"]) == Some("ServiceAccount")
+                        && str_at(s, &["name"]) == Some(sa)
+                })
+            })
+            .map(|b| {
+                if str_at(b, &["roleRef", "kind"]) == Some("Role") {
+                    str_at(b, &["roleRef", "name"]).unwrap_or("")
+                } else {
+                    "<a ClusterRole>"
+                }
+            })
+            .collect();
+        if bound_roles.len() != 1 {
+            err(format!(
+                "ServiceAccount {sa:?} is bound to {bound_roles:?}, not exactly one Role"
+            ));
+        }
+        for role in bound_roles {
+            let Some(r) = o.object("Role", role) else {
+                err(format!("Role {role:?} is not in the overlay"));
+                continue;
+            };
+            let rules: Vec<&Value> = seq(r, &["rules"]).collect();
+            let strings = |v: &Value, k: &str| -> Vec<String> {
+                let mut out: Vec<String> = seq(v, &[k])
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect();
+                out.sort();
+                out
+            };
+            let exact = rules.len() == 1
+                && strings(rules[0], "apiGroups") == [""]
+                && strings(rules[0], "resources") == ["configmaps"]
+                && strings(rules[0], "resourceNames") == [cm.clone()]
+                && strings(rules[0], "verbs") == ["get", "update"];
+            if !exact {
+                err(format!(
+                    "Role {role} must allow exactly get and update on ConfigMap {cm}: {rules:?}"
+                ));
+            }
+        }
+
+        // The credentials, where in-cluster clients look: a projected, expiring token,
+        // the cluster CA and the namespace; no automounted token besides.
+        let projected = seq(c, &["volumeMounts"])
+            .filter(|m| str_at(m, &["mountPath"]) == Some(ACCOUNT_DIR))
+            .filter_map(|m| {
+                let name = str_at(m, &["name"])?;
+                seq(pod_spec(w), &["volumes"]).find(|v| str_at(v, &["name"]) == Some(name))
+            })
+            .next();
+        let paths: Vec<&str> = projected
+            .map(|v| {
+                seq(v, &["projected", "sources"])
+                    .flat_map(|s| {
+                        at(s, &["serviceAccountToken", "path"])
+                            .into_iter()
+                            .chain(seq(s, &["configMap", "items"]).filter_map(|i| at(i, &["path"])))
+                            .chain(
+                                seq(s, &["downwardAPI", "items"]).filter_map(|i| at(i, &["path"])),
+                            )
+                    })
+                    .filter_map(Value::as_str)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for file in ["token", "ca.crt", "namespace"] {
+            if !paths.contains(&file) {
+                err(format!(
+                    "no projected {file} at {ACCOUNT_DIR} (found {paths:?})"
+                ));
+            }
+        }
+
+        // The real binary takes every setting; outside a pod it stops at the in-cluster
+        // credentials, with exit code 2 naming the flag (clap and the other checks pass).
+        let program = test_support::binary_path("rollout-controller");
+        let args: Vec<String> = seq(c, &["command"])
+            .skip(1)
+            .chain(seq(c, &["args"]))
+            .filter_map(|a| a.as_str().map(|s| expand(s, &env)))
+            .collect();
+        let out = run(&program, &args, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2)
+            || !stderr.contains("--policy-configmap: KUBERNETES_SERVICE_HOST is not set")
+        {
+            err(format!(
+                "rollout-controller with the manifest's settings: {}",
+                describe(&out)
+            ));
+        }
+    }
+    assert_no_failures("rollout controller", failures);
 }
 
 #[test]
