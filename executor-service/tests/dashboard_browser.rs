@@ -483,6 +483,7 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
                 "window.__sameDocument === true && {} \
                  && document.querySelector('#approvals tr[data-gate=\"before_start\"] .decided-by').textContent === 'oncall' \
                  && document.getElementById('status').textContent === 'COMPLETED' \
+                 && document.getElementById('status').className === 'status-COMPLETED' \
                  && document.querySelector('#workspace tr[data-branch]') !== null",
                 gate_state("approved")
             ),
@@ -510,6 +511,7 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
         let html = html.as_str().unwrap();
         assert!(!html.contains("PATIENT-7731"), "no description anywhere");
         assert!(!html.contains("COMMENT-5521"), "no approver comment without the flag");
+        b.eval(&page, "document.getElementById('approvals').scrollIntoView(); true");
         b.screenshot(&page, &shots.join("dashboard-approval.png"));
 
         // The budget that stopped a task, its spend, and the tenant's.
@@ -528,6 +530,7 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
             b.eval(&page, "document.getElementById('status').textContent"),
             serde_json::json!("BUDGET_EXHAUSTED")
         );
+        b.eval(&page, "document.getElementById('budget').scrollIntoView(); true");
         b.screenshot(&page, &shots.join("dashboard-budget.png"));
         (shown[2].clone(), shown[4].clone())
     })

@@ -150,7 +150,12 @@ function taskrouterSwap(id, html) {
   });
   source.addEventListener("state", function (e) {
     var s = JSON.parse(e.data);
-    set("status", short(s.status, "TASK_STATUS_"));
+    var status = short(s.status, "TASK_STATUS_");
+    set("status", status);
+    var statusEl = document.getElementById("status");
+    if (statusEl) {
+      statusEl.className = "status-" + status;
+    }
     set("iteration-count", String(s.iteration_count));
     set("max-iterations", String(s.max_iterations));
     set("team-iterations", String(s.team_iterations));
