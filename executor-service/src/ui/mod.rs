@@ -1,9 +1,11 @@
-//! The read-only web dashboard (`--ui-listen`): the task list with the `List` filters, a
-//! page per task, and live updates over server-sent events read from the same event
-//! stream as `Watch`. Server-rendered HTML with a little plain JavaScript (the pages
+//! The read-only web dashboard (`--ui-listen`): the task list with the `List` filters
+//! (its script refetches the changing part from `/fragment/tasks` every 2 s), a page per
+//! task (with its approval gates, budget and workspace branches when it has them), and
+//! live updates over server-sent events read from the same event stream as `Watch`. Server-rendered HTML with a little plain JavaScript (the pages
 //! read fine without it). Protected by the gRPC API's bearer token through a login
 //! form that sets an HttpOnly, SameSite=Strict cookie; no token ever travels in a URL.
-//! Descriptions, results and agent outputs are shown only with `--ui-show-descriptions`.
+//! Descriptions, results, agent outputs and approvers' comments are shown only with
+//! `--ui-show-descriptions`.
 
 mod events;
 mod governance;
@@ -30,7 +32,7 @@ use std::sync::Arc;
 pub struct UiSettings {
     /// Where it listens (HTTP).
     pub listen: SocketAddr,
-    /// Show descriptions, results and agent outputs.
+    /// Show descriptions, results, agent outputs and approvers' comments.
     pub show_descriptions: bool,
 }
 
