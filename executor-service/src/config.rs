@@ -119,7 +119,7 @@ pub struct Args {
     /// Address of the read-only web dashboard (HTTP), e.g. 127.0.0.1:8080; empty = off.
     #[arg(long, env = "EXECUTOR_UI_LISTEN", default_value = "")]
     pub ui_listen: String,
-    /// Show task descriptions, results and agent outputs on the dashboard.
+    /// Show task descriptions, results, agent outputs and approvers' comments on the dashboard.
     #[arg(long, env = "EXECUTOR_UI_SHOW_DESCRIPTIONS")]
     pub ui_show_descriptions: bool,
     /// Rebuild the `List` indexes from the task keys in Redis, print how many tasks were

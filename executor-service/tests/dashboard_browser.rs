@@ -1,14 +1,20 @@
 //! The web dashboard in a real headless Chromium against a real executor process: log
-//! in with the API token, list tasks, open a running one, watch its iteration count
-//! advance without a reload, and never see its description. Screenshots go to
-//! `target/dashboard-*.png` for reviewers.
+//! in with the API token, list tasks and see a new one appear without a reload, open a
+//! running one, watch its iteration count advance without a reload, and never see its
+//! description. With a real router deciding under an approval policy, budgets and git
+//! workspaces: a task's gates (pending, then approved by a named approver, live), the
+//! budget that stopped a task, and the task's branch and commit as the remote has it.
+//! Screenshots go to `target/dashboard-*.png` for reviewers.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use taskrouter_proto::v1::executor_client::ExecutorClient;
-use taskrouter_proto::v1::{Complexity, GetRequest, SubmitRequest, Task, TaskStatus};
-use test_support::{Browser, RedisServer, ServiceProcess, free_port, workspace_root};
+use taskrouter_proto::v1::{
+    ApprovalGate, Complexity, DecisionRequest, GetRequest, SessionState, SubmitRequest, Task,
+    TaskStatus,
+};
+use test_support::{Browser, GitRemotes, RedisServer, ServiceProcess, free_port, workspace_root};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
 const SECRET: &str = "PATIENT-7731 rotate the billing keys";
@@ -56,6 +62,25 @@ fn get(addr: SocketAddr, path: &str, cookie: &str) -> (u16, String, String) {
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
     )
+}
+
+/// Opens the dashboard and logs in through the form, like a person.
+fn log_in(b: &mut Browser, base: &str) -> test_support::Page {
+    let page = b.open(&format!("{base}/"));
+    b.wait_for(
+        &page,
+        "location.pathname === '/login'",
+        Duration::from_secs(10),
+    );
+    b.eval(
+        &page,
+        &format!(
+            "document.querySelector('input[name=token]').value = '{TOKEN}'; \
+             document.querySelector('form.filters').submit(); true"
+        ),
+    );
+    b.wait_for(&page, "location.pathname === '/'", Duration::from_secs(15));
+    page
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,17 +214,10 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
     // The browser: log in through the form like a person.
     let base = format!("http://{ui}");
     let shots = workspace_root().join("target");
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch();
-        let page = b.open(&format!("{base}/"));
-        b.wait_for(&page, "location.pathname === '/login'", Duration::from_secs(10));
-        b.eval(
-            &page,
-            &format!(
-                "document.querySelector('input[name=token]').value = '{TOKEN}'; \
-                 document.querySelector('form.filters').submit(); true"
-            ),
-        );
+        let page = log_in(&mut b, &base);
         b.wait_for(
             &page,
             "location.pathname === '/' && document.querySelectorAll('#tasks tr[data-task-id]').length === 2",
@@ -215,6 +233,24 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
         let html = b.eval(&page, "document.documentElement.outerHTML");
         assert!(!html.as_str().unwrap().contains("PATIENT-7731"));
         b.screenshot(&page, &shots.join("dashboard-list.png"));
+
+        // A task submitted now shows up in the open list, without a reload.
+        b.eval(&page, "window.__sameDocument = true; true");
+        rt.block_on(async {
+            client
+                .submit(authed(SubmitRequest {
+                    task: Some(task("WEB-NEW", 1, 0, "acme")),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+        });
+        b.wait_for(
+            &page,
+            "window.__sameDocument === true && document.querySelector('#tasks tr[data-task-id=\"WEB-NEW\"]') !== null \
+             && document.getElementById('list-state').textContent.startsWith('live')",
+            Duration::from_secs(15),
+        );
 
         // The same filters as List: only globex.
         b.navigate(&page, &format!("{base}/?tenant=globex"));
@@ -262,4 +298,247 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
     })
     .await
     .unwrap();
+}
+
+/// DEPLOYMENT work waits for a person before it starts; tenant acme may spend $2.50 a day.
+const POLICY: &str = r#"
+[tenants.usd_per_day]
+acme = 2.5
+
+[[approval.rules]]
+reason = "DEPLOYMENT"
+gate = "before_start"
+timeout = "1h"
+on_timeout = "reject"
+"#;
+const COMMENT: &str = "COMMENT-5521 checked the rollout plan";
+
+fn gov_task(id: &str, description: &str, iterations: u32) -> Task {
+    Task {
+        id: id.into(),
+        description: format!("{description} {SECRET}"),
+        complexity: Complexity::Low as i32,
+        estimated_value_usd: 5.0,
+        repositories: vec!["app".into()],
+        labels: [
+            ("sim.iterations".to_string(), iterations.to_string()),
+            ("sim.latency_ms".to_string(), "100".to_string()),
+            ("tenant".to_string(), "acme".to_string()),
+        ]
+        .into(),
+    }
+}
+
+async fn wait_state(
+    client: &mut ExecutorClient<tonic::transport::Channel>,
+    id: &str,
+    want: TaskStatus,
+) -> SessionState {
+    for _ in 0..600 {
+        let s = client
+            .get(authed(GetRequest {
+                task_id: id.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap();
+        if s.status == want as i32 {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never reached {want:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_page_shows_gates_budgets_and_branches() {
+    let redis = RedisServer::start();
+    let remotes = GitRemotes::new();
+    remotes.create("app", 3, 64);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("oncall {TOKEN} approver\n")).unwrap();
+    let workspaces = dir.path().join("workspaces");
+    let router_port = free_port();
+    let _router = ServiceProcess::spawn(
+        "router-service",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{router_port}"),
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ui: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let executor = ServiceProcess::spawn(
+        "executor-service",
+        &[
+            "--listen",
+            &grpc.to_string(),
+            "--ui-listen",
+            &ui.to_string(),
+            "--router-addr",
+            &format!("http://127.0.0.1:{router_port}"),
+            "--concurrency",
+            "2",
+            "--auth-tokens-file",
+            tokens.to_str().unwrap(),
+            "--workspace-root",
+            workspaces.to_str().unwrap(),
+            "--git-remote-template",
+            &remotes.template(),
+            "--agent-max-call-cost",
+            "0.003",
+        ],
+        &[("REDIS_URL", &redis.url())],
+    );
+    assert!(
+        test_support::wait_for_grpc_serving(
+            grpc,
+            "taskrouter.v1.Executor",
+            Duration::from_secs(30)
+        )
+        .await,
+        "executor never became SERVING: {}",
+        executor.log_contents()
+    );
+    let mut client = ExecutorClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    for (t, budget) in [
+        (
+            gov_task("GOV-GATE", "deploy the api to production", 2),
+            None,
+        ),
+        (
+            gov_task("GOV-WAIT", "deploy the worker to production", 2),
+            None,
+        ),
+        // A call reserves $0.003 and costs about $0.002: the second does not fit $0.005.
+        (gov_task("GOV-BUDGET", "fix a small bug", 10), Some(0.005)),
+    ] {
+        client
+            .submit(authed(SubmitRequest {
+                task: Some(t),
+                use_multi_agent: Some(false),
+                budget_usd: budget,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+    wait_state(&mut client, "GOV-GATE", TaskStatus::WaitingApproval).await;
+    wait_state(&mut client, "GOV-WAIT", TaskStatus::WaitingApproval).await;
+    let stopped = wait_state(&mut client, "GOV-BUDGET", TaskStatus::BudgetExhausted).await;
+    assert!(stopped.iteration_count >= 1, "the first call fitted");
+
+    let base = format!("http://{ui}");
+    let shots = workspace_root().join("target");
+    let rt = tokio::runtime::Handle::current();
+    let branch = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        let page = log_in(&mut b, &base);
+        let gate_state = |id: &str| {
+            format!(
+                "(document.querySelector('#approvals tr[data-gate=\"before_start\"] .gate-state') || {{textContent: ''}}).textContent.startsWith('{id}')"
+            )
+        };
+
+        // A pending gate: what raised it, until when.
+        b.navigate(&page, &format!("{base}/tasks/GOV-WAIT"));
+        b.wait_for(&page, &gate_state("pending"), Duration::from_secs(5));
+        let row = b.eval(
+            &page,
+            "document.querySelector('#approvals tr[data-gate=\"before_start\"]').innerText",
+        );
+        let row = row.as_str().unwrap();
+        assert!(row.contains("DEPLOYMENT"), "{row}");
+        assert!(row.contains("3600s, then reject"), "{row}");
+        assert!(row.contains("until 20"), "the deadline is shown: {row}");
+
+        // Approved while the page is open: it changes in place, naming the approver.
+        b.navigate(&page, &format!("{base}/tasks/GOV-GATE"));
+        b.wait_for(&page, &gate_state("pending"), Duration::from_secs(5));
+        b.eval(&page, "window.__sameDocument = true; true");
+        rt.block_on(async {
+            client
+                .approve(authed(DecisionRequest {
+                    task_id: "GOV-GATE".into(),
+                    gate: ApprovalGate::BeforeStart as i32,
+                    comment: COMMENT.into(),
+                }))
+                .await
+                .unwrap();
+        });
+        b.wait_for(
+            &page,
+            &format!(
+                "window.__sameDocument === true && {} \
+                 && document.querySelector('#approvals tr[data-gate=\"before_start\"] .decided-by').textContent === 'oncall' \
+                 && document.getElementById('status').textContent === 'COMPLETED' \
+                 && document.getElementById('status').className === 'status-COMPLETED' \
+                 && document.querySelector('#workspace tr[data-branch]') !== null",
+                gate_state("approved")
+            ),
+            Duration::from_secs(30),
+        );
+        let decisions = b.eval(&page, "document.getElementById('decisions').innerText");
+        let decisions = decisions.as_str().unwrap();
+        assert!(decisions.contains("approved") && decisions.contains("oncall"), "{decisions}");
+        // The branch as the page shows it: task, repo, branch, base and final commit.
+        let shown = b.eval(
+            &page,
+            "(() => { const r = document.querySelector('#workspace tr[data-branch]'); \
+             const codes = r.querySelectorAll('code[title]'); \
+             return [r.cells[0].textContent, r.cells[1].textContent, r.dataset.branch, \
+                     codes[0].title, codes[1].title, r.cells[5].textContent]; })()",
+        );
+        let shown: Vec<String> = serde_json::from_value(shown).unwrap();
+        assert_eq!(shown[0], "task");
+        assert_eq!(shown[1], "app");
+        assert!(shown[2].contains("GOV-GATE"), "{shown:?}");
+        assert_eq!(shown[3].len(), 40, "{shown:?}");
+        assert_ne!(shown[3], shown[4], "the task committed: {shown:?}");
+        assert_eq!(shown[5], "changed");
+        let html = b.eval(&page, "document.documentElement.outerHTML");
+        let html = html.as_str().unwrap();
+        assert!(!html.contains("PATIENT-7731"), "no description anywhere");
+        assert!(!html.contains("COMMENT-5521"), "no approver comment without the flag");
+        b.eval(&page, "document.getElementById('approvals').scrollIntoView(); true");
+        b.screenshot(&page, &shots.join("dashboard-approval.png"));
+
+        // The budget that stopped a task, its spend, and the tenant's.
+        b.navigate(&page, &format!("{base}/tasks/GOV-BUDGET"));
+        let budget = b.eval(&page, "document.getElementById('budget').innerText");
+        let budget = budget.as_str().unwrap();
+        for want in [
+            "Task budget\n$0.0050",
+            "Tenant\nacme",
+            "Tenant budget per UTC day\n$2.5000",
+            "Stopped by\nthe task's budget ($0.0050)",
+        ] {
+            assert!(budget.contains(want), "{want:?} not in {budget}");
+        }
+        assert_eq!(
+            b.eval(&page, "document.getElementById('status').textContent"),
+            serde_json::json!("BUDGET_EXHAUSTED")
+        );
+        b.eval(&page, "document.getElementById('budget').scrollIntoView(); true");
+        b.screenshot(&page, &shots.join("dashboard-budget.png"));
+        (shown[2].clone(), shown[4].clone())
+    })
+    .await
+    .unwrap();
+    // What the page calls the final commit is the branch's tip on the remote.
+    assert_eq!(
+        remotes.tip("app", &branch.0).as_deref(),
+        Some(branch.1.as_str())
+    );
 }

@@ -1,13 +1,17 @@
-//! The read-only web dashboard (`--ui-listen`): the task list with the `List` filters, a
-//! page per task, and live updates over server-sent events read from the same event
-//! stream as `Watch`. Server-rendered HTML with a little plain JavaScript (the pages
+//! The read-only web dashboard (`--ui-listen`): the task list with the `List` filters
+//! (its script refetches the changing part from `/fragment/tasks` every 2 s), a page per
+//! task (with its approval gates, budget and workspace branches when it has them), and
+//! live updates over server-sent events read from the same event stream as `Watch`. Server-rendered HTML with a little plain JavaScript (the pages
 //! read fine without it). Protected by the gRPC API's bearer token through a login
 //! form that sets an HttpOnly, SameSite=Strict cookie; no token ever travels in a URL.
-//! Descriptions, results and agent outputs are shown only with `--ui-show-descriptions`.
+//! Descriptions, results, agent outputs and approvers' comments are shown only with
+//! `--ui-show-descriptions`.
 
 mod events;
+mod governance;
 mod pages;
 mod session;
+mod workspace;
 
 use crate::autonomous_loop::AutonomousLoop;
 use crate::error::{Error, Result};
@@ -28,7 +32,7 @@ use std::sync::Arc;
 pub struct UiSettings {
     /// Where it listens (HTTP).
     pub listen: SocketAddr,
-    /// Show descriptions, results and agent outputs.
+    /// Show descriptions, results, agent outputs and approvers' comments.
     pub show_descriptions: bool,
 }
 
@@ -100,6 +104,7 @@ pub async fn start(
 fn router(state: Ui) -> Router {
     let protected = Router::new()
         .route("/", get(list_page))
+        .route("/fragment/tasks", get(list_fragment))
         .route("/tasks/{id}", get(task_page))
         .route("/tasks/{id}/events", get(task_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));
@@ -145,7 +150,8 @@ async fn require_login(State(ui): State<Ui>, req: Request, next: Next) -> Respon
     };
     if ok {
         next.run(req).await
-    } else if req.uri().path().ends_with("/events") {
+    } else if req.uri().path().ends_with("/events") || req.uri().path().starts_with("/fragment/") {
+        // What scripts fetch gets a status they can act on, not a login page.
         StatusCode::UNAUTHORIZED.into_response()
     } else {
         Redirect::to("/login").into_response()
@@ -211,6 +217,41 @@ async fn list_page(State(ui): State<Ui>, RawQuery(query): RawQuery) -> Response 
     }
 }
 
+/// The changing part of the list page, for its script's refresh (same query, same checks).
+async fn list_fragment(State(ui): State<Ui>, RawQuery(query): RawQuery) -> Response {
+    let req = match pages::list_request(query.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(msg) => return html(StatusCode::BAD_REQUEST, pages::message("Bad filter", &msg)),
+    };
+    let store = ui.engine.store();
+    match crate::task_list::list(store.as_ref(), &req).await {
+        Ok(resp) => html(StatusCode::OK, pages::list_fragment(&req, &resp)),
+        Err(e) => error_page(&e),
+    }
+}
+
+/// The spend records of the task's budget section; best effort (the section falls back
+/// to the state's cost when the store does not answer).
+async fn spend_of(ui: &Ui, s: &taskrouter_proto::v1::SessionState) -> governance::Spend {
+    if !governance::has_budget(s) {
+        return governance::Spend::default();
+    }
+    let store = ui.engine.store();
+    let task = store.task_spend(&s.task_id).await.ok();
+    let tenant_today = match governance::tenant_of(s) {
+        Some(tenant) => {
+            let day = crate::session::governance::utc_day(std::time::SystemTime::now());
+            store
+                .tenant_spend(&tenant, &day)
+                .await
+                .ok()
+                .map(|t| (day, t))
+        }
+        None => None,
+    };
+    governance::Spend { task, tenant_today }
+}
+
 async fn task_page(State(ui): State<Ui>, Path(id): Path<String>) -> Response {
     let mut v = service_kit::validation::Violations::new();
     service_kit::validation::check_task_id(&mut v, "task_id", &id);
@@ -230,11 +271,13 @@ async fn task_page(State(ui): State<Ui>, Path(id): Path<String>) -> Response {
         Ok(i) => i,
         Err(e) => return error_page(&e),
     };
+    let spend = spend_of(&ui, &state).await;
     html(
         StatusCode::OK,
         pages::task(
             &state,
             &iterations,
+            &spend,
             ui.show_descriptions,
             ui.token.is_some(),
         ),

@@ -11,7 +11,7 @@ use taskrouter_proto::v1::{
 pub const ITERATIONS_SHOWN: usize = 200;
 
 /// HTML-escapes text for element content and quoted attributes.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -26,7 +26,7 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn short(full: &str, prefix: &str) -> String {
+pub(super) fn short(full: &str, prefix: &str) -> String {
     full.strip_prefix(prefix).unwrap_or(full).to_string()
 }
 
@@ -45,14 +45,14 @@ fn path(v: i32) -> String {
     }
 }
 
-fn reason(v: i32) -> String {
+pub(super) fn reason(v: i32) -> String {
     short(
         ReasonCode::try_from(v).unwrap_or_default().as_str_name(),
         "REASON_CODE_",
     )
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> String {
+pub(super) fn time(t: &Option<prost_types::Timestamp>) -> String {
     t.and_then(|t| std::time::SystemTime::try_from(t).ok())
         .map(|t| humantime::format_rfc3339_seconds(t).to_string())
         .unwrap_or_else(|| "-".into())
@@ -275,8 +275,21 @@ fn filter_form(req: &ListTasksRequest) -> String {
 
 /// The task list.
 pub fn list(req: &ListTasksRequest, resp: &ListTasksResponse, logged_in: bool) -> String {
-    let mut body = String::from("<h1>Tasks</h1>");
+    let mut body =
+        String::from(r#"<h1>Tasks <span class="live" id="list-state">static</span></h1>"#);
     body.push_str(&filter_form(req));
+    body.push_str(&list_fragment(req, resp));
+    layout("Tasks", &body, logged_in)
+}
+
+/// The part of the list page that changes (counts, rows, next-page link): the page's
+/// script fetches it again every few seconds from `/fragment/tasks` with the same query
+/// and swaps it in, so new and changed tasks show without a reload.
+pub fn list_fragment(req: &ListTasksRequest, resp: &ListTasksResponse) -> String {
+    let mut body = format!(
+        r#"<section id="list-live" data-refresh="/fragment/tasks?{}">"#,
+        esc(&query_of(req, &req.page_token))
+    );
     body.push_str(r#"<div class="counts" id="counts">"#);
     let _ = write!(body, "<span>all {}</span>", resp.total);
     for c in &resp.counts {
@@ -327,7 +340,8 @@ pub fn list(req: &ListTasksRequest, resp: &ListTasksResponse, logged_in: bool) -
             esc(&query_of(req, &resp.next_page_token))
         );
     }
-    layout("Tasks", &body, logged_in)
+    body.push_str("</section>");
+    body
 }
 
 /// A task id as one URL path segment.
@@ -345,6 +359,7 @@ fn row(out: &mut String, label: &str, value_html: &str) {
 pub fn task(
     s: &SessionState,
     iterations: &[IterationRecord],
+    spend: &super::governance::Spend,
     show_descriptions: bool,
     logged_in: bool,
 ) -> String {
@@ -516,6 +531,7 @@ pub fn task(
         row(&mut dl, "Result", &format!("<pre>{}</pre>", esc(&s.result)));
     }
     let _ = write!(body, "<dl>{dl}</dl>");
+    body.push_str(&extras(s, spend, show_descriptions));
     if !s.specialists.is_empty() {
         body.push_str(
             "<h2>Specialists</h2><table><thead><tr><th>Role</th><th>Status</th><th class=\"num\">Iterations</th><th>Last error</th></tr></thead><tbody>",
@@ -566,6 +582,17 @@ pub fn task(
         }
     }
     layout(&format!("Task {}", s.task_id), &body, logged_in)
+}
+
+/// The sections a task has only with governance or workspaces on: approvals, budget,
+/// branches. One element, so the page's script can swap it whole when they change.
+pub fn extras(s: &SessionState, spend: &super::governance::Spend, show_comments: bool) -> String {
+    format!(
+        r#"<div id="task-extras">{}{}{}</div>"#,
+        super::governance::approvals(s, show_comments),
+        super::governance::budget(s, spend),
+        super::workspace::branches(s)
+    )
 }
 
 fn is_final(status: i32) -> bool {

@@ -1,5 +1,72 @@
-// Live updates of a task page over server-sent events. The page is complete without
-// this script; it only keeps the numbers and the iteration log current.
+// Live updates. Every page is complete without this script; it only keeps them current:
+// the task list by fetching its changing part again every few seconds, a task page over
+// server-sent events (numbers, iteration log) plus a refetch of its governance and
+// workspace sections when those change.
+
+// Swaps the element `id` of the current page for the one in `html` (a page or fragment
+// rendered by the server, every value already escaped there). Returns whether it did.
+function taskrouterSwap(id, html) {
+  "use strict";
+  var doc = new DOMParser().parseFromString(html, "text/html");
+  var fresh = doc.getElementById(id);
+  var current = document.getElementById(id);
+  if (!fresh || !current) {
+    return false;
+  }
+  current.replaceWith(document.importNode(fresh, true));
+  return true;
+}
+
+// The task list: refetch /fragment/tasks (same query) every 2 s while the tab is visible.
+(function () {
+  "use strict";
+  var PERIOD_MS = 2000;
+  var live = document.getElementById("list-live");
+  if (!live || !window.fetch || !window.DOMParser) {
+    return;
+  }
+  var state = document.getElementById("list-state");
+  function mark(text) {
+    if (state) {
+      state.textContent = text;
+    }
+  }
+  function tick() {
+    var section = document.getElementById("list-live");
+    var url = section && section.getAttribute("data-refresh");
+    if (!url || document.hidden) {
+      window.setTimeout(tick, PERIOD_MS);
+      return;
+    }
+    fetch(url, { credentials: "same-origin", cache: "no-store" })
+      .then(function (resp) {
+        if (resp.status === 401) {
+          // The session ended: stop, and say so; a reload leads to the login form.
+          mark("logged out");
+          return null;
+        }
+        if (!resp.ok) {
+          mark("retrying");
+          window.setTimeout(tick, PERIOD_MS * 2);
+          return null;
+        }
+        return resp.text().then(function (html) {
+          if (taskrouterSwap("list-live", html)) {
+            mark("live " + new Date().toISOString().slice(11, 19));
+          }
+          window.setTimeout(tick, PERIOD_MS);
+        });
+      })
+      .catch(function () {
+        mark("retrying");
+        window.setTimeout(tick, PERIOD_MS * 2);
+      });
+  }
+  mark("live");
+  window.setTimeout(tick, PERIOD_MS);
+})();
+
+// A task page.
 (function () {
   "use strict";
   var root = document.querySelector("[data-live-task]");
@@ -18,6 +85,35 @@
   function short(name, prefix) {
     return name.indexOf(prefix) === 0 ? name.slice(prefix.length) : name;
   }
+  // Approvals, budget and branches are rendered by the server: refetch the page and swap
+  // that part, at most every 2 s (branches move with every iteration).
+  var extrasTimer = null;
+  var extrasAt = 0;
+  function refreshExtras() {
+    if (extrasTimer !== null || !window.fetch || !window.DOMParser) {
+      return;
+    }
+    var wait = Math.max(0, extrasAt + 2000 - Date.now());
+    extrasTimer = window.setTimeout(function () {
+      extrasAt = Date.now();
+      fetch(location.pathname, { credentials: "same-origin", cache: "no-store" })
+        .then(function (resp) {
+          return resp.ok ? resp.text() : null;
+        })
+        .then(function (html) {
+          extrasTimer = null;
+          if (html) {
+            taskrouterSwap("task-extras", html);
+          }
+        })
+        .catch(function () {
+          extrasTimer = null;
+        });
+    }, wait);
+  }
+  ["approval", "budget", "routed", "finished"].forEach(function (kind) {
+    source.addEventListener(kind, refreshExtras);
+  });
   source.addEventListener("iteration", function (e) {
     var r = JSON.parse(e.data);
     if (r.at_ms <= lastAt) {
@@ -48,10 +144,18 @@
       tr.appendChild(td);
     });
     rows.appendChild(tr);
+    if (document.querySelector("#task-extras #workspace")) {
+      refreshExtras();
+    }
   });
   source.addEventListener("state", function (e) {
     var s = JSON.parse(e.data);
-    set("status", short(s.status, "TASK_STATUS_"));
+    var status = short(s.status, "TASK_STATUS_");
+    set("status", status);
+    var statusEl = document.getElementById("status");
+    if (statusEl) {
+      statusEl.className = "status-" + status;
+    }
     set("iteration-count", String(s.iteration_count));
     set("max-iterations", String(s.max_iterations));
     set("team-iterations", String(s.team_iterations));
