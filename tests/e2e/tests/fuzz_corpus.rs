@@ -203,7 +203,7 @@ fn git_names_trailers_and_output_parse_within_their_invariants() {
 
 #[test]
 fn governance_sections_load_or_are_refused_and_decide_within_range() {
-    run("policy_governance (random)", 2000, bytes(512), |data| {
+    run("policy_governance (random)", 1000, bytes(512), |data| {
         targets::policy_governance(data)
     });
     let example = concat!(
@@ -216,7 +216,7 @@ fn governance_sections_load_or_are_refused_and_decide_within_range() {
     );
     run(
         "policy_governance (mutated example)",
-        1000,
+        500,
         mutated(targets::governance_input(example)),
         |data| targets::policy_governance(data),
     );
@@ -249,7 +249,8 @@ fn page_tokens_round_trip_and_anything_else_is_invalid_argument() {
 #[test]
 fn the_committed_seed_corpora_pass() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    let targets: [(&str, fn(&[u8])); 6] = [
+    type Target = fn(&[u8]);
+    let targets: [(&str, Target); 6] = [
         ("policy_evaluate", targets::policy_evaluate),
         ("policy_from_toml", targets::policy_from_toml),
         ("session_state_decode", targets::session_state_decode),

@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets, shared by the cargo-fuzz binaries (`fuzz_targets/`,
-//! nightly) and the stable-Rust runs in `tests/e2e/tests/fuzz_corpus.rs`. Each takes
+//! libFuzzer) and the runs without libFuzzer in `tests/e2e/tests/fuzz_corpus.rs`. Each takes
 //! arbitrary bytes and panics only when a property of the code under test is broken.
 //!
 //! Dependencies: `router-service`, `executor-service`, `taskrouter-proto`, `prost` and
@@ -479,16 +479,16 @@ pub fn governance_toml(data: &[u8]) -> String {
     };
     if flags & 1 != 0 {
         text.push_str("[budgets]\n");
-        if input.u8() % 4 != 0 {
+        if !input.u8().is_multiple_of(4) {
             text.push_str(&value(&mut input, "single_agent_usd"));
         }
-        if input.u8() % 4 != 0 {
+        if !input.u8().is_multiple_of(4) {
             text.push_str(&value(&mut input, "multi_agent_usd"));
         }
     }
     if flags & 2 != 0 {
         text.push_str("[tenants]\n");
-        if input.u8() % 4 != 0 {
+        if !input.u8().is_multiple_of(4) {
             text.push_str(&value(&mut input, "default_usd_per_day"));
         }
         text.push_str("[tenants.usd_per_day]\n");
