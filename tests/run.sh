@@ -113,8 +113,8 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
         per_sec=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
         printf '%-22s ok: %s inputs, %s/s\n' "$target" "${runs:-?}" "${per_sec:-?}"
       else
-        printf '%-22s FAILED; the end of %s:\n' "$target" "$log"
-        tail -n 40 "$log"
+        printf '%-22s FAILED (whole output in %s):\n' "$target" "$log"
+        grep -m 1 -A 6 -E 'panicked at|ERROR: libFuzzer' "$log" || tail -n 40 "$log"
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
         fuzz_crashes+=("$target: ${artifact:-no input saved, see $log}")
       fi
