@@ -64,6 +64,70 @@ cargo test --workspace --doc --locked
 step "benchmarks: each runs once in test mode (smoke; numbers are not asserted)"
 cargo test --workspace --benches --locked
 
+# Coverage-guided fuzzing (docs/FUZZING.md): every libFuzzer target of tests/fuzz for
+# FUZZ_SECONDS each, FUZZ_JOBS at a time, starting from the committed seeds. cargo-fuzz
+# passes -Z flags, which RUSTC_BOOTSTRAP=1 allows on the stable toolchain. A crash fails
+# the run after the tests, with the input's path; FUZZ_SECONDS=0 skips the step.
+# Unoptimised and without AddressSanitizer (safe Rust: panics, hangs and memory blow-ups
+# are what it finds): a cold build costs 9 CPU-minutes instead of 24 in release with ASan.
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+FUZZ_JOBS=${FUZZ_JOBS:-$(nproc)}
+FUZZ_BUILD=(--dev --sanitizer none --fuzz-dir tests/fuzz)
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+fuzz_crashes=()
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    step "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz >/dev/null
+  fi
+  step "fuzz: build the libFuzzer targets (tests/fuzz)"
+  # The fuzz crate is outside the workspace: the workspace's dependency versions (cargo
+  # adds libfuzzer-sys to the copy, so it is copied again only when the workspace's changes).
+  [ tests/fuzz/Cargo.lock -nt Cargo.lock ] || cp Cargo.lock tests/fuzz/Cargo.lock
+  RUSTC_BOOTSTRAP=1 cargo fuzz build "${FUZZ_BUILD[@]}"
+  mapfile -t fuzz_targets < <(cargo fuzz list --fuzz-dir tests/fuzz)
+  step "fuzz: ${#fuzz_targets[@]} targets, ${FUZZ_SECONDS}s each, $FUZZ_JOBS at a time"
+  fuzz_out=tests/fuzz/target/ci
+  mkdir -p "$fuzz_out"
+  run_fuzz_target() {
+    local target=$1
+    # New inputs go to the first directory (ignored by git), the seeds are only read.
+    mkdir -p "$fuzz_out/corpus/$target" "tests/fuzz/corpus/$target"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "${FUZZ_BUILD[@]}" \
+      "$fuzz_out/corpus/$target" "tests/fuzz/corpus/$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=1024 -max_len=8192 \
+      -print_final_stats=1 >"$fuzz_out/$target.log" 2>&1
+  }
+  for ((i = 0; i < ${#fuzz_targets[@]}; i += FUZZ_JOBS)); do
+    batch=("${fuzz_targets[@]:i:FUZZ_JOBS}")
+    pids=()
+    for target in "${batch[@]}"; do
+      run_fuzz_target "$target" &
+      pids+=($!)
+    done
+    for j in "${!batch[@]}"; do
+      target=${batch[$j]}
+      log="$fuzz_out/$target.log"
+      if wait "${pids[$j]}"; then
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+        per_sec=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+        printf '%-22s ok: %s inputs, %s/s\n' "$target" "${runs:-?}" "${per_sec:-?}"
+      else
+        printf '%-22s FAILED (whole output in %s):\n' "$target" "$log"
+        grep -m 1 -A 6 -E 'panicked at|ERROR: libFuzzer' "$log" || tail -n 40 "$log"
+        artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
+        fuzz_crashes+=("$target: ${artifact:-no input saved, see $log}")
+      fi
+    done
+  done
+fi
+
 step "tests (last, so its summary closes the log)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
+
+if [ ${#fuzz_crashes[@]} -gt 0 ]; then
+  printf '\nerror: fuzzing found crashes (docs/FUZZING.md says how to replay them):\n' >&2
+  printf '  %s\n' "${fuzz_crashes[@]}" >&2
+  exit 1
+fi
 

@@ -27,10 +27,11 @@ const MAX_FILTER_BYTES: usize = 256;
 /// Bytes of the signature (HMAC-SHA256).
 const TAG_LEN: usize = 32;
 /// Bytes of the fingerprint binding a token to its filter or task.
-const FINGERPRINT_LEN: usize = 16;
-/// Token layout version and kinds.
-const TOKEN_V1_LIST: u8 = 1;
-const TOKEN_V1_ITERATIONS: u8 = 2;
+pub const FINGERPRINT_LEN: usize = 16;
+/// Token kind (and layout version) of `List` tokens.
+pub const TOKEN_V1_LIST: u8 = 1;
+/// Token kind (and layout version) of `ListIterations` tokens.
+pub const TOKEN_V1_ITERATIONS: u8 = 2;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -45,27 +46,35 @@ fn invalid(field: &str, why: impl Into<String>) -> Error {
 }
 
 /// What a token carries besides its kind and signature.
-struct TokenBody {
-    fingerprint: [u8; FINGERPRINT_LEN],
-    issued: u64,
-    position: i64,
-    id: String,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBody {
+    /// Binds the token to its filter (`List`) or task (`ListIterations`).
+    pub fingerprint: [u8; FINGERPRINT_LEN],
+    /// When it was issued (seconds since the epoch).
+    pub issued: u64,
+    /// Update time of the last task listed, or the next iteration's offset.
+    pub position: i64,
+    /// Id of the last task listed (empty for `ListIterations`).
+    pub id: String,
 }
 
 /// Signs and checks page tokens: `hex(kind | fingerprint | issued | position | id | tag)`
 /// with an HMAC-SHA256 tag, so a token cannot be forged or moved to another filter.
-struct Tokens {
+/// Public for the fuzz targets (`tests/fuzz`); callers go through [`list`].
+pub struct Tokens {
     key: hmac::Key,
 }
 
 impl Tokens {
-    fn new(secret: &[u8]) -> Self {
+    /// Tokens signed with `secret` (the store's page token key).
+    pub fn new(secret: &[u8]) -> Self {
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
         }
     }
 
-    fn seal(&self, kind: u8, body: &TokenBody) -> String {
+    /// The token of `body`, of `kind` ([`TOKEN_V1_LIST`] or [`TOKEN_V1_ITERATIONS`]).
+    pub fn seal(&self, kind: u8, body: &TokenBody) -> String {
         let mut raw = vec![kind];
         raw.extend_from_slice(&body.fingerprint);
         raw.extend_from_slice(&body.issued.to_be_bytes());
@@ -76,7 +85,14 @@ impl Tokens {
         hex::encode(raw)
     }
 
-    fn open(&self, kind: u8, token: &str, fingerprint: [u8; FINGERPRINT_LEN]) -> Result<TokenBody> {
+    /// The body of `token` if this key signed it for `kind` and `fingerprint` within
+    /// [`PAGE_TOKEN_LIFETIME_SECS`]; otherwise INVALID_ARGUMENT naming `page_token`.
+    pub fn open(
+        &self,
+        kind: u8,
+        token: &str,
+        fingerprint: [u8; FINGERPRINT_LEN],
+    ) -> Result<TokenBody> {
         let bad = |why: &str| invalid("page_token", why);
         let raw = hex::decode(token).map_err(|_| bad("is not a token this service issued"))?;
         let min = 1 + FINGERPRINT_LEN + 8 + 8 + TAG_LEN;

@@ -3,6 +3,7 @@
 //! eviction when the mirrors outgrow `--workspace-max-bytes`.
 
 use super::git::Git;
+use super::porcelain;
 use super::refname;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -147,11 +148,7 @@ impl Mirror {
                 ["ls-remote", "origin", full.as_str()],
             )
             .await?;
-        Ok(out
-            .lines()
-            .find(|l| l.ends_with(&format!("\t{full}")))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_string))
+        Ok(porcelain::ls_remote_tip(&out, &full))
     }
 
     /// Whether `commit` is in the local object store.
@@ -192,17 +189,9 @@ impl Mirror {
         if out.ok() {
             return Ok(Push::Pushed);
         }
-        // Porcelain: `!\t<src>:<dst>\t[rejected] (stale info)` and similar.
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let rejected = stdout.lines().any(|l| l.starts_with('!'))
-            && (stdout.contains("stale info")
-                || stdout.contains("rejected")
-                || stdout.contains("fetch first")
-                || stdout.contains("non-fast-forward")
-                || stdout.contains("already exists")
-                || stderr.contains("stale info"));
-        if rejected {
+        if porcelain::push_rejected(&stdout, &stderr) {
             Ok(Push::Rejected)
         } else {
             Err(Error::Workspace(format!(

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod git;
 pub mod mirror;
+pub mod porcelain;
 pub mod refname;
 pub mod task;
 pub mod trailers;

@@ -37,7 +37,8 @@ pub fn encode(raw: &str) -> String {
     out
 }
 
-/// The inverse of [`encode`]; `None` when `encoded` is not an encoding.
+/// The inverse of [`encode`]; `None` when `encoded` is not exactly what [`encode`]
+/// makes of some name (so no two branch names decode to the same task).
 pub fn decode(encoded: &str) -> Option<String> {
     let bytes = encoded.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -52,7 +53,10 @@ pub fn decode(encoded: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    let raw = String::from_utf8(out).ok()?;
+    // `from_str_radix` also takes `+f` and `F`, and `_61` or an edge `-` would decode
+    // too: only the canonical spelling names the task.
+    (encode(&raw) == encoded).then_some(raw)
 }
 
 /// Checks that `raw` encodes to a component short enough for a ref file name.
@@ -147,6 +151,16 @@ mod tests {
         assert_eq!(encode("task-42"), "task-42");
         assert_eq!(encode("fix.login"), "fix_2elogin");
         assert_eq!(encode("a--b"), "a-_2db");
+    }
+
+    #[test]
+    fn only_the_canonical_encoding_decodes() {
+        for other in [
+            "_+f", "_2F", "_61", "-a", "a-", "a--b", "_", "_2", "_zz", "a.b",
+        ] {
+            assert_eq!(decode(other), None, "{other}");
+        }
+        assert_eq!(decode("a-_2db").as_deref(), Some("a--b"));
     }
 
     #[test]

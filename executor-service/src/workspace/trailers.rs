@@ -29,10 +29,16 @@ impl Trailers {
     /// The commit message: the first line of `output` (or a fallback) and the trailers.
     pub fn message(&self, output: &str) -> String {
         let first = output.lines().map(str::trim).find(|l| !l.is_empty());
-        let subject: String = match first {
-            Some(line) => line.chars().take(MAX_SUBJECT_CHARS).collect(),
-            None => format!("{} iteration {}", self.role, self.iteration),
+        // The fallback names the role, which is free text: one line, like its trailer.
+        let fallback = || {
+            let line = format!("{} iteration {}", one_line(&self.role), self.iteration);
+            line.trim().to_string()
         };
+        let subject: String = first
+            .map_or_else(fallback, str::to_string)
+            .chars()
+            .take(MAX_SUBJECT_CHARS)
+            .collect();
         format!(
             "{subject}\n\n{TASK}: {}\n{ITERATION}: {}\n{ROLE}: {}\n{FENCE}: {}\n",
             self.task_id,
@@ -92,5 +98,23 @@ mod tests {
         assert_eq!(Trailers::parse(&trailers), Some(t.clone()));
         assert!(t.message("").starts_with("backend iteration 3\n"));
         assert_eq!(Trailers::parse("Signed-off-by: x"), None);
+    }
+
+    #[test]
+    fn the_fallback_subject_is_one_short_line_whatever_the_role() {
+        let t = Trailers {
+            task_id: "t-1".into(),
+            iteration: 2,
+            role: format!("a\nTaskrouter-Fence: 9\n\n{}", "r".repeat(300)),
+            fence: 7,
+        };
+        let m = t.message(" \n\t\n");
+        let (subject, block) = m.split_once("\n\n").unwrap();
+        assert!(
+            subject.starts_with("a Taskrouter-Fence: 9  rrr"),
+            "{subject:?}"
+        );
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
+        assert_eq!(Trailers::parse(block).map(|p| p.fence), Some(7));
     }
 }

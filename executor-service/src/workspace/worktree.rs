@@ -4,6 +4,7 @@
 
 use super::git::Git;
 use super::mirror::Mirror;
+use super::porcelain;
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -387,11 +388,7 @@ impl Worktree {
                 ["diff", "--name-only", "--diff-filter=U", "-z"],
             )
             .await?;
-        Ok(out
-            .split('\0')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect())
+        Ok(porcelain::nul_separated(&out))
     }
 
     /// Of `paths`, those that still hold conflict markers.

@@ -25,9 +25,9 @@ mod keywords;
 
 pub use file::{
     Approval, ApprovalRule, BUILTIN_POLICY_TOML, Budgets, Fallback, FallbackDecision, GateName,
-    Limits, MAX_BUDGET_USD, MAX_DESCRIPTION_BYTES_CEILING, MAX_KEYWORD_BYTES,
-    MAX_KEYWORDS_PER_LIST, MultiAgent, OnReject, OnTimeout, PolicyFile, Rules, Tenants,
-    valid_tenant_name,
+    Limits, MAX_APPROVAL_RULES, MAX_BUDGET_USD, MAX_DESCRIPTION_BYTES_CEILING, MAX_GATE_TIMEOUT,
+    MAX_KEYWORD_BYTES, MAX_KEYWORDS_PER_LIST, MultiAgent, OnReject, OnTimeout, PolicyFile, Rules,
+    Tenants, rule_reason, valid_tenant_name,
 };
 pub use governance::{DEFAULT_TENANT, TENANT_LABEL};
 pub use keywords::{Category, Found, KeywordMatcher};

@@ -1,6 +1,7 @@
-//! The fuzz targets of `tests/fuzz` (cargo-fuzz, nightly only), run on stable Rust in
-//! every CI build: a few thousand random and mutated inputs per target, fed to the very
-//! same target bodies. See docs/FUZZING.md for running the real fuzzers.
+//! The fuzz targets of `tests/fuzz`, run without libFuzzer in every CI build: the
+//! committed seed corpora plus a few thousand random and mutated inputs per target, fed
+//! to the very same target bodies. The coverage-guided runs are a step of `tests/run.sh`;
+//! see docs/FUZZING.md.
 
 #[path = "../../fuzz/src/targets.rs"]
 mod targets;
@@ -171,4 +172,100 @@ fn stored_state_decodes_or_is_reported_corrupt() {
     nested.extend(vec![0x0b; 10_000]);
     targets::session_state_decode(&nested);
     targets::session_state_decode(&[0, 0x1a, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+}
+
+#[test]
+fn git_names_trailers_and_output_parse_within_their_invariants() {
+    let ls_remote = "1111111111111111111111111111111111111111\trefs/heads/x/refs/heads/taskrouter/t-1\n\
+                     abcdef0123456789abcdef0123456789abcdef01\trefs/heads/taskrouter/t-1\n";
+    let porcelain =
+        "To file:///r.git\n!\trefs/heads/a:refs/heads/a\t[rejected] (stale info)\nDone\n";
+    let trailers = "Taskrouter-Task: t-1\nTaskrouter-Iteration: 3\nTaskrouter-Role: backend\nTaskrouter-Fence: 7\n";
+    let seeds = [
+        targets::git_output_input("t-1", "backend", ls_remote),
+        targets::git_output_input("fix.login", "--lead-", porcelain),
+        targets::git_output_input("a--b", "repo:org/a", trailers),
+        targets::git_output_input("_+f", "_2F", "a\0b c\0\0_61"),
+        targets::git_output_input("", "", "\tREFS/heads/taskrouter/\n"),
+    ];
+    for seed in &seeds {
+        targets::git_output(seed);
+    }
+    run("git_output (random)", 2000, bytes(1024), |data| {
+        targets::git_output(data)
+    });
+    for seed in seeds {
+        run("git_output (mutated)", 300, mutated(seed), |data| {
+            targets::git_output(data)
+        });
+    }
+}
+
+#[test]
+fn governance_sections_load_or_are_refused_and_decide_within_range() {
+    run("policy_governance (random)", 1000, bytes(512), |data| {
+        targets::policy_governance(data)
+    });
+    let example = concat!(
+        "[budgets]\nsingle_agent_usd = 2.0\nmulti_agent_usd = 8.0\n",
+        "[tenants]\ndefault_usd_per_day = 100.0\n[tenants.usd_per_day]\nacme = 5.0\n",
+        "[[approval.rules]]\nreason = \"DEPLOYMENT\"\ngate = \"before_start\"\n",
+        "timeout = \"1h\"\non_timeout = \"reject\"\n",
+        "[[approval.rules]]\nreason = \"COMPLIANCE_SENSITIVE\"\ngate = \"before_complete\"\n",
+        "timeout = \"10m\"\non_timeout = \"approve\"\non_reject = \"iterate\"\n",
+    );
+    run(
+        "policy_governance (mutated example)",
+        500,
+        mutated(targets::governance_input(example)),
+        |data| targets::policy_governance(data),
+    );
+    for text in [
+        example,
+        "[budgets]\nsingle_agent_usd = -0.0",
+        "[budgets]\nmulti_agent_usd = 1000000.0",
+        "[budgets]\nmulti_agent_usd = 1000000.0000001",
+        "[tenants.usd_per_day]\n\"\" = 1",
+        "[[approval.rules]]\nreason = \"UNSPECIFIED\"\ngate = \"before_start\"\ntimeout = \"1h\"\non_timeout = \"reject\"",
+        "[[approval.rules]]\nreason = \"DEPLOYMENT\"\ngate = \"before_start\"\ntimeout = \"2562047788015215h\"\non_timeout = \"reject\"",
+        "[[approval.rules]]\nreason = \"DEPLOYMENT\"\ngate = \"before_start\"\ntimeout = \"1h\"\non_timeout = \"reject\"\non_reject = \"iterate\"",
+    ] {
+        targets::policy_governance(&targets::governance_input(text));
+    }
+}
+
+#[test]
+fn page_tokens_round_trip_and_anything_else_is_invalid_argument() {
+    run("page_token (random)", 3000, bytes(512), |data| {
+        targets::page_token(data)
+    });
+    for data in [&b""[..], &[0xff; 200], &[3; 80], b"0123456789abcdef"] {
+        targets::page_token(data);
+    }
+}
+
+/// Every committed seed (`tests/fuzz/corpus/<target>/`) through its target, so a seed
+/// that once crashed stays fixed without libFuzzer.
+#[test]
+fn the_committed_seed_corpora_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    type Target = fn(&[u8]);
+    let targets: [(&str, Target); 6] = [
+        ("policy_evaluate", targets::policy_evaluate),
+        ("policy_from_toml", targets::policy_from_toml),
+        ("session_state_decode", targets::session_state_decode),
+        ("git_output", targets::git_output),
+        ("policy_governance", targets::policy_governance),
+        ("page_token", targets::page_token),
+    ];
+    for (name, target) in targets {
+        let dir = root.join(name);
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            target(&std::fs::read(&path).unwrap());
+            seeds += 1;
+        }
+        assert!(seeds > 0, "{name} has no seeds in {}", dir.display());
+    }
 }
