@@ -73,7 +73,9 @@ cargo test --workspace --benches --locked
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 FUZZ_JOBS=${FUZZ_JOBS:-$(nproc)}
 FUZZ_BUILD=(--dev --sanitizer none --fuzz-dir tests/fuzz)
-export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+# Only for the fuzz crate's own target dir: exported, it would change the workspace's
+# test profile and rebuild every test binary for the step after this one.
+fuzz_env=(env RUSTC_BOOTSTRAP=1 CARGO_PROFILE_DEV_DEBUG=line-tables-only)
 fuzz_crashes=()
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -84,7 +86,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   # The fuzz crate is outside the workspace: the workspace's dependency versions (cargo
   # adds libfuzzer-sys to the copy, so it is copied again only when the workspace's changes).
   [ tests/fuzz/Cargo.lock -nt Cargo.lock ] || cp Cargo.lock tests/fuzz/Cargo.lock
-  RUSTC_BOOTSTRAP=1 cargo fuzz build "${FUZZ_BUILD[@]}"
+  "${fuzz_env[@]}" cargo fuzz build "${FUZZ_BUILD[@]}"
   mapfile -t fuzz_targets < <(cargo fuzz list --fuzz-dir tests/fuzz)
   step "fuzz: ${#fuzz_targets[@]} targets, ${FUZZ_SECONDS}s each, $FUZZ_JOBS at a time"
   fuzz_out=tests/fuzz/target/ci
@@ -93,7 +95,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
     local target=$1
     # New inputs go to the first directory (ignored by git), the seeds are only read.
     mkdir -p "$fuzz_out/corpus/$target" "tests/fuzz/corpus/$target"
-    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "${FUZZ_BUILD[@]}" \
+    "${fuzz_env[@]}" cargo fuzz run "$target" "${FUZZ_BUILD[@]}" \
       "$fuzz_out/corpus/$target" "tests/fuzz/corpus/$target" -- \
       -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=1024 -max_len=8192 \
       -print_final_stats=1 >"$fuzz_out/$target.log" 2>&1
