@@ -70,7 +70,7 @@ fn log_in(b: &mut Browser, base: &str) -> test_support::Page {
     b.wait_for(
         &page,
         "location.pathname === '/login'",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     b.eval(
         &page,
@@ -79,7 +79,7 @@ fn log_in(b: &mut Browser, base: &str) -> test_support::Page {
              document.querySelector('form.filters').submit(); true"
         ),
     );
-    b.wait_for(&page, "location.pathname === '/'", Duration::from_secs(15));
+    b.wait_for(&page, "location.pathname === '/'", Duration::from_secs(30));
     page
 }
 
@@ -221,7 +221,7 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
         b.wait_for(
             &page,
             "location.pathname === '/' && document.querySelectorAll('#tasks tr[data-task-id]').length === 2",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         );
         let rows = b.eval(
             &page,
@@ -249,7 +249,7 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
             &page,
             "window.__sameDocument === true && document.querySelector('#tasks tr[data-task-id=\"WEB-NEW\"]') !== null \
              && document.getElementById('list-state').textContent.startsWith('live')",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         );
 
         // The same filters as List: only globex.
@@ -265,7 +265,7 @@ async fn the_dashboard_lists_tasks_and_follows_a_running_one_live() {
         b.wait_for(
             &page,
             "location.pathname === '/tasks/WEB-RUN' && document.readyState === 'complete'",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         // A marker that a reload would wipe.
         b.eval(&page, "window.__sameDocument = true; true");
@@ -453,7 +453,7 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
 
         // A pending gate: what raised it, until when.
         b.navigate(&page, &format!("{base}/tasks/GOV-WAIT"));
-        b.wait_for(&page, &gate_state("pending"), Duration::from_secs(5));
+        b.wait_for(&page, &gate_state("pending"), Duration::from_secs(30));
         let row = b.eval(
             &page,
             "document.querySelector('#approvals tr[data-gate=\"before_start\"]').innerText",
@@ -465,7 +465,7 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
 
         // Approved while the page is open: it changes in place, naming the approver.
         b.navigate(&page, &format!("{base}/tasks/GOV-GATE"));
-        b.wait_for(&page, &gate_state("pending"), Duration::from_secs(5));
+        b.wait_for(&page, &gate_state("pending"), Duration::from_secs(30));
         b.eval(&page, "window.__sameDocument = true; true");
         rt.block_on(async {
             client

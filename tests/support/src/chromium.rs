@@ -174,7 +174,7 @@ impl Browser {
         self.wait_for(
             page,
             "document.readyState === 'complete'",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         );
     }
 
