@@ -159,6 +159,12 @@ impl AutonomousLoop {
         .await
     }
 
+    /// Whether durable git workspaces are configured (task repositories are then git
+    /// repositories and their names must be valid as such).
+    pub fn has_workspaces(&self) -> bool {
+        self.workspaces.is_some()
+    }
+
     /// The task's workspaces for a run under `session`'s lease: on when workspaces are
     /// configured and the task names repositories.
     fn task_workspace(&self, session: &ActiveSession) -> Option<TaskWorkspace> {

@@ -75,6 +75,23 @@ fn check_tenant(v: &mut Violations, field: &str, task: &Task) {
     }
 }
 
+/// With workspaces on, each repository name becomes part of a remote URL and a path:
+/// refused at the door, so a bad name never reaches a worker.
+fn check_repositories(v: &mut Violations, field: &str, task: &Task, workspaces: bool) {
+    if !workspaces {
+        return;
+    }
+    for (i, repo) in task.repositories.iter().enumerate() {
+        // Blank names are already reported by `check_task`.
+        if repo.trim().is_empty() {
+            continue;
+        }
+        if let Err(problem) = crate::workspace::refname::check_repo_name(repo) {
+            v.add(format!("{field}.repositories[{i}]"), problem);
+        }
+    }
+}
+
 fn check_decision(v: &mut Violations, req: &DecisionRequest) {
     check_task_id(v, "task_id", &req.task_id);
     match ApprovalGate::try_from(req.gate) {
@@ -118,6 +135,7 @@ impl Executor for ExecutorService {
             if let Some(task) = require_task(&mut v, &req.task) {
                 check_task(&mut v, "task", task, &self.limits);
                 check_tenant(&mut v, "task", task);
+                check_repositories(&mut v, "task", task, self.engine.has_workspaces());
             }
             check_bound(&mut v, req.max_iterations);
             check_budget(&mut v, req.budget_usd);
@@ -156,6 +174,7 @@ impl Executor for ExecutorService {
                 } else {
                     check_task(&mut v, "task", task, &self.limits);
                     check_tenant(&mut v, "task", task);
+                    check_repositories(&mut v, "task", task, self.engine.has_workspaces());
                 }
             }
             check_bound(&mut v, req.max_iterations);

@@ -1,6 +1,8 @@
 //! The workspace module against real git: bare repositories in a temporary directory
 //! as remotes over file://, two workspace roots standing for two replicas.
 
+mod common;
+
 use executor_service::Error;
 use executor_service::workspace::{
     Merge, Reconciled, RepoHead, Trailers, WorkspaceConfig, Workspaces,
@@ -516,4 +518,72 @@ async fn reported_paths_are_committed_exactly_and_a_later_index_commit_keeps_the
         git(&dir, &["rev-parse", &format!("{third}^")]).trim(),
         first
     );
+}
+
+/// With workspaces on, a repository name git or the remote template cannot take is
+/// refused at Submit and Run with the field named, and nothing is stored.
+#[tokio::test]
+async fn bad_repository_names_are_invalid_arguments_at_submit_and_store_nothing() {
+    use taskrouter_proto::v1::{GetRequest, RunRequest, SubmitRequest};
+    use tonic_types::StatusExt as _;
+    let remotes = GitRemotes::new();
+    let root = tempfile::tempdir().unwrap();
+    let template = remotes.template();
+    let mut h = common::Harness::start(|c| {
+        c.workspace = Some(WorkspaceConfig::new(root.path(), template.clone()));
+    })
+    .await;
+    for (repo, why) in [
+        ("../escape", "'..'"),
+        ("-upload-pack=evil", "'-'"),
+        ("a b", "letters, digits"),
+        ("", ""),
+    ] {
+        let mut task = test_support::client::sim_task(
+            "WS-BAD-NAME",
+            taskrouter_proto::v1::Complexity::Low,
+            1,
+            &[],
+        );
+        task.repositories = vec!["org/ok".into(), repo.into()];
+        let e = h
+            .client
+            .submit(SubmitRequest {
+                task: Some(task.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{repo:?}: {e:?}");
+        let bad = e.get_details_bad_request().expect("field details");
+        let fields: Vec<&str> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["task.repositories[1]"], "{repo:?}");
+        assert!(
+            bad.field_violations[0].description.contains(why),
+            "{repo:?}: {bad:?}"
+        );
+        let e = h
+            .client
+            .run(RunRequest {
+                task: Some(task),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{repo:?}");
+    }
+    let e = h
+        .client
+        .get(GetRequest {
+            task_id: "WS-BAD-NAME".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    h.stop().await;
 }
