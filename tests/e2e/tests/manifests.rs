@@ -1704,3 +1704,54 @@ fn helpers_behave_like_the_kubelet_and_the_binaries() {
     assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
     assert_eq!(base64_decode("not base64!"), None);
 }
+
+/// The executor's `--workspace-root` is on a writable volume of its own (the root
+/// filesystem is read-only, and the cache must not share the agents' /tmp), sized above
+/// the mirror bound.
+#[test]
+fn the_executor_workspace_root_is_a_writable_volume() {
+    let mut failures = Vec::new();
+    for o in overlays() {
+        let Some((w, c)) = o.workload_running("executor-service") else {
+            continue;
+        };
+        let label = format!("{}: {}", o.name, name_of(w));
+        let env = container_env(o, w, c).unwrap_or_default();
+        let Some(root) = setting(&env, c, "--workspace-root", "EXECUTOR_WORKSPACE_ROOT") else {
+            failures.push(format!("{label}: no --workspace-root"));
+            continue;
+        };
+        let mount =
+            seq(c, &["volumeMounts"]).find(|m| str_at(m, &["mountPath"]) == Some(root.as_str()));
+        let Some(mount) = mount else {
+            failures.push(format!(
+                "{label}: nothing is mounted at the workspace root {root}"
+            ));
+            continue;
+        };
+        if at(mount, &["readOnly"]).and_then(Value::as_bool) == Some(true) {
+            failures.push(format!(
+                "{label}: the workspace root {root} is mounted read-only"
+            ));
+        }
+        let volume_name = str_at(mount, &["name"]).unwrap_or("");
+        let volume = seq(pod_spec(w), &["volumes"]).find(|v| name_of(v) == volume_name);
+        match volume.and_then(|v| at(v, &["emptyDir"])) {
+            Some(dir) => {
+                let limit = str_at(dir, &["sizeLimit"]).unwrap_or("");
+                let gib = limit.strip_suffix("Gi").and_then(|n| n.parse::<u64>().ok());
+                let needed = executor_service::workspace::config::DEFAULT_MAX_BYTES >> 30;
+                if gib.is_none_or(|g| g <= needed) {
+                    failures.push(format!(
+                        "{label}: the workspace volume's sizeLimit {limit:?} must exceed the {needed} GiB mirror bound"
+                    ));
+                }
+            }
+            None if volume.and_then(|v| at(v, &["persistentVolumeClaim"])).is_some() => {}
+            None => failures.push(format!(
+                "{label}: the workspace root's volume {volume_name:?} is neither an emptyDir nor a PVC"
+            )),
+        }
+    }
+    assert_no_failures("workspace volume", failures);
+}
