@@ -3,7 +3,7 @@
 //! Shown only for tasks that have them. A decider's comment is shown only with
 //! `--ui-show-descriptions` (like a description, it may hold anything).
 
-use super::pages::{esc, reason, time};
+use super::html::{esc, reason, time};
 use crate::approval::{gate_name, requirement};
 use crate::budget::valid_tenant_name;
 use crate::session::governance::{TaskSpend, TenantSpend, micros_to_usd};

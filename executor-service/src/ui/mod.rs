@@ -9,6 +9,7 @@
 
 mod events;
 mod governance;
+mod html;
 mod pages;
 mod session;
 mod workspace;

@@ -1,6 +1,7 @@
 //! The dashboard's HTML, rendered on the server. Every value is escaped; descriptions,
 //! results and outputs appear only when the executor was started to show them.
 
+use super::html::{esc, reason, short, time};
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{
     ExecutionPath, FallbackCause, IterationRecord, ListTasksRequest, ListTasksResponse, ReasonCode,
@@ -9,26 +10,6 @@ use taskrouter_proto::v1::{
 
 /// Most recent iteration records on a task page.
 pub const ITERATIONS_SHOWN: usize = 200;
-
-/// HTML-escapes text for element content and quoted attributes.
-pub(super) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-pub(super) fn short(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_string()
-}
 
 fn status(v: i32) -> String {
     short(
@@ -43,19 +24,6 @@ fn path(v: i32) -> String {
         ExecutionPath::MultiAgent => "multi-agent".into(),
         ExecutionPath::Unspecified => "-".into(),
     }
-}
-
-pub(super) fn reason(v: i32) -> String {
-    short(
-        ReasonCode::try_from(v).unwrap_or_default().as_str_name(),
-        "REASON_CODE_",
-    )
-}
-
-pub(super) fn time(t: &Option<prost_types::Timestamp>) -> String {
-    t.and_then(|t| std::time::SystemTime::try_from(t).ok())
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_else(|| "-".into())
 }
 
 fn layout(title: &str, body: &str, logged_in: bool) -> String {

@@ -1,7 +1,7 @@
 //! The task page's workspace section: the task's branch per repository with its base and
 //! latest checkpointed commit, and on the team path each specialist's branches.
 
-use super::pages::esc;
+use super::html::esc;
 use std::fmt::Write as _;
 use taskrouter_proto::v1::{RepoBranch, SessionState, TaskStatus};
 
