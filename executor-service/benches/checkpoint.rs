@@ -75,6 +75,7 @@ fn checkpoint_at(
                     iteration: Some(&record(n)),
                     events: &[],
                     archive_ttl: None,
+                    unreserved_spend: Default::default(),
                 })
                 .await
                 .expect("checkpoint")
@@ -98,6 +99,7 @@ fn checkpoint_at(
                             iteration: Some(&record(n)),
                             events: &[],
                             archive_ttl: None,
+                            unreserved_spend: Default::default(),
                         })
                         .await
                         .expect("checkpoint")

@@ -112,6 +112,7 @@ fn iteration(
                             iteration: Some(&record),
                             events: &[],
                             archive_ttl: None,
+                            unreserved_spend: Default::default(),
                         })
                         .await
                         .expect("checkpoint")

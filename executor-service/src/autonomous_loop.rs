@@ -378,7 +378,10 @@ impl AutonomousLoop {
                     .map(|s| s.as_str_name().to_string())
                     .unwrap_or_default(),
             }),
-            Some(_) => self.run_existing(&task.id, &opts, false, None).await,
+            Some(state) => {
+                self.run_existing(&task.id, &opts, false, None, Some(state))
+                    .await
+            }
             None => {
                 let state = self.new_state(
                     task.clone(),
@@ -387,22 +390,31 @@ impl AutonomousLoop {
                     opts.budget_usd,
                 );
                 let ev = Self::event(&task.id, progress_event::Kind::Submitted(Submitted {}));
-                self.store.create(&state, &ev).await?;
-                self.run_existing(&task.id, &opts, false, None).await
+                let known = match self.store.create(&state, &ev).await? {
+                    CreateOutcome::Created(s) | CreateOutcome::Existing(s) => s,
+                };
+                self.run_existing(&task.id, &opts, false, None, Some(known))
+                    .await
             }
         }
     }
 
     /// Runs an existing task under a lease until it finishes, stops or hits its bound.
     /// `from_queue` makes a reached bound final (FAILED), since no caller will resume it.
+    /// `known` is the state the caller has just read, if any (saves reading it again:
+    /// everything decided from it is checked again under the lease).
     pub(crate) async fn run_existing(
         &self,
         task_id: &str,
         opts: &RunOptions,
         from_queue: bool,
         entry: Option<&Delivery>,
+        known: Option<SessionState>,
     ) -> Result<RunResult> {
-        let state = self.get(task_id).await?;
+        let state = match known {
+            Some(s) => s,
+            None => self.get(task_id).await?,
+        };
         let status = status_of(&state);
         if is_final(status) || (from_queue && is_parked(status)) {
             return Ok(run_result(&state, state.iteration_count));
@@ -432,11 +444,14 @@ impl AutonomousLoop {
             ));
         }
         // A previous holder that died mid-call left its reservations open: release them.
-        match self
-            .store
-            .reconcile_spend(task_id, &session.lease().owner)
-            .await
-        {
+        let reconciled = if session.may_have_open_reservations() {
+            self.store
+                .reconcile_spend(task_id, &session.lease().owner)
+                .await
+        } else {
+            Ok(0)
+        };
+        match reconciled {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(task_id = %task_id, reservations = n, "released a previous worker's spend reservations")
@@ -464,8 +479,20 @@ impl AutonomousLoop {
         };
         // The entry's idle time restarts with the lease, so it is reclaimable right when
         // the lease has expired, not earlier (when the claim would find the lease held).
-        on_beat().await;
-        let heartbeat = Heartbeat::start(self.store.clone(), session.lease().clone(), on_beat);
+        // An entry read moments ago is as fresh as the lease already: the first beat
+        // (a third of the lease from now) touches it in time.
+        let fresh = entry
+            .and_then(|d| d.received_at)
+            .is_some_and(|at| at.elapsed() < session.lease().ttl / 3);
+        if !fresh {
+            on_beat().await;
+        }
+        let heartbeat = Heartbeat::start(
+            self.store.clone(),
+            session.lease().clone(),
+            session.released_flag(),
+            on_beat,
+        );
         let mut session = session;
         // The budget of this run: a caller's new budget first, then the policy's default.
         if let Some(b) = opts.budget_usd {
@@ -480,11 +507,9 @@ impl AutonomousLoop {
             if session.state.budget_usd == 0.0 {
                 session.state.budget_usd = routed.analysis.as_ref().map_or(0.0, |a| a.budget_usd);
             }
+            // Published by the run's first checkpoint, right below in `drive`.
             let ev = session.event(progress_event::Kind::Routed(routed));
-            if let Err(e) = session.commit(None, &[ev], None).await {
-                session.release().await;
-                return Err(e);
-            }
+            session.defer_event(ev);
         }
         let budget = crate::budget::BudgetScope::of(
             &session.state,
@@ -493,6 +518,7 @@ impl AutonomousLoop {
             self.settings.agent_max_call_cost_usd,
             self.settings.budget_hold_ttl,
         );
+        session.settle_on_checkpoint = !budget.needs_reservation();
         let ctx = Arc::new(
             RunCtx::new(
                 self.store.clone(),
@@ -566,7 +592,7 @@ impl AutonomousLoop {
                         // As in `run::workspace_failure`: the same failure again is
                         // not progress, so nothing is written for it.
                         let message = e.to_string();
-                        if s.state.last_error != message {
+                        if s.state.last_error != message || s.has_deferred_events() {
                             s.state.last_error = message;
                             s.commit(None, &[], None).await?;
                         }

@@ -106,6 +106,13 @@ impl BudgetScope {
         }
     }
 
+    /// Whether agent calls must hold a reservation: a task budget or a tenant applies.
+    /// Without either nothing can be refused, so calls reserve nothing and their cost
+    /// is settled by the checkpoint that records them (one round trip fewer per call).
+    pub fn needs_reservation(&self) -> bool {
+        self.task_limit > 0 || self.tenant.is_some()
+    }
+
     /// Reserves one call's worth of spend.
     pub async fn reserve(&self, store: &dyn SessionStore) -> crate::Result<SpendOutcome> {
         let req = SpendRequest {

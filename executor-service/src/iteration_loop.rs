@@ -17,21 +17,26 @@ const PRIOR_OUTPUTS: usize = 5;
 
 /// Runs single-path iterations from the saved count until done, bound, cancel or stop.
 pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOutcome> {
-    let (task, task_id, feedback) = {
+    let (task, task_id, feedback, fresh) = {
         let s = session.lock().await;
         (
             s.task().clone(),
             s.state.task_id.clone(),
             s.state.review_feedback.clone(),
+            s.state.iteration_count == 0,
         )
     };
-    let records: Vec<_> = ctx
-        .store
-        .iterations(&task_id, PRIOR_OUTPUTS * 4)
-        .await?
-        .into_iter()
-        .filter(|r| r.role == AGENT_ROLE)
-        .collect();
+    // A task that never iterated has no log to read.
+    let records: Vec<_> = if fresh {
+        Vec::new()
+    } else {
+        ctx.store
+            .iterations(&task_id, PRIOR_OUTPUTS * 4)
+            .await?
+            .into_iter()
+            .filter(|r| r.role == AGENT_ROLE)
+            .collect()
+    };
     // The agent already reported done, but the run stopped (a crash, a lost lease)
     // before the task was marked complete: it is complete, without another iteration
     // (unless a reviewer sent the result back).

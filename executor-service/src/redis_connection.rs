@@ -128,6 +128,11 @@ impl From<ConnectionManager> for RedisConn {
 }
 
 impl RedisConn {
+    /// Whether this is a cluster connection (a script may then touch one slot only).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// Whether Redis answers and, on a cluster, every master answers `PING` (it is sent
     /// to all of them) and the cluster reports `cluster_state:ok`.
     pub async fn check(&self) -> RedisResult<()> {

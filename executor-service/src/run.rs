@@ -132,6 +132,8 @@ impl RunCtx {
     /// Runs one agent iteration with retries: every agent call of every path goes
     /// through here. First a reservation must fit the task's and the tenant's budget
     /// (else `StepError::Budget` and no call); the actual cost is settled afterwards.
+    /// A run without a task budget or tenant reserves nothing (see
+    /// [`BudgetScope::needs_reservation`]).
     /// On shutdown the iteration in flight gets `shutdown_grace` to finish (so it can be
     /// checkpointed) before it is abandoned (its reservation is then released by the
     /// next lease holder).
@@ -139,6 +141,17 @@ impl RunCtx {
         &self,
         input: IterationInput,
     ) -> std::result::Result<IterationOutput, StepError> {
+        let path = if input.step == AgentStep::Iteration {
+            "single"
+        } else {
+            "multi"
+        };
+        if !self.budget.needs_reservation() {
+            // Nothing to refuse: the checkpoint recording the iteration settles its cost.
+            let result = self.call_agent_reserved(input).await;
+            crate::telemetry::spend(self.budget.tenant_name(), path, call_cost(&result));
+            return result;
+        }
         let reservation = match self.budget.reserve(self.store.as_ref()).await {
             Ok(SpendOutcome::Reserved(r)) => r,
             Ok(SpendOutcome::Refused {
@@ -150,16 +163,8 @@ impl RunCtx {
             Ok(SpendOutcome::NotLeaseHolder) => return Err(StepError::Stopped(Stop::LeaseLost)),
             Err(e) => return Err(StepError::Store(e)),
         };
-        let path = if input.step == AgentStep::Iteration {
-            "single"
-        } else {
-            "multi"
-        };
         let result = self.call_agent_reserved(input).await;
-        let cost = match &result {
-            Ok(out) if out.cost_usd.is_finite() && out.cost_usd > 0.0 => out.cost_usd,
-            _ => 0.0,
-        };
+        let cost = call_cost(&result);
         crate::budget::settle(self.store.as_ref(), &reservation, cost).await;
         crate::telemetry::spend(self.budget.tenant_name(), path, cost);
         result
@@ -204,6 +209,14 @@ impl RunCtx {
             r = call => r.map_err(StepError::Agent),
             _ = grace => Err(StepError::Stopped(Stop::Shutdown)),
         }
+    }
+}
+
+/// What a finished agent call cost, USD (0 for a failed call or a nonsensical figure).
+fn call_cost(result: &std::result::Result<IterationOutput, StepError>) -> f64 {
+    match result {
+        Ok(out) if out.cost_usd.is_finite() && out.cost_usd > 0.0 => out.cost_usd,
+        _ => 0.0,
     }
 }
 

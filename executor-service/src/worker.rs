@@ -1,5 +1,6 @@
 //! The queue worker pool. Per shard, one reader blocks on `XREADGROUP … BLOCK` (on a
-//! connection of its own) while some worker is idle, and one reclaimer sleeps until the
+//! connection of its own) while some worker is idle, reading up to its share of the idle
+//! workers' count in one call, and one reclaimer sleeps until the
 //! oldest pending entry of the shard could have outlived its lease, then claims it.
 //! Deliveries go to `concurrency` workers through one channel, so capacity is shared
 //! fairly by the shards. A worker runs a delivery on the engine, acknowledges it once its
@@ -120,8 +121,12 @@ async fn read_shard(
     let block = engine.settings().poll_interval;
     let mut backoff = Duration::from_millis(100);
     while idle_worker(&engine, &mut idle).await {
+        // The idle workers' share of this shard, in one round trip (shared by the shards
+        // so that one replica does not take more than it can start).
+        let shards = engine.queue().shards().max(1);
+        let want = (*idle.borrow()).div_ceil(shards).max(1);
         let read = tokio::select! {
-            r = engine.queue().read_new(shard, &consumer, 1, Some(block)) => r,
+            r = engine.queue().read_new(shard, &consumer, want, Some(block)) => r,
             _ = engine.shutdown().wait() => return,
         };
         match read {
@@ -258,7 +263,10 @@ async fn handle(engine: &AutonomousLoop, d: &Delivery) {
         resume: true,
         ..RunOptions::default()
     };
-    match engine.run_existing(&d.task_id, &opts, true, Some(d)).await {
+    match engine
+        .run_existing(&d.task_id, &opts, true, Some(d), Some(state))
+        .await
+    {
         Ok(r)
             if is_final(TaskStatus::try_from(r.status).unwrap_or_default())
                 || is_parked(TaskStatus::try_from(r.status).unwrap_or_default()) =>

@@ -369,6 +369,7 @@ async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without
                 iteration: Some(&record),
                 events: &[],
                 archive_ttl: None,
+                unreserved_spend: Default::default(),
             })
             .await
             .unwrap()

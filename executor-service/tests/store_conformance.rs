@@ -9,6 +9,7 @@ use executor_service::session::governance::{
 };
 use executor_service::session::{
     Checkpoint, CreateOutcome, Cursor, ListPage, ListQuery, SessionStore, TaskFilter,
+    UnreservedSpend,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,7 @@ async fn write(b: &Backend, s: &SessionState, expected: u64, l: &Lease) -> Resul
             iteration: None,
             events: &[],
             archive_ttl: None,
+            unreserved_spend: Default::default(),
         })
         .await
         .map(|o| o.version)
@@ -195,6 +197,7 @@ pub async fn the_iteration_log_appends_and_reads_recent_first_to_last(b: Backend
                 iteration: Some(&record(n)),
                 events: &[],
                 archive_ttl: None,
+                unreserved_spend: Default::default(),
             })
             .await
             .unwrap()
@@ -226,6 +229,7 @@ pub async fn events_are_sequenced_and_readable_after_a_cursor(b: Backend) {
             iteration: None,
             events: &[submitted("E-1"), fin.clone()],
             archive_ttl: None,
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
@@ -263,6 +267,7 @@ pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
             iteration: None,
             events: &[],
             archive_ttl: None,
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
@@ -280,6 +285,7 @@ pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
             iteration: None,
             events: &[],
             archive_ttl: None,
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
@@ -297,6 +303,7 @@ pub async fn archiving_expires_the_task_after_its_ttl(b: Backend) {
             iteration: Some(&record(1)),
             events: &[],
             archive_ttl: Some(Duration::from_millis(300)),
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
@@ -575,14 +582,16 @@ pub async fn archived_tasks_leave_the_list_when_they_expire(b: Backend) {
             lease: &l,
             iteration: None,
             events: &[],
-            archive_ttl: Some(Duration::from_millis(300)),
+            // Long enough to list it first on a loaded machine.
+            archive_ttl: Some(Duration::from_millis(1_500)),
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
     let all = TaskFilter::default();
     let page = b.store.list(&query(all.clone(), 10, None)).await.unwrap();
     assert_eq!(ids(&page), ["X-1"]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     let page = b.store.list(&query(all, 10, None)).await.unwrap();
     assert!(page.tasks.is_empty(), "{page:?}");
     assert_eq!(count(&page, TaskStatus::Completed), 0);
@@ -602,6 +611,7 @@ pub async fn the_iteration_log_reads_whole_in_pages(b: Backend) {
                 iteration: Some(&record(n)),
                 events: &[],
                 archive_ttl: None,
+                unreserved_spend: Default::default(),
             })
             .await
             .unwrap()
@@ -812,6 +822,106 @@ pub async fn a_dead_holders_reservations_are_released_by_the_next_lease(b: Backe
     assert_eq!(st.tenant_spend("acme", "2026-01-01").await.unwrap().held, 0);
 }
 
+pub async fn a_claim_takes_the_lease_and_reads_the_state_under_it(b: Backend) {
+    let st = &b.store;
+    let ttl = Duration::from_secs(5);
+    // Unknown task: the lease is taken (the caller releases it), there is no state.
+    let none = st.claim("K-0", "w0", ttl).await.unwrap().unwrap();
+    assert!(none.state.is_none());
+    st.release_lease(&none.lease).await.unwrap();
+
+    created(&b, "K-1").await;
+    let first = st.claim("K-1", "w1", ttl).await.unwrap().unwrap();
+    let s = first
+        .state
+        .clone()
+        .expect("the state is read under the lease");
+    assert_eq!((s.task_id.as_str(), s.version), ("K-1", 1));
+    assert_eq!(s.task.unwrap().description, "conformance");
+    assert_eq!(first.lease.owner, "w1");
+    // Held by w1: another claim gets nothing and changes nothing.
+    assert!(st.claim("K-1", "w2", ttl).await.unwrap().is_none());
+    // w1 reserves and dies holding the reservation: the next claim says so.
+    reserved(
+        st.reserve_spend(&spend_request("K-1", &first.lease.owner, "r1", 100, 0, 0))
+            .await
+            .unwrap(),
+    );
+    st.release_lease(&first.lease).await.unwrap();
+    let second = st.claim("K-1", "w2", ttl).await.unwrap().unwrap();
+    assert!(second.lease.fencing_token > first.lease.fencing_token);
+    assert!(second.open_reservations, "w1's reservation is still open");
+    assert_eq!(
+        st.reconcile_spend("K-1", &second.lease.owner)
+            .await
+            .unwrap(),
+        1
+    );
+    st.release_lease(&second.lease).await.unwrap();
+    // A store that can tell says "nothing open" once they are reconciled (the in-memory
+    // store always answers "maybe", which only costs a reconcile call).
+    let third = st.claim("K-1", "w3", ttl).await.unwrap().unwrap();
+    if st.kind() == "redis" {
+        assert!(!third.open_reservations);
+    }
+}
+
+pub async fn a_finishing_checkpoint_settles_unreserved_spend_and_releases_the_lease(b: Backend) {
+    let mut s = created(&b, "F-1").await;
+    let l = lease(&b, "F-1", "w1", 60_000).await.unwrap();
+    s.task = None;
+    s.iteration_count = 1;
+    let v = b
+        .store
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 1,
+            lease: &l,
+            iteration: Some(&record(1)),
+            events: &[],
+            archive_ttl: None,
+            unreserved_spend: UnreservedSpend {
+                total: 700,
+                largest: 400,
+            },
+        })
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(
+        b.store.task_spend("F-1").await.unwrap(),
+        TaskSpend {
+            spent: 700,
+            held: 0,
+            max_call: 400
+        }
+    );
+    // Still held: nobody else can take it.
+    assert!(lease(&b, "F-1", "w2", 5_000).await.is_none());
+    s.status = TaskStatus::Completed as i32;
+    b.store
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: v,
+            lease: &l,
+            iteration: None,
+            events: &[],
+            archive_ttl: Some(Duration::from_secs(60)),
+            unreserved_spend: UnreservedSpend {
+                total: 50,
+                largest: 50,
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.store.task_spend("F-1").await.unwrap().spent, 750);
+    assert_eq!(b.store.task_spend("F-1").await.unwrap().max_call, 400);
+    // The archiving write released the lease: another worker takes it at once.
+    assert!(lease(&b, "F-1", "w2", 5_000).await.is_some());
+    let done = b.store.load("F-1").await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Completed as i32);
+}
+
 pub async fn approval_deadlines_come_due_in_order(b: Backend) {
     let st = &b.store;
     st.set_approval_deadline("G-2", 2_000).await.unwrap();
@@ -916,6 +1026,8 @@ macro_rules! conformance_suite {
             case!(a_dead_holders_reservations_are_released_by_the_next_lease);
             case!(approval_deadlines_come_due_in_order);
             case!(a_task_is_queued_once_and_requeue_replaces_its_entry);
+            case!(a_claim_takes_the_lease_and_reads_the_state_under_it);
+            case!(a_finishing_checkpoint_settles_unreserved_spend_and_releases_the_lease);
         }
     };
 }

@@ -209,6 +209,14 @@ async fn execute_completes_every_task_and_counts_redis_commands() {
         f(&v, "/round_trips/script_internal_per_iteration") > 0.0,
         "{v:#}"
     );
+    // Issue 18's budget: at most 8 round trips per task plus 1 per iteration (3 here).
+    // Half a call of slack per task absorbs a script reload (NOSCRIPT) or a health
+    // probe landing inside the sample; a real regression costs a whole call per task.
+    let per_task = f(&v, "/round_trips/client_calls_per_task");
+    assert!(
+        per_task <= 8.0 + 3.0 + 0.5,
+        "{per_task} round trips per task: {v:#}"
+    );
     let p = |q: &str| f(&v, &format!("/submit/latency/{q}_us"));
     assert!(p("p50") <= p("p99") && p("p99") <= p("max"), "{v:#}");
     let rss = f(&v, "/executors/0/rss_kib_peak");

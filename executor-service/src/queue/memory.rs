@@ -100,6 +100,7 @@ impl Inner {
             delivery_count: count,
             shard: 0,
             initial_state: e.initial_state.clone(),
+            received_at: Some(std::time::Instant::now()),
         })
     }
 
@@ -352,6 +353,7 @@ mod tests {
             delivery_count: 1,
             shard: 0,
             initial_state: Vec::new(),
+            received_at: None,
         };
         assert!(q.ack(&d).await.is_err());
     }

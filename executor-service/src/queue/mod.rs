@@ -37,6 +37,9 @@ pub struct Delivery {
     /// The task's initial state (protobuf `SessionState`) as submitted, so a worker can
     /// store it if the submitter stopped between queueing and storing; empty if none.
     pub initial_state: Vec<u8>,
+    /// When this process received the entry (reading or claiming it resets its idle
+    /// time in the stream); `None` if unknown.
+    pub received_at: Option<std::time::Instant>,
 }
 
 /// Queue length and entries delivered but not yet acknowledged.

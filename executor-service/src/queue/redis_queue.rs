@@ -254,6 +254,7 @@ fn entries(v: &Value, shard: usize) -> Vec<Delivery> {
                 delivery_count: 1,
                 shard,
                 initial_state: Vec::new(),
+                received_at: Some(std::time::Instant::now()),
             };
             // A deleted entry (nil fields) has nothing to run.
             let Some(Value::Array(fields)) = parts.get(1) else {

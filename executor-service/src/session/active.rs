@@ -1,10 +1,12 @@
 //! The state of a task while a worker runs it: the latest SessionState, its stored
 //! version and the lease, with checkpointing that retries while Redis is briefly away.
 
-use super::{Checkpoint, Lease, SessionStore};
+use super::governance::usd_to_micros;
+use super::{Checkpoint, Lease, SessionStore, UnreservedSpend};
 use crate::agent::IterationOutput;
 use crate::error::{Error, Result};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, progress_event};
 
@@ -43,6 +45,16 @@ pub struct ActiveSession {
     cancel_requested: bool,
     /// Iterations started but not yet checkpointed (team path reserves slots).
     pub in_flight: u32,
+    /// Whether agent calls' costs are settled by the checkpoint that records them (the
+    /// run reserves nothing: no budget applies) rather than by calls of their own.
+    pub settle_on_checkpoint: bool,
+    unsettled: UnreservedSpend,
+    /// Events the next checkpoint publishes before its own.
+    pending_events: Vec<ProgressEvent>,
+    /// Whether a previous holder may have left spend reservations open.
+    open_reservations: bool,
+    /// Set once the lease is released (by an archiving checkpoint or by `release`).
+    released: Arc<AtomicBool>,
 }
 
 impl ActiveSession {
@@ -57,16 +69,19 @@ impl ActiveSession {
         retry: CheckpointRetry,
     ) -> Result<Option<Self>> {
         let owner = Lease::new_owner(worker_id);
-        let Some(lease) = store.acquire_lease(task_id, &owner, lease_ttl).await? else {
+        // One round trip on Redis: lease, fencing token and state in one script.
+        let Some(claimed) = store.claim(task_id, &owner, lease_ttl).await? else {
             return Ok(None);
         };
-        match store.get(task_id).await {
-            Ok(state) => Ok(Some(Self::new(store, state, lease, retry))),
-            Err(e) => {
-                let _ = store.release_lease(&lease).await;
-                Err(e)
-            }
-        }
+        let Some(state) = claimed.state else {
+            let _ = store.release_lease(&claimed.lease).await;
+            return Err(Error::NotFound {
+                task_id: task_id.to_string(),
+            });
+        };
+        let mut session = Self::new(store, state, claimed.lease, retry);
+        session.open_reservations = claimed.open_reservations;
+        Ok(Some(session))
     }
 
     /// Wraps a freshly loaded state.
@@ -88,7 +103,35 @@ impl ActiveSession {
             retry,
             cancel_requested,
             in_flight: 0,
+            settle_on_checkpoint: false,
+            unsettled: UnreservedSpend::default(),
+            pending_events: Vec::new(),
+            open_reservations: true,
+            released: Arc::default(),
         }
+    }
+
+    /// Whether a previous lease holder may have left spend reservations open (when
+    /// `false` the store saw none when the lease was taken: nothing to reconcile).
+    pub fn may_have_open_reservations(&self) -> bool {
+        self.open_reservations
+    }
+
+    /// Queues `event` for the next checkpoint, so a state change that needs no write of
+    /// its own (routing, just before the run starts) costs no extra round trip.
+    pub fn defer_event(&mut self, event: ProgressEvent) {
+        self.pending_events.push(event);
+    }
+
+    /// Whether events wait for the next checkpoint.
+    pub fn has_deferred_events(&self) -> bool {
+        !self.pending_events.is_empty()
+    }
+
+    /// A flag that turns true once this session's lease is released on purpose (the
+    /// heartbeat stops quietly instead of reporting the lease lost).
+    pub fn released_flag(&self) -> Arc<AtomicBool> {
+        self.released.clone()
     }
 
     /// The task being run.
@@ -144,6 +187,11 @@ impl ActiveSession {
         self.state.tokens_out += out.tokens_out;
         self.state.last_error.clear();
         self.state.worker_id = worker_id.to_string();
+        if self.settle_on_checkpoint && out.cost_usd.is_finite() && out.cost_usd > 0.0 {
+            let cost = usd_to_micros(out.cost_usd);
+            self.unsettled.total += cost;
+            self.unsettled.largest = self.unsettled.largest.max(cost);
+        }
         IterationRecord {
             iteration,
             role: role.to_string(),
@@ -196,6 +244,13 @@ impl ActiveSession {
         archive_ttl: Option<Duration>,
     ) -> Result<()> {
         self.state.updated_at = Some(now());
+        let deferred;
+        let events = if self.pending_events.is_empty() {
+            events
+        } else {
+            deferred = [self.pending_events.as_slice(), events].concat();
+            deferred.as_slice()
+        };
         let started = Instant::now();
         let mut backoff = self.retry.initial_backoff;
         loop {
@@ -209,11 +264,17 @@ impl ActiveSession {
                     iteration,
                     events,
                     archive_ttl,
+                    unreserved_spend: self.unsettled,
                 })
                 .await;
             crate::telemetry::checkpoint_latency(t0.elapsed(), res.is_ok());
             match res {
                 Ok(outcome) => {
+                    self.pending_events.clear();
+                    self.unsettled = UnreservedSpend::default();
+                    if archive_ttl.is_some() {
+                        self.released.store(true, Ordering::Release);
+                    }
                     self.version = outcome.version;
                     self.state.version = outcome.version;
                     self.state.fencing_token = self.lease.fencing_token;
@@ -236,6 +297,9 @@ impl ActiveSession {
 
     /// Releases the lease (best effort: it expires by itself otherwise).
     pub async fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
         if let Err(e) = self.store.release_lease(&self.lease).await {
             tracing::warn!(task_id = %self.state.task_id, error = %e, "lease release failed; it will expire");
         }

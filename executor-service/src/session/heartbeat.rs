@@ -2,6 +2,7 @@
 
 use super::{Lease, SessionStore};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -15,7 +16,13 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Starts renewing `lease` in the background. `on_beat` runs after each successful
     /// renewal (the queue uses it to keep its pending entry from looking abandoned).
-    pub fn start<F>(store: Arc<dyn SessionStore>, lease: Lease, on_beat: F) -> Self
+    /// Once `released` turns true (the run gave the lease up itself) it stops quietly.
+    pub fn start<F>(
+        store: Arc<dyn SessionStore>,
+        lease: Lease,
+        released: Arc<AtomicBool>,
+        on_beat: F,
+    ) -> Self
     where
         F: Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
     {
@@ -27,8 +34,12 @@ impl Heartbeat {
             tick.tick().await;
             loop {
                 tick.tick().await;
+                if released.load(Ordering::Acquire) {
+                    return;
+                }
                 match store.renew_lease(&lease).await {
                     Ok(true) => on_beat().await,
+                    Ok(false) if released.load(Ordering::Acquire) => return,
                     Ok(false) => {
                         tracing::warn!(task_id = %lease.task_id, "lease lost; stopping at the next iteration boundary");
                         let _ = tx.send(true);

@@ -330,15 +330,22 @@ impl SessionStore for MemoryStore {
             task.push_event(first_event_id + n as u64, ev, now);
         }
         if let Some(ttl) = cp.archive_ttl {
-            // Every key of the task but the lease, as the Redis script does.
+            // Every key of the task expires and the lease goes, as in the Redis script.
             let ttl = ttl_of(ttl);
             expire(&mut task.state, ttl, now);
             expire(&mut task.log, ttl, now);
             expire(&mut task.events, ttl, now);
             expire(&mut task.fence, ttl, now);
             expire(&mut task.cancel, ttl, now);
+            task.lease = None;
         }
         let cancel_requested = live(&mut task.cancel, now).is_some();
+        drop(inner);
+        self.ledger().settle_unreserved(
+            &task_id,
+            cp.unreserved_spend.total,
+            cp.unreserved_spend.largest,
+        );
         Ok(CheckpointOutcome {
             version,
             cancel_requested,
@@ -677,6 +684,7 @@ mod tests {
                 iteration: None,
                 events: &[submitted("T")],
                 archive_ttl: Some(Duration::from_millis(1)),
+                unreserved_spend: Default::default(),
             })
             .await
             .unwrap();
@@ -703,6 +711,7 @@ mod tests {
                 iteration: None,
                 events: &[],
                 archive_ttl: None,
+                unreserved_spend: Default::default(),
             })
             .await
             .unwrap_err();

@@ -126,6 +126,15 @@ impl Ledger {
         }
     }
 
+    /// Adds spend settled by a checkpoint (calls made without a reservation).
+    pub(super) fn settle_unreserved(&mut self, task_id: &str, total: i64, largest: i64) {
+        if total > 0 {
+            let task = self.tasks.entry(task_id.to_string()).or_default();
+            task.spent += total;
+            task.max_call = task.max_call.max(largest);
+        }
+    }
+
     pub(super) fn reconcile(&mut self, task_id: &str, owner: &str, now: Instant) -> usize {
         let Some(task) = self.tasks.get_mut(task_id) else {
             return 0;

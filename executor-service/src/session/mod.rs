@@ -111,8 +111,33 @@ pub struct Checkpoint<'a> {
     pub iteration: Option<&'a IterationRecord>,
     /// Progress events to publish (sequence numbers are assigned by the store).
     pub events: &'a [ProgressEvent],
-    /// When set, archive: every key of the task expires after this long.
+    /// When set, archive: every key of the task expires after this long, and the lease
+    /// is released by the same write (an archived task is final: nobody runs it again).
     pub archive_ttl: Option<Duration>,
+    /// Spend of agent calls made without a reservation (no budget applies to the run),
+    /// settled into the task's spend by this write instead of a call of its own.
+    pub unreserved_spend: UnreservedSpend,
+}
+
+/// Agent-call cost settled by a checkpoint (micro-dollars).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnreservedSpend {
+    /// Sum of the calls' costs.
+    pub total: i64,
+    /// The costliest single call among them (raises the task's reservation size).
+    pub largest: i64,
+}
+
+/// What [`SessionStore::claim`] returns: the lease and the state read under it.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The lease just taken.
+    pub lease: Lease,
+    /// The state under the lease; `None` for an unknown id (the lease is still held).
+    pub state: Option<SessionState>,
+    /// Whether the task may have spend reservations open (a previous holder's, to be
+    /// reconciled before this run reserves).
+    pub open_reservations: bool,
 }
 
 /// What a successful checkpoint returns.
@@ -217,6 +242,26 @@ pub trait SessionStore: Send + Sync + 'static {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>>;
+
+    /// Takes the lease like [`acquire_lease`](Self::acquire_lease) and reads the state
+    /// under it, in one round trip where the store can. `None` when another owner holds
+    /// the lease. On an error the lease is released again.
+    async fn claim(&self, task_id: &str, owner: &str, ttl: Duration) -> Result<Option<Claimed>> {
+        let Some(lease) = self.acquire_lease(task_id, owner, ttl).await? else {
+            return Ok(None);
+        };
+        match self.load(task_id).await {
+            Ok(state) => Ok(Some(Claimed {
+                lease,
+                state,
+                open_reservations: true,
+            })),
+            Err(e) => {
+                let _ = self.release_lease(&lease).await;
+                Err(e)
+            }
+        }
+    }
 
     /// Extends the lease; `false` if it is no longer ours.
     async fn renew_lease(&self, lease: &Lease) -> Result<bool>;

@@ -12,12 +12,15 @@
 //! - `<prefix>:{index}:token-key` — random key that signs page tokens (shared by replicas).
 //!
 //! Every script here touches index keys only (one slot); the task's own keys live in the
-//! slot of `{task_id}`. A state write is therefore two calls: the task script (create or
-//! checkpoint), then [`INDEX_PUT`] for that task, sent by the same store call before it
-//! returns, so a change is listed before the RPC or iteration that made it returns. The
-//! entry carries the task's version and an index write never replaces a newer one, so the
-//! second call is idempotent and order-proof. A crash between the two leaves the task
-//! listed as it was until its next write; `--rebuild-indexes` repairs every task at once.
+//! slot of `{task_id}`. On standalone Redis the state scripts (create, checkpoint) run
+//! [`INDEX_LUA`]'s `ix_put` themselves, so a state write and its index update are one
+//! atomic round trip. On a Redis Cluster a script may touch one slot only, so a state
+//! write is two calls there: the task script, then [`INDEX_PUT`] for that task, sent by
+//! the same store call before it returns, so a change is listed before the RPC or
+//! iteration that made it returns. The entry carries the task's version and an index
+//! write never replaces a newer one, so the second call is idempotent and order-proof. A
+//! crash between the two leaves the task listed as it was until its next write;
+//! `--rebuild-indexes` repairs every task at once.
 
 use super::listing::{Cursor, IndexEntry, ListQuery, TaskFilter};
 use std::sync::LazyLock;

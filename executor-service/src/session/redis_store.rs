@@ -4,9 +4,12 @@
 
 use super::governance::{Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantSpend};
 use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
-use super::redis_index::{FilterArgs, INDEX_PUT, LIST, decode_entry, index_prefix};
+use super::redis_index::{
+    FilterArgs, INDEX_LUA, INDEX_PUT, LIST, PRUNE_PER_WRITE, decode_entry, index_prefix,
+};
 use super::{
-    Checkpoint, CheckpointOutcome, CreateOutcome, Lease, SessionStore, StoredEvent, TaskKeys,
+    Checkpoint, CheckpointOutcome, Claimed, CreateOutcome, Lease, SessionStore, StoredEvent,
+    TaskKeys,
 };
 use crate::error::{Error, Result};
 use crate::redis_connection::{RedisConn, RedisTarget};
@@ -21,10 +24,35 @@ use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState, Task, T
 /// Events kept per task stream (approximate trim).
 const EVENTS_MAXLEN: u64 = 10_000;
 
-/// KEYS: state, events. ARGV: schema, status, data, event, events_maxlen, task.
+/// Indexes the task `id` at `version` when `KEYS[ix]` (the index entry hash) is given,
+/// i.e. on standalone Redis, where one script may touch the task's keys and the index's
+/// together. On a cluster the store makes the same update with a second call
+/// (`INDEX_PUT`), since a script may touch one slot only there.
+const INDEX_IN_SCRIPT: &str = r#"
+local function index_here(ix, json, id, version, ttl)
+  if KEYS[ix] == nil or json == '' then return end
+  local pfx = string.sub(KEYS[ix], 1, -6)
+  local now = ix_now()
+  local e = cjson.decode(json)
+  e.v = version
+  e.x = 0
+  if ttl > 0 then e.x = now + ttl end
+  ix_put(pfx, id, e)
+  ix_prune(pfx, now, PRUNE_PER_WRITE)
+end
+"#;
+
+/// A state script with the index helpers in front of `body`.
+fn with_index(body: &str) -> Script {
+    let helpers = INDEX_IN_SCRIPT.replace("PRUNE_PER_WRITE", &PRUNE_PER_WRITE.to_string());
+    Script::new(&[INDEX_LUA, &helpers, body].concat())
+}
+
+/// KEYS: state, events, [index entry]. ARGV: schema, status, data, event, events_maxlen,
+/// task, index entry JSON, task id.
 /// Returns `{1}` when created, `{0, data, version, task}` when it already existed.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_index(
         r#"
 local existing = redis.call('HMGET', KEYS[1], 'data', 'version', 'task')
 if existing[1] then
@@ -32,18 +60,21 @@ if existing[1] then
 end
 redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'version', 1, 'fence', 0, 'status', ARGV[2], 'evseq', 1, 'data', ARGV[3], 'task', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'seq', 1, 'ev', ARGV[4])
+index_here(3, ARGV[7], ARGV[8], 1, 0)
 return {1}
 "#,
     )
 });
 
-/// KEYS: state, log, events, lease, fence, cancel, spend.
+/// KEYS: state, log, events, lease, fence, cancel, spend, [index entry].
 /// ARGV: expected_version, fencing_token, owner, data, status, log_entry, archive_ttl_ms,
-///       schema, events_maxlen, event...
+///       schema, events_maxlen, unreserved spend, its largest call, index entry JSON,
+///       task id, event...
 /// Returns `{version, cancel}` on success; `{-1, current}` version mismatch;
-/// `{-2, current}` lease not held; `{-3, current}` stale fencing token.
+/// `{-2, current}` lease not held; `{-3, current}` stale fencing token. Archiving also
+/// releases the lease.
 static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_index(
         r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then
@@ -61,17 +92,43 @@ redis.call('HSET', KEYS[1], 'schema', ARGV[8], 'version', ver, 'fence', ARGV[2],
 if ARGV[6] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[6])
 end
-for i = 10, #ARGV do
+for i = 14, #ARGV do
   local seq = redis.call('HINCRBY', KEYS[1], 'evseq', 1)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'ev', ARGV[i])
 end
-local ttl = tonumber(ARGV[7])
-if ttl > 0 then
-  for i = 1, #KEYS do
-    if i ~= 4 then redis.call('PEXPIRE', KEYS[i], ttl) end
+local spend = tonumber(ARGV[10])
+if spend > 0 then
+  redis.call('HINCRBY', KEYS[7], 'spent', spend)
+  if tonumber(ARGV[11]) > tonumber(redis.call('HGET', KEYS[7], 'maxcall') or '0') then
+    redis.call('HSET', KEYS[7], 'maxcall', ARGV[11])
   end
 end
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  for i = 1, 7 do
+    if i ~= 4 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+  redis.call('DEL', KEYS[4])
+end
+index_here(8, ARGV[12], ARGV[13], ver, ttl)
 return {ver, redis.call('EXISTS', KEYS[6])}
+"#,
+    )
+});
+
+/// KEYS: lease, fence, state, spend. ARGV: owner, ttl_ms.
+/// Takes the lease and reads the state under it: `{0}` if another owner holds it, else
+/// `{fencing token, schema, version, data, task, held}` (`held`: open reservations).
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0}
+end
+local fence = redis.call('INCR', KEYS[2])
+local f = redis.call('HMGET', KEYS[3], 'schema', 'version', 'data', 'task')
+local held = tonumber(redis.call('HGET', KEYS[4], 'held') or '0')
+return {fence, f[1], f[2], f[3], f[4], held}
 "#,
     )
 });
@@ -163,6 +220,13 @@ impl RedisStore {
     /// The hash of index entries (the key every index script declares).
     fn index_entry_key(&self) -> String {
         format!("{}entry", self.index)
+    }
+
+    /// Whether the state scripts update the index themselves (standalone Redis: one
+    /// round trip per write) instead of a second call (a cluster: the index has a slot of
+    /// its own and a script may touch one slot only).
+    fn index_in_scripts(&self) -> bool {
+        !self.conn.is_cluster()
     }
 
     /// Writes `state`'s index entry at `version` (archived for `ttl_ms` when > 0).
@@ -261,6 +325,59 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// Decodes the fields `schema`, `version`, `data` and `task` of the state hash at
+    /// `key` as read by `HMGET`: `None` when the hash does not exist.
+    fn decode_fields(
+        key: &str,
+        schema: Option<Vec<u8>>,
+        version: Option<Vec<u8>>,
+        data: Option<Vec<u8>>,
+        task: Option<Vec<u8>>,
+    ) -> Result<Option<SessionState>> {
+        let schema = schema.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let version = match version {
+            None => None,
+            Some(raw) => Some(
+                std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| Error::CorruptState {
+                        key: key.to_string(),
+                        reason: "the `version` field is not a number".into(),
+                    })?,
+            ),
+        };
+        let Some(data) = data else {
+            return match (schema, version) {
+                (None, None) => Ok(None),
+                _ => Err(Error::CorruptState {
+                    key: key.to_string(),
+                    reason: "the hash has no `data` field".into(),
+                }),
+            };
+        };
+        let schema_ok = schema
+            .as_deref()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_some_and(|s| s == SESSION_SCHEMA_VERSION);
+        if !schema_ok {
+            return Err(Error::CorruptState {
+                key: key.to_string(),
+                reason: format!(
+                    "schema version {:?}, expected {SESSION_SCHEMA_VERSION}",
+                    schema.unwrap_or_default()
+                ),
+            });
+        }
+        Self::decode_state(
+            key,
+            &data,
+            task.as_deref().unwrap_or_default(),
+            version.unwrap_or(0),
+        )
+        .map(Some)
+    }
+
     /// Decodes a stored state the way loading does: `data` (protobuf `SessionState`) and
     /// `task` (protobuf `Task`, empty when absent) of the hash at `key`, with its schema
     /// check. Anything unreadable is `Error::CorruptState` naming `key`, never a panic.
@@ -334,22 +451,34 @@ impl SessionStore for RedisStore {
         };
         let mut stored = state.clone();
         stored.version = 1;
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = CREATE
-            .key(&keys.state)
-            .key(&keys.events)
-            .arg(SESSION_SCHEMA_VERSION)
+        let indexed_here = self.index_in_scripts();
+        let mut inv = CREATE.prepare_invoke();
+        inv.key(&keys.state).key(&keys.events);
+        if indexed_here {
+            inv.key(self.index_entry_key());
+        }
+        inv.arg(SESSION_SCHEMA_VERSION)
             .arg(status_name(stored.status))
             .arg(body.encode_to_vec())
             .arg(event.encode_to_vec())
             .arg(EVENTS_MAXLEN)
             .arg(task_bytes)
+            .arg(if indexed_here {
+                IndexEntry::of(&stored).to_json()
+            } else {
+                String::new()
+            })
+            .arg(&stored.task_id);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = inv
             .invoke_async(&mut conn)
             .await
             .map_err(map_err(&keys.state))?;
         match reply.first().and_then(as_i64) {
             Some(1) => {
-                self.index_after_write(&stored, 1, 0).await;
+                if !indexed_here {
+                    self.index_after_write(&stored, 1, 0).await;
+                }
                 Ok(CreateOutcome::Created(stored))
             }
             Some(0) => {
@@ -389,48 +518,7 @@ impl SessionStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(map_err(&keys.state))?;
-        let schema = schema.map(|b| String::from_utf8_lossy(&b).into_owned());
-        let version = match version {
-            None => None,
-            Some(raw) => Some(
-                std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| Error::CorruptState {
-                        key: keys.state.clone(),
-                        reason: "the `version` field is not a number".into(),
-                    })?,
-            ),
-        };
-        let Some(data) = data else {
-            return match (schema, version) {
-                (None, None) => Ok(None),
-                _ => Err(Error::CorruptState {
-                    key: keys.state,
-                    reason: "the hash has no `data` field".into(),
-                }),
-            };
-        };
-        let schema_ok = schema
-            .as_deref()
-            .and_then(|s| s.parse::<u32>().ok())
-            .is_some_and(|s| s == SESSION_SCHEMA_VERSION);
-        if !schema_ok {
-            return Err(Error::CorruptState {
-                key: keys.state,
-                reason: format!(
-                    "schema version {:?}, expected {SESSION_SCHEMA_VERSION}",
-                    schema.unwrap_or_default()
-                ),
-            });
-        }
-        Self::decode_state(
-            &keys.state,
-            &data,
-            task.as_deref().unwrap_or_default(),
-            version.unwrap_or(0),
-        )
-        .map(Some)
+        Self::decode_fields(&keys.state, schema, version, data, task)
     }
 
     async fn checkpoint(&self, cp: Checkpoint<'_>) -> Result<CheckpointOutcome> {
@@ -446,6 +534,7 @@ impl SessionStore for RedisStore {
             .archive_ttl
             .map(|d| d.as_millis().max(1) as u64)
             .unwrap_or(0);
+        let indexed_here = self.index_in_scripts();
         let mut inv = CHECKPOINT.prepare_invoke();
         inv.key(&keys.state)
             .key(&keys.log)
@@ -453,8 +542,11 @@ impl SessionStore for RedisStore {
             .key(&keys.lease)
             .key(&keys.fence)
             .key(&keys.cancel)
-            .key(&keys.spend)
-            .arg(cp.expected_version)
+            .key(&keys.spend);
+        if indexed_here {
+            inv.key(self.index_entry_key());
+        }
+        inv.arg(cp.expected_version)
             .arg(cp.lease.fencing_token)
             .arg(&cp.lease.owner)
             .arg(state.encode_to_vec())
@@ -462,7 +554,15 @@ impl SessionStore for RedisStore {
             .arg(cp.iteration.map(|r| r.encode_to_vec()).unwrap_or_default())
             .arg(ttl_ms)
             .arg(SESSION_SCHEMA_VERSION)
-            .arg(EVENTS_MAXLEN);
+            .arg(EVENTS_MAXLEN)
+            .arg(cp.unreserved_spend.total.max(0))
+            .arg(cp.unreserved_spend.largest.max(0))
+            .arg(if indexed_here {
+                IndexEntry::of(cp.state).to_json()
+            } else {
+                String::new()
+            })
+            .arg(&state.task_id);
         for ev in cp.events {
             inv.arg(ev.encode_to_vec());
         }
@@ -486,7 +586,9 @@ impl SessionStore for RedisStore {
                 cp.lease.fencing_token
             ))),
             v if v > 0 => {
-                self.index_after_write(cp.state, v as u64, ttl_ms).await;
+                if !indexed_here {
+                    self.index_after_write(cp.state, v as u64, ttl_ms).await;
+                }
                 Ok(CheckpointOutcome {
                     version: v as u64,
                     cancel_requested: second == 1,
@@ -773,6 +875,49 @@ impl SessionStore for RedisStore {
             _ => Value::Nil,
         };
         parse_events(&keys.events, entries)
+    }
+
+    async fn claim(&self, task_id: &str, owner: &str, ttl: Duration) -> Result<Option<Claimed>> {
+        let keys = self.keys(task_id);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = CLAIM
+            .key(&keys.lease)
+            .key(&keys.fence)
+            .key(&keys.state)
+            .key(&keys.spend)
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err(&keys.state))?;
+        let fencing_token = match reply.first().and_then(as_i64) {
+            Some(0) => return Ok(None),
+            Some(t) if t > 0 => t as u64,
+            _ => {
+                return Err(Error::Internal(
+                    "unexpected reply from the claim script".into(),
+                ));
+            }
+        };
+        let lease = Lease {
+            task_id: task_id.to_string(),
+            owner: owner.to_string(),
+            fencing_token,
+            ttl,
+        };
+        let field = |i: usize| reply.get(i).and_then(as_bytes).map(<[u8]>::to_vec);
+        let open_reservations = reply.get(5).and_then(as_i64).unwrap_or(1) > 0;
+        match Self::decode_fields(&keys.state, field(1), field(2), field(3), field(4)) {
+            Ok(state) => Ok(Some(Claimed {
+                lease,
+                state,
+                open_reservations,
+            })),
+            Err(e) => {
+                let _ = self.release_lease(&lease).await;
+                Err(e)
+            }
+        }
     }
 
     async fn acquire_lease(
