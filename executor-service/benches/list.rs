@@ -3,7 +3,8 @@
 //! `cargo bench -p executor-service --bench list` runs 10,000 tasks;
 //! `TASKROUTER_LIST_BENCH_TASKS=1000000 cargo bench -p executor-service --bench list`
 //! the 1,000,000 case (about a minute to fill, ~1.5 GB of Redis). Under `cargo test
-//! --benches` (no `--bench` argument) it is a smoke run with 1,000 tasks.
+//! --benches` (no `--bench` argument) it is a smoke run with 1,000 tasks (or
+//! `TASKROUTER_LIST_BENCH_TASKS`, to measure index memory without the timed calls' cost).
 //!
 //! Prints, per query shape: p50 / p99 / max over the measured calls (each the whole
 //! `List` as the service answers it: index script, state reads, token signing), and the
@@ -106,14 +107,10 @@ async fn measure(
 
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let n: u64 = if smoke {
-        1_000
-    } else {
-        std::env::var("TASKROUTER_LIST_BENCH_TASKS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000)
-    };
+    let n: u64 = std::env::var("TASKROUTER_LIST_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1_000 } else { 10_000 });
     let calls = if smoke { 50 } else { 2_000 };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -147,6 +144,8 @@ fn main() {
         let mut c = conn.clone();
         let mut cursor = 0u64;
         let mut index_bytes = 0u64;
+        // Of which the status x tenant sets (`st:<STATUS>:tenant:<label>`).
+        let mut st_tenant_bytes = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -167,6 +166,9 @@ fn main() {
                     .await
                     .expect("memory usage");
                 index_bytes += b.unwrap_or(0);
+                if k.contains(":{index}:st:") && k.contains(":tenant:") {
+                    st_tenant_bytes += b.unwrap_or(0);
+                }
             }
             cursor = next;
             if cursor == 0 {
@@ -184,8 +186,9 @@ fn main() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         println!(
-            "index memory: {index_bytes} bytes = {:.0} bytes/task (Redis total {:.0} bytes/task, task keys included)",
+            "index memory: {index_bytes} bytes = {:.0} bytes/task, of which status x tenant sets {:.0} bytes/task (Redis total {:.0} bytes/task, task keys included)",
             index_bytes as f64 / n as f64,
+            st_tenant_bytes as f64 / n as f64,
             used as f64 / n as f64
         );
 

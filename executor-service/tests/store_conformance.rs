@@ -570,6 +570,136 @@ pub async fn list_filters_combine(b: Backend) {
     assert_eq!(nobody.counts.iter().map(|(_, n)| n).sum::<u64>(), 0);
 }
 
+/// Every page of a listing from the first, with the counts each page reported.
+async fn all_pages(b: &Backend, f: &TaskFilter, page_size: usize) -> (Vec<String>, Vec<ListPage>) {
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b
+            .store
+            .list(&query(f.clone(), page_size, after))
+            .await
+            .unwrap();
+        seen.extend(ids(&page).into_iter().map(String::from));
+        after = page.next.clone();
+        pages.push(page);
+        if after.is_none() {
+            return (seen, pages);
+        }
+    }
+}
+
+pub async fn list_by_status_and_tenant_pages_counts_and_follows_changes(b: Backend) {
+    use TaskStatus::*;
+    const T: i64 = 1_700_000_000_000;
+    // S-4 and S-5 share an update time: the id breaks the tie across pages.
+    for (id, st, at, tenant, multi) in [
+        ("S-1", InProgress, 1_000, "acme", true),
+        ("S-2", Pending, 2_000, "acme", false),
+        ("S-3", InProgress, 3_000, "globex", true),
+        ("S-4", InProgress, 4_000, "acme", false),
+        ("S-5", InProgress, 4_000, "acme", true),
+        ("S-6", Completed, 6_000, "acme", false),
+        ("S-7", InProgress, 7_000, "", false),
+    ] {
+        stored_as(&b, id, st, T + at, tenant, multi).await;
+    }
+    let acme = |statuses: Vec<TaskStatus>| TaskFilter {
+        statuses,
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let open = acme(vec![Pending, InProgress]);
+    for size in [1, 3, 10] {
+        let (seen, pages) = all_pages(&b, &open, size).await;
+        assert_eq!(seen, ["S-5", "S-4", "S-2", "S-1"], "page size {size}");
+        for p in &pages {
+            assert_eq!(p.counts, vec![(Pending, 1), (InProgress, 3)]);
+            assert!(p.tasks.iter().all(|t| t.tenant == "acme"));
+        }
+    }
+    let page = |f: TaskFilter| {
+        let store = b.store.clone();
+        async move { store.list(&query(f, 10, None)).await.unwrap() }
+    };
+    let globex = page(TaskFilter {
+        tenant: Some("globex".into()),
+        ..acme(vec![InProgress])
+    })
+    .await;
+    assert_eq!(ids(&globex), ["S-3"]);
+    assert_eq!(globex.counts, vec![(InProgress, 1)]);
+    // Filters the status x tenant sets do not cover still narrow the page and its counts.
+    let multi = page(TaskFilter {
+        path: Some(ExecutionPath::MultiAgent),
+        ..acme(vec![InProgress])
+    })
+    .await;
+    assert_eq!(ids(&multi), ["S-5", "S-1"]);
+    assert_eq!(multi.counts, vec![(InProgress, 2)]);
+    let window = page(TaskFilter {
+        updated_from_ms: Some(T + 2_000),
+        updated_to_ms: Some(T + 5_000),
+        ..open.clone()
+    })
+    .await;
+    assert_eq!(ids(&window), ["S-5", "S-4", "S-2"]);
+    assert_eq!(window.counts, vec![(Pending, 1), (InProgress, 2)]);
+    let recent = page(TaskFilter {
+        created_from_ms: Some(T + 3_000),
+        ..open.clone()
+    })
+    .await;
+    assert_eq!(ids(&recent), ["S-5", "S-4"]);
+    assert_eq!(recent.counts, vec![(Pending, 0), (InProgress, 2)]);
+
+    // S-4 finishes: it moves from the running listing to the finished one at once.
+    // (The lease "w" took in `stored_as`, the first, so fencing token 1.)
+    let lease_of = |id: &str| Lease {
+        task_id: id.into(),
+        owner: "w".into(),
+        fencing_token: 1,
+        ttl: Duration::from_secs(5),
+    };
+    let mut s = b.store.load("S-4").await.unwrap().unwrap();
+    s.status = Completed as i32;
+    s.updated_at = at_ms(T + 9_000);
+    write(&b, &s, 2, &lease_of("S-4")).await.unwrap();
+    let (seen, pages) = all_pages(&b, &open, 2).await;
+    assert_eq!(seen, ["S-5", "S-2", "S-1"]);
+    assert_eq!(pages[0].counts, vec![(Pending, 1), (InProgress, 2)]);
+    let done = page(acme(vec![Completed])).await;
+    assert_eq!(ids(&done), ["S-4", "S-6"]);
+    assert_eq!(done.counts, vec![(Completed, 2)]);
+
+    // S-2 finishes archived: listed until its archive expires, then gone everywhere.
+    let mut s = b.store.load("S-2").await.unwrap().unwrap();
+    s.status = Completed as i32;
+    s.updated_at = at_ms(T + 10_000);
+    b.store
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 2,
+            lease: &lease_of("S-2"),
+            iteration: None,
+            events: &[],
+            archive_ttl: Some(Duration::from_millis(300)),
+        })
+        .await
+        .unwrap();
+    let done = page(acme(vec![Completed, Pending])).await;
+    assert_eq!(ids(&done), ["S-2", "S-4", "S-6"]);
+    assert_eq!(done.counts, vec![(Pending, 0), (Completed, 3)]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let done = page(acme(vec![Completed, Pending])).await;
+    assert_eq!(ids(&done), ["S-4", "S-6"]);
+    assert_eq!(done.counts, vec![(Pending, 0), (Completed, 2)]);
+    let (seen, pages) = all_pages(&b, &open, 1).await;
+    assert_eq!(seen, ["S-5", "S-1"]);
+    assert_eq!(pages[0].counts, vec![(Pending, 0), (InProgress, 2)]);
+}
+
 pub async fn archived_tasks_leave_the_list_when_they_expire(b: Backend) {
     let s = created(&b, "X-1").await;
     let l = lease(&b, "X-1", "w", 5_000).await.unwrap();
@@ -1019,6 +1149,7 @@ macro_rules! conformance_suite {
             case!(queue_delivers_each_entry_once_and_reclaims_idle_ones);
             case!(list_pages_in_update_order_with_exact_counts);
             case!(list_filters_combine);
+            case!(list_by_status_and_tenant_pages_counts_and_follows_changes);
             case!(archived_tasks_leave_the_list_when_they_expire);
             case!(the_iteration_log_reads_whole_in_pages);
             case!(rebuilding_the_indexes_keeps_the_listing);
@@ -1085,4 +1216,155 @@ async fn redis_rebuild_restores_a_lost_index() {
         .await
         .unwrap();
     assert_eq!(ids(&back), ["D-1"]);
+}
+
+/// An index written before the status x tenant sets existed lists exactly (by walking the
+/// tenant set) until `--rebuild-indexes` fills them; the sets follow every change and
+/// expiry.
+#[tokio::test]
+async fn redis_status_tenant_sets_are_exact_before_and_after_the_rebuild() {
+    use TaskStatus::*;
+    let b = redis_backend().await;
+    let redis = b
+        ._guard
+        .downcast_ref::<test_support::RedisServer>()
+        .expect("redis backend");
+    let conn = redis.connection_manager().await;
+    const T: i64 = 1_700_000_000_000;
+    stored_as(&b, "U-1", InProgress, T + 1_000, "acme", true).await;
+    stored_as(&b, "U-2", InProgress, T + 2_000, "acme", false).await;
+    stored_as(&b, "U-3", Pending, T + 3_000, "acme", false).await;
+    stored_as(&b, "U-4", InProgress, T + 4_000, "globex", false).await;
+    let members = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let m: Vec<String> = ::redis::cmd("ZRANGE")
+                .arg(format!("conf:{{index}}:{key}"))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            m
+        }
+    };
+    let ready = || {
+        let mut conn = conn.clone();
+        async move {
+            let n: i64 = ::redis::cmd("EXISTS")
+                .arg("conf:{index}:st-tenant-ready")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n == 1
+        }
+    };
+    assert!(
+        ready().await,
+        "a new index is complete from its first write"
+    );
+    assert_eq!(
+        members("st:TASK_STATUS_IN_PROGRESS:tenant:acme").await,
+        ["U-1", "U-2"]
+    );
+    assert_eq!(members("st:TASK_STATUS_PENDING:tenant:acme").await, ["U-3"]);
+    assert_eq!(
+        members("st:TASK_STATUS_IN_PROGRESS:tenant:globex").await,
+        ["U-4"]
+    );
+
+    let running = TaskFilter {
+        statuses: vec![InProgress, Pending],
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let list = |f: TaskFilter| {
+        let store = b.store.clone();
+        async move { store.list(&query(f, 2, None)).await.unwrap() }
+    };
+    let expected = list(running.clone()).await;
+    assert_eq!(ids(&expected), ["U-3", "U-2"]);
+    assert_eq!(expected.counts, vec![(Pending, 1), (InProgress, 2)]);
+
+    // An index from before: no marker, no status x tenant sets. A later write fills in
+    // only its own task, so the sets are partial and must not be read.
+    let mut c = conn.clone();
+    let old: Vec<String> = ::redis::cmd("KEYS")
+        .arg("conf:{index}:st*tenant*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Three status x tenant sets and the marker.
+    assert_eq!(old.len(), 4, "{old:?}");
+    assert!(
+        old.iter().any(|k| k.ends_with("st-tenant-ready")),
+        "{old:?}"
+    );
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(&old)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(list(running.clone()).await, expected);
+    let lease = Lease {
+        task_id: "U-1".into(),
+        owner: "w".into(),
+        fencing_token: 1,
+        ttl: Duration::from_secs(5),
+    };
+    let mut s = b.store.load("U-1").await.unwrap().unwrap();
+    s.status = Pending as i32;
+    s.updated_at = at_ms(T + 5_000);
+    write(&b, &s, 2, &lease).await.unwrap();
+    assert!(!ready().await);
+    assert_eq!(members("st:TASK_STATUS_PENDING:tenant:acme").await, ["U-1"]);
+    let partial = list(running.clone()).await;
+    assert_eq!(ids(&partial), ["U-1", "U-3"]);
+    assert_eq!(partial.counts, vec![(Pending, 2), (InProgress, 1)]);
+
+    assert_eq!(b.store.rebuild_indexes().await.unwrap(), 4);
+    assert!(ready().await);
+    assert_eq!(
+        members("st:TASK_STATUS_PENDING:tenant:acme").await,
+        ["U-3", "U-1"]
+    );
+    assert_eq!(
+        members("st:TASK_STATUS_IN_PROGRESS:tenant:acme").await,
+        ["U-2"]
+    );
+    assert_eq!(list(running.clone()).await, partial);
+
+    // A status change moves the task between the sets; an expiry removes it.
+    let mut s = b.store.load("U-1").await.unwrap().unwrap();
+    s.status = Completed as i32;
+    s.updated_at = at_ms(T + 6_000);
+    b.store
+        .checkpoint(Checkpoint {
+            state: &s,
+            expected_version: 3,
+            lease: &lease,
+            iteration: None,
+            events: &[],
+            archive_ttl: Some(Duration::from_millis(300)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(members("st:TASK_STATUS_PENDING:tenant:acme").await, ["U-3"]);
+    assert_eq!(
+        members("st:TASK_STATUS_COMPLETED:tenant:acme").await,
+        ["U-1"]
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let done = list(TaskFilter {
+        statuses: vec![Completed],
+        ..running.clone()
+    })
+    .await;
+    assert!(done.tasks.is_empty(), "{done:?}");
+    assert_eq!(done.counts, vec![(Completed, 0)]);
+    assert!(
+        members("st:TASK_STATUS_COMPLETED:tenant:acme")
+            .await
+            .is_empty()
+    );
 }

@@ -7,6 +7,17 @@
 //! - `<prefix>:{index}:all` — sorted set of every task id, scored by update time (ms);
 //! - `<prefix>:{index}:st:<STATUS>`, `path:<PATH>`, `reason:<CODE>`, `tenant:<label>`,
 //!   `policy:<version>` — the same, per attribute value;
+//! - `<prefix>:{index}:st:<STATUS>:tenant:<label>` — the same, per status and tenant (for
+//!   tasks with a tenant), so a status + tenant filter reads a page and its counts
+//!   straight from these sets instead of walking the tenant's tasks;
+//! - `<prefix>:{index}:st-tenant-ready` — present when every entry is in its status ×
+//!   tenant set. An index write sets it when the entry hash is empty (a new index), and
+//!   `--rebuild-indexes` sets it once it has dropped and refilled every index key (the
+//!   drop is no transaction, so a write racing with it may have set it too early and had
+//!   it dropped). An index written by an earlier version lacks it, and `List` then walks
+//!   the tenant set instead: results are exact either way, only the speed waits for the
+//!   rebuild. The rebuild belongs after the last executor of an earlier version has
+//!   stopped: those neither add nor remove status × tenant memberships;
 //! - `<prefix>:{index}:expiry` — archived task ids scored by their expiry time, so
 //!   expired tasks leave every index (pruned by each List and a few per checkpoint);
 //! - `<prefix>:{index}:token-key` — random key that signs page tokens (shared by replicas).
@@ -33,12 +44,18 @@ local function ix_del(pfx, id, e)
   redis.call('ZREM', pfx .. 'st:' .. e.s, id)
   if e.p ~= '' then redis.call('ZREM', pfx .. 'path:' .. e.p, id) end
   for r in string.gmatch(e.r, '[^,]+') do redis.call('ZREM', pfx .. 'reason:' .. r, id) end
-  if e.t and e.t ~= '' then redis.call('ZREM', pfx .. 'tenant:' .. e.t, id) end
+  if e.t and e.t ~= '' then
+    redis.call('ZREM', pfx .. 'tenant:' .. e.t, id)
+    redis.call('ZREM', pfx .. 'st:' .. e.s .. ':tenant:' .. e.t, id)
+  end
   if e.y ~= '' then redis.call('ZREM', pfx .. 'policy:' .. e.y, id) end
   redis.call('ZREM', pfx .. 'expiry', id)
   redis.call('HDEL', pfx .. 'entry', id)
 end
 local function ix_put(pfx, id, e)
+  -- An index without entries holds nothing written before the status x tenant sets
+  -- existed, so from here on those sets cover every entry (`st-tenant-ready`, module doc).
+  if redis.call('EXISTS', pfx .. 'entry') == 0 then redis.call('SET', pfx .. 'st-tenant-ready', '1') end
   local raw = redis.call('HGET', pfx .. 'entry', id)
   if raw then
     local o = cjson.decode(raw)
@@ -51,7 +68,10 @@ local function ix_put(pfx, id, e)
   redis.call('ZADD', pfx .. 'st:' .. e.s, e.u, id)
   if e.p ~= '' then redis.call('ZADD', pfx .. 'path:' .. e.p, e.u, id) end
   for r in string.gmatch(e.r, '[^,]+') do redis.call('ZADD', pfx .. 'reason:' .. r, e.u, id) end
-  if e.t ~= '' then redis.call('ZADD', pfx .. 'tenant:' .. e.t, e.u, id) end
+  if e.t ~= '' then
+    redis.call('ZADD', pfx .. 'tenant:' .. e.t, e.u, id)
+    redis.call('ZADD', pfx .. 'st:' .. e.s .. ':tenant:' .. e.t, e.u, id)
+  end
   if e.y ~= '' then redis.call('ZADD', pfx .. 'policy:' .. e.y, e.u, id) end
   if e.x > 0 then redis.call('ZADD', pfx .. 'expiry', e.x, id) end
   redis.call('HSET', pfx .. 'entry', id, cjson.encode(e))
@@ -70,6 +90,10 @@ local function ix_prune(pfx, now, limit)
   return #ids
 end
 "#;
+
+/// The marker key (under the index prefix) saying every entry is in its status × tenant
+/// set (`INDEX_LUA` spells the same name).
+pub const ST_TENANT_READY: &str = "st-tenant-ready";
 
 /// Expired entries a checkpoint prunes in passing (List prunes more).
 pub const PRUNE_PER_WRITE: u32 = 16;
@@ -123,11 +147,21 @@ if f.ub then max = '(' .. tostring(f.ub) end
 local hi = max
 if cs and (not f.ub or cs < f.ub) then hi = tostring(cs) end
 
+-- Statuses with a tenant read the status x tenant sets, which cover the tenant filter
+-- exactly, once every entry is known to be in them (an index written before they
+-- existed is not, until rebuilt: then the tenant set is walked as before).
+local by_tenant = #statuses > 0 and f.t and f.t ~= ''
+  and redis.call('EXISTS', pfx .. '{ST_TENANT_READY}') == 1
+local skey = {{}}
+for _, s in ipairs(statuses) do
+  if by_tenant then skey[s] = 'st:' .. s .. ':tenant:' .. f.t else skey[s] = 'st:' .. s end
+end
+
 -- The smallest candidate set drives the walk; everything else is checked per entry.
 local attrs = {{}}
 if f.p then attrs[#attrs + 1] = 'path:' .. f.p end
 if f.r then attrs[#attrs + 1] = 'reason:' .. f.r end
-if f.t then attrs[#attrs + 1] = 'tenant:' .. f.t end
+if f.t and not by_tenant then attrs[#attrs + 1] = 'tenant:' .. f.t end
 if f.y then attrs[#attrs + 1] = 'policy:' .. f.y end
 local driver, dsize = nil, nil
 for _, k in ipairs(attrs) do
@@ -136,10 +170,10 @@ for _, k in ipairs(attrs) do
 end
 if #statuses > 0 then
   local n = 0
-  for _, s in ipairs(statuses) do n = n + redis.call('ZCARD', pfx .. 'st:' .. s) end
+  for _, s in ipairs(statuses) do n = n + redis.call('ZCARD', pfx .. skey[s]) end
   if not dsize or n <= dsize then
     driver = {{}}
-    for _, s in ipairs(statuses) do driver[#driver + 1] = 'st:' .. s end
+    for _, s in ipairs(statuses) do driver[#driver + 1] = skey[s] end
   end
 end
 if not driver then driver = {{'all'}} end
@@ -174,7 +208,8 @@ local counts = {{}}
 for _, s in ipairs(counted) do counts[s] = 0 end
 local batch = 512
 if simple then
-  for _, s in ipairs(counted) do counts[s] = redis.call('ZCOUNT', pfx .. 'st:' .. s, min, max) end
+  -- Counted statuses are the filter's when it has any (so `skey` holds them all).
+  for _, s in ipairs(counted) do counts[s] = redis.call('ZCOUNT', pfx .. (skey[s] or ('st:' .. s)), min, max) end
   for _, key in ipairs(driver) do
     local got, off = 0, 0
     while got <= page do
@@ -311,4 +346,15 @@ pub fn index_prefix(prefix: &str) -> String {
 /// Decodes an entry the scripts returned; `None` for anything unreadable.
 pub fn decode_entry(raw: &[u8]) -> Option<IndexEntry> {
     serde_json::from_slice(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_spell_the_marker_key_as_the_store_does() {
+        // INDEX_LUA is a plain constant (not formatted), so it spells the name itself.
+        assert!(INDEX_LUA.contains(&format!("'{ST_TENANT_READY}'")));
+    }
 }

@@ -774,6 +774,15 @@ impl SessionStore for RedisStore {
                 }
             }
         }
+        // Every task is indexed by this version now, status × tenant sets included. Set
+        // here too because the first write after the drop may have set it mid-drop.
+        let ready = format!("{}{}", self.index, super::redis_index::ST_TENANT_READY);
+        let _: () = redis::cmd("SET")
+            .arg(&ready)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(&ready))?;
         Ok(indexed)
     }
 
