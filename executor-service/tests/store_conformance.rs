@@ -685,6 +685,7 @@ pub async fn list_by_status_and_tenant_pages_counts_and_follows_changes(b: Backe
             iteration: None,
             events: &[],
             archive_ttl: Some(Duration::from_millis(300)),
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
@@ -1346,6 +1347,7 @@ async fn redis_status_tenant_sets_are_exact_before_and_after_the_rebuild() {
             iteration: None,
             events: &[],
             archive_ttl: Some(Duration::from_millis(300)),
+            unreserved_spend: Default::default(),
         })
         .await
         .unwrap();

@@ -53,17 +53,34 @@ local function ix_del(pfx, id, e)
   redis.call('HDEL', pfx .. 'entry', id)
 end
 local function ix_put(pfx, id, e)
-  -- An index without entries holds nothing written before the status x tenant sets
-  -- existed, so from here on those sets cover every entry (`st-tenant-ready`, module doc).
-  if redis.call('EXISTS', pfx .. 'entry') == 0 then redis.call('SET', pfx .. 'st-tenant-ready', '1') end
   local raw = redis.call('HGET', pfx .. 'entry', id)
+  local o = nil
   if raw then
-    local o = cjson.decode(raw)
+    o = cjson.decode(raw)
     if tonumber(o.v) > tonumber(e.v) then return 0 end
     if e.t == nil then e.t = o.t end
-    ix_del(pfx, id, o)
+  elseif redis.call('EXISTS', pfx .. 'entry') == 0 then
+    -- An index without entries holds nothing written before the status x tenant sets
+    -- existed, so from here on those sets cover every entry (`st-tenant-ready`, module doc).
+    redis.call('SET', pfx .. 'st-tenant-ready', '1')
   end
   if e.t == nil then e.t = '' end
+  if o then
+    -- Only memberships that change are removed: a set the task stays in just gets the
+    -- new score below (a checkpoint usually changes nothing but the update time).
+    local ot = o.t or ''
+    if o.s ~= e.s then redis.call('ZREM', pfx .. 'st:' .. o.s, id) end
+    if o.p ~= '' and o.p ~= e.p then redis.call('ZREM', pfx .. 'path:' .. o.p, id) end
+    if o.r ~= e.r then
+      for r in string.gmatch(o.r, '[^,]+') do redis.call('ZREM', pfx .. 'reason:' .. r, id) end
+    end
+    if ot ~= '' and ot ~= e.t then redis.call('ZREM', pfx .. 'tenant:' .. ot, id) end
+    if ot ~= '' and (ot ~= e.t or o.s ~= e.s) then
+      redis.call('ZREM', pfx .. 'st:' .. o.s .. ':tenant:' .. ot, id)
+    end
+    if o.y ~= '' and o.y ~= e.y then redis.call('ZREM', pfx .. 'policy:' .. o.y, id) end
+    if (tonumber(o.x) or 0) > 0 and e.x <= 0 then redis.call('ZREM', pfx .. 'expiry', id) end
+  end
   redis.call('ZADD', pfx .. 'all', e.u, id)
   redis.call('ZADD', pfx .. 'st:' .. e.s, e.u, id)
   if e.p ~= '' then redis.call('ZADD', pfx .. 'path:' .. e.p, e.u, id) end
