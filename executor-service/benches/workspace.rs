@@ -3,9 +3,12 @@
 //! - `workspace_iteration/<files>`: one iteration's commit + push (compare-and-swap over
 //!   file://) + SessionState checkpoint, for a one-file change in a repository of
 //!   `<files>` files (the agent's edit itself is not timed);
-//! - `workspace_restore/{cold,warm}_<MB>`: a worktree at a commit on a replica that has
-//!   never seen the task: cold (no mirror: fetch everything, check out) and warm (the
-//!   mirror is there, the worktree is not).
+//! - `workspace_restore/{cold,warm,warm_pooled}_<MB>`: a worktree at a commit on a
+//!   replica that has never seen the task: cold (no mirror: fetch everything, check
+//!   out), warm (the mirror is there, a new worktree is checked out;
+//!   `--workspace-idle-worktrees 0`) and warm_pooled (the mirror is there and an idle
+//!   worktree of a finished task, which left one edited and one new file, is reset,
+//!   cleaned and checked).
 //!
 //! Sizes come from the environment so that the smoke run (`cargo test --benches`) stays
 //! small; the numbers in docs/PERFORMANCE.md are from:
@@ -154,27 +157,39 @@ fn restore(c: &mut Criterion, rt: &tokio::runtime::Runtime, megabytes: usize) {
             total
         })
     });
-    let root = tempfile::tempdir().expect("root");
-    let ws = Workspaces::new(WorkspaceConfig::new(root.path(), remotes.template()));
-    rt.block_on(ws.ensure("warm-up", "agent", &head))
-        .expect("warm");
-    let mut k = 0u64;
-    group.bench_function(format!("warm_{megabytes}MB"), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                k += 1;
-                let task = format!("warm-{k}");
-                let start = Instant::now();
-                rt.block_on(ws.ensure(&task, "agent", &head))
-                    .expect("restore");
-                total += start.elapsed();
-                rt.block_on(ws.finish(&task, &["big".to_string()]))
-                    .expect("finish");
-            }
-            total
-        })
-    });
+    for (name, idle) in [("warm", 0), ("warm_pooled", 1)] {
+        let root = tempfile::tempdir().expect("root");
+        let mut config = WorkspaceConfig::new(root.path(), remotes.template());
+        config.idle_worktrees = idle;
+        let ws = Workspaces::new(config);
+        // Mirror fetched and, when pooling, one idle worktree parked.
+        rt.block_on(ws.ensure("warm-up", "agent", &head))
+            .expect("warm");
+        rt.block_on(ws.finish("warm-up", &["big".to_string()]))
+            .expect("finish");
+        let mut k = 0u64;
+        group.bench_function(format!("{name}_{megabytes}MB"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    k += 1;
+                    let task = format!("warm-{k}");
+                    let start = Instant::now();
+                    let dir = rt
+                        .block_on(ws.ensure(&task, "agent", &head))
+                        .expect("restore");
+                    total += start.elapsed();
+                    // What the task leaves for the next one to undo (not timed).
+                    std::fs::write(dir.join("dir0/file0.txt"), format!("task {k}\n"))
+                        .expect("edit");
+                    std::fs::write(dir.join("leftover.txt"), "x").expect("leftover");
+                    rt.block_on(ws.finish(&task, &["big".to_string()]))
+                        .expect("finish");
+                }
+                total
+            })
+        });
+    }
     group.finish();
 }
 

@@ -335,13 +335,20 @@ async fn specialists_merge_and_a_conflict_is_reported_then_resolved() {
         Some("backend work\ndocs agree\n")
     );
 
-    // Finish: worktrees gone, branches kept.
+    // Finish: the task's worktrees gone (two of them kept idle for reuse), branches kept.
     ws.finish(TASK, &["app".to_string()]).await.unwrap();
     assert!(!root.path().join("tasks/task-1").exists());
     assert!(remotes.tip("app", "taskrouter/task-1--backend").is_some());
     git(&root.path().join("mirrors/app.git"), &["worktree", "prune"]);
-    let listed = git(&root.path().join("mirrors/app.git"), &["worktree", "list"]);
-    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let mut idle: Vec<String> = idle_entries(root.path(), "app")
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    idle.sort();
+    let mut listed = registered(root.path(), "app");
+    listed.sort();
+    assert_eq!(idle.len(), 2);
+    assert_eq!(listed, idle);
 }
 
 #[tokio::test]
@@ -403,6 +410,11 @@ async fn least_recently_used_mirrors_are_evicted_beyond_the_bound() {
         ws.finish(task, &[repo.to_string()]).await.unwrap();
     }
     let mirrors = root.path().join("mirrors");
+    assert!(
+        idle_entries(root.path(), "two").is_empty()
+            && idle_entries(root.path(), "three").is_empty(),
+        "idle worktrees go first"
+    );
     assert!(mirrors.join("one.git").is_dir(), "a mirror in use is kept");
     assert!(!mirrors.join("two.git").exists());
     assert!(!mirrors.join("three.git").exists());
@@ -586,4 +598,358 @@ async fn bad_repository_names_are_invalid_arguments_at_submit_and_store_nothing(
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     h.stop().await;
+}
+
+/// Asserts that the worktree at `dir` is exactly `commit` as a new checkout would be:
+/// HEAD there, the same files with the same contents (nothing more), a clean status
+/// counting ignored files, no index entry flagged, no per-worktree ref or `ORIG_HEAD`.
+fn assert_exactly_at(dir: &Path, commit: &str) {
+    assert_eq!(git(dir, &["rev-parse", "HEAD"]), commit);
+    assert_eq!(
+        git(
+            dir,
+            &[
+                "status",
+                "--porcelain",
+                "--ignored",
+                "--untracked-files=all"
+            ]
+        ),
+        ""
+    );
+    let flagged: Vec<String> = git(dir, &["ls-files", "-v"])
+        .lines()
+        .filter(|l| !l.starts_with("H "))
+        .map(str::to_string)
+        .collect();
+    assert!(flagged.is_empty(), "{flagged:?}");
+    assert_eq!(git(dir, &["for-each-ref", "refs/worktree/"]), "");
+    // A new checkout records ORIG_HEAD at its own commit; a reused one has none.
+    let orig = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet", "ORIG_HEAD"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let orig = String::from_utf8_lossy(&orig.stdout).trim().to_string();
+    assert!(orig.is_empty() || orig == commit, "ORIG_HEAD is {orig}");
+    // Every file on disk, with the blob id of its content.
+    let mut on_disk = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if d == dir && entry.file_name() == ".git" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                on_disk.push(rel);
+            }
+        }
+    }
+    on_disk.sort();
+    let hashes = if on_disk.is_empty() {
+        String::new()
+    } else {
+        let mut args = vec!["hash-object", "--no-filters", "--"];
+        args.extend(on_disk.iter().map(String::as_str));
+        git(dir, &args)
+    };
+    let actual: Vec<String> = on_disk
+        .iter()
+        .zip(hashes.lines())
+        .map(|(p, h)| format!("{h} {p}"))
+        .collect();
+    let mut expected: Vec<String> = git(
+        dir,
+        &["ls-tree", "-r", "--format=%(objectname) %(path)", commit],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
+    expected.sort_by(|a, b| {
+        a.split_once(' ')
+            .unwrap()
+            .1
+            .cmp(b.split_once(' ').unwrap().1)
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "files in {} differ from {commit}",
+        dir.display()
+    );
+}
+
+/// Whether `a` and `b` are the same file (a file that `reset --hard` left in place is
+/// still the one a hard link taken before points at; a new checkout writes new files).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (a, b) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+/// The idle worktrees kept for `repo` under `root`.
+fn idle_entries(root: &Path, repo: &str) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(root.join("pool").join(repo)) {
+        Ok(d) => d.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The worktree paths git has registered in `repo`'s mirror under `root`.
+fn registered(root: &Path, repo: &str) -> Vec<String> {
+    git(
+        &root.join("mirrors").join(format!("{repo}.git")),
+        &["worktree", "list", "--porcelain"],
+    )
+    .lines()
+    .filter_map(|l| l.strip_prefix("worktree "))
+    .filter(|p| !p.ends_with(".git"))
+    .map(str::to_string)
+    .collect()
+}
+
+/// A head on `task`'s branch at `commit` (which the mirror already holds).
+fn head_at(task: &str, commit: &str) -> RepoHead {
+    RepoHead {
+        repo: "app".into(),
+        branch: format!("taskrouter/{task}"),
+        base: commit.into(),
+        commit: commit.into(),
+    }
+}
+
+/// Everything a finished task left in its worktree — uncommitted edits, untracked and
+/// ignored files, a nested repository, a per-worktree ref — is gone when the next task
+/// gets that worktree from the pool, at the previous task's commit and at an older one.
+#[tokio::test]
+async fn an_idle_worktree_carries_nothing_of_its_previous_task_into_the_next() {
+    let remotes = GitRemotes::new();
+    let base = remotes.create("app", 20, 64);
+    let root = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, root.path());
+    let mut a = started(&ws, 1).await;
+    let dir = ws.ensure(TASK, ROLE, &a).await.unwrap();
+    std::fs::write(dir.join(".gitignore"), "build/\n").unwrap();
+    a.commit = ws
+        .commit(
+            TASK,
+            ROLE,
+            &a,
+            &trailers(1, ROLE, 1),
+            "ignore build output",
+            Some(&[".gitignore".to_string()]),
+            &[],
+        )
+        .await
+        .unwrap();
+    let dir = ws.ensure(TASK, ROLE, &a).await.unwrap();
+    // What task A leaves behind, none of it committed.
+    std::fs::write(dir.join("dir0/file0.txt"), "secret of A\n").unwrap();
+    std::fs::remove_file(dir.join("dir0/file1.txt")).unwrap();
+    std::fs::write(dir.join("untracked-secret.txt"), "secret of A\n").unwrap();
+    std::fs::create_dir_all(dir.join("build/obj")).unwrap();
+    std::fs::write(dir.join("build/obj/secret.o"), "secret of A\n").unwrap();
+    std::fs::create_dir_all(dir.join("newdir/deeper")).unwrap();
+    std::fs::write(dir.join("newdir/deeper/secret"), "secret of A\n").unwrap();
+    git(&dir, &["init", "--quiet", "nested"]);
+    std::fs::write(dir.join("nested/secret"), "secret of A\n").unwrap();
+    git(&dir, &["update-ref", "refs/worktree/secret-of-a", "HEAD"]);
+    // A file no task changes, to tell a reused worktree from a new checkout.
+    let probe = tempfile::tempdir().unwrap();
+    let probe = probe.path().join("probe");
+    std::fs::hard_link(dir.join("dir0/file5.txt"), &probe).unwrap();
+    ws.finish(TASK, &["app".to_string()]).await.unwrap();
+    assert!(!root.path().join("tasks/task-1").exists());
+    assert_eq!(idle_entries(root.path(), "app").len(), 1);
+
+    // Task B restores at A's checkpoint: the same worktree, exactly at the commit.
+    let b = ws
+        .ensure("task-2", ROLE, &head_at("task-2", &a.commit))
+        .await
+        .unwrap();
+    assert!(same_file(&b.join("dir0/file5.txt"), &probe), "not reused");
+    assert!(idle_entries(root.path(), "app").is_empty());
+    assert_exactly_at(&b, &a.commit);
+    assert!(!b.join("build").exists() && !b.join("nested").exists());
+    assert_eq!(
+        registered(root.path(), "app"),
+        vec![b.display().to_string()]
+    );
+
+    // B leaves its own mess; task C restores at the base, before the .gitignore.
+    std::fs::create_dir_all(b.join("build")).unwrap();
+    std::fs::write(b.join("build/secret-of-b"), "x").unwrap();
+    std::fs::write(b.join("README.md"), "secret of B\n").unwrap();
+    ws.finish("task-2", &["app".to_string()]).await.unwrap();
+    let c = ws
+        .ensure("task-3", ROLE, &head_at("task-3", &base))
+        .await
+        .unwrap();
+    assert!(same_file(&c.join("dir0/file5.txt"), &probe), "not reused");
+    assert_exactly_at(&c, &base);
+    assert!(!c.join(".gitignore").exists());
+}
+
+/// `reset --hard` keeps the content of a file the index marks skip-worktree (and
+/// status hides it, as it hides assume-unchanged ones): such a worktree is discarded and
+/// the next task gets a new checkout.
+#[tokio::test]
+async fn index_flags_of_the_previous_task_never_carry_its_files_over() {
+    let remotes = GitRemotes::new();
+    let base = remotes.create("app", 20, 64);
+    let root = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, root.path());
+    for (n, flag) in ["--skip-worktree", "--assume-unchanged"]
+        .into_iter()
+        .enumerate()
+    {
+        let task = format!("flagged-{n}");
+        let dir = ws
+            .ensure(&task, ROLE, &head_at(&task, &base))
+            .await
+            .unwrap();
+        git(&dir, &["update-index", flag, "dir0/file3.txt"]);
+        std::fs::write(dir.join("dir0/file3.txt"), "secret of A\n").unwrap();
+        let probe = tempfile::tempdir().unwrap();
+        let probe = probe.path().join("probe");
+        std::fs::hard_link(dir.join("dir0/file5.txt"), &probe).unwrap();
+        ws.finish(&task, &["app".to_string()]).await.unwrap();
+        assert_eq!(idle_entries(root.path(), "app").len(), 1);
+
+        let next = format!("next-{n}");
+        let b = ws
+            .ensure(&next, ROLE, &head_at(&next, &base))
+            .await
+            .unwrap();
+        assert_exactly_at(&b, &base);
+        assert!(
+            !same_file(&b.join("dir0/file5.txt"), &probe),
+            "{flag}: a flagged worktree was reused"
+        );
+        assert!(idle_entries(root.path(), "app").is_empty());
+        assert_eq!(
+            registered(root.path(), "app"),
+            vec![b.display().to_string()]
+        );
+        ws.finish(&next, &["app".to_string()]).await.unwrap();
+        // Start the next round with an empty pool.
+        for e in idle_entries(root.path(), "app") {
+            git(
+                &root.path().join("mirrors/app.git"),
+                &["worktree", "remove", "--force", e.to_str().unwrap()],
+            );
+        }
+    }
+}
+
+/// A crash in the middle of `git worktree move` renames the directory without git's
+/// bookkeeping; `git worktree prune` would then unregister it under a running task. Such
+/// a directory is never used: not as an idle worktree, not as the task's own.
+#[tokio::test]
+async fn a_half_moved_worktree_is_never_used() {
+    let remotes = GitRemotes::new();
+    let base = remotes.create("app", 20, 64);
+    let root = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, root.path());
+    let mirror = root.path().join("mirrors/app.git");
+
+    // A crash while parking: the directory is in the pool, git still has it under tasks/.
+    let a = ws
+        .ensure("task-a", ROLE, &head_at("task-a", &base))
+        .await
+        .unwrap();
+    std::fs::write(a.join("untracked-secret.txt"), "secret of A\n").unwrap();
+    std::fs::create_dir_all(root.path().join("pool/app")).unwrap();
+    let half = root.path().join("pool/app/half");
+    std::fs::rename(&a, &half).unwrap();
+    let b = ws
+        .ensure("task-b", ROLE, &head_at("task-b", &base))
+        .await
+        .unwrap();
+    assert!(!half.exists(), "the half-moved entry is discarded");
+    assert_exactly_at(&b, &base);
+    git(&mirror, &["worktree", "prune"]);
+    assert_eq!(
+        registered(root.path(), "app"),
+        vec![b.display().to_string()]
+    );
+    assert_exactly_at(&b, &base);
+
+    // A crash while taking: the directory is at the task's path, git still has it in
+    // the pool. The task's next ensure must not take it as its own.
+    ws.finish("task-b", &["app".to_string()]).await.unwrap();
+    let entry = idle_entries(root.path(), "app").remove(0);
+    let c_dir = ws.repo_dir("task-c", ROLE, "app");
+    std::fs::create_dir_all(c_dir.parent().unwrap()).unwrap();
+    std::fs::rename(&entry, &c_dir).unwrap();
+    let c = ws
+        .ensure("task-c", ROLE, &head_at("task-c", &base))
+        .await
+        .unwrap();
+    assert_eq!(c, c_dir);
+    git(&mirror, &["worktree", "prune"]);
+    assert_eq!(
+        registered(root.path(), "app"),
+        vec![c.display().to_string()]
+    );
+    assert_exactly_at(&c, &base);
+}
+
+/// The pool holds at most `idle_worktrees` per repository (0: none, as before), and
+/// tasks restoring at the same time never share an idle worktree.
+#[tokio::test]
+async fn the_pool_is_bounded_and_concurrent_restores_never_share_an_entry() {
+    let remotes = GitRemotes::new();
+    let base = remotes.create("app", 20, 64);
+    let repos = ["app".to_string()];
+
+    let root = tempfile::tempdir().unwrap();
+    let mut config = WorkspaceConfig::new(root.path(), remotes.template());
+    config.idle_worktrees = 0;
+    let ws = Workspaces::new(config);
+    ws.ensure("t0", ROLE, &head_at("t0", &base)).await.unwrap();
+    ws.finish("t0", &repos).await.unwrap();
+    assert!(idle_entries(root.path(), "app").is_empty());
+    assert!(registered(root.path(), "app").is_empty());
+
+    let root = tempfile::tempdir().unwrap();
+    let mut config = WorkspaceConfig::new(root.path(), remotes.template());
+    config.idle_worktrees = 2;
+    let ws = Workspaces::new(config);
+    let tasks: Vec<String> = (0..4).map(|n| format!("t{n}")).collect();
+    for t in &tasks[..3] {
+        ws.ensure(t, ROLE, &head_at(t, &base)).await.unwrap();
+    }
+    for t in &tasks[..3] {
+        ws.finish(t, &repos).await.unwrap();
+    }
+    assert_eq!(idle_entries(root.path(), "app").len(), 2);
+    assert_eq!(registered(root.path(), "app").len(), 2);
+
+    let heads: Vec<RepoHead> = tasks.iter().map(|t| head_at(t, &base)).collect();
+    let dirs =
+        futures::future::join_all(tasks.iter().zip(&heads).map(|(t, h)| ws.ensure(t, ROLE, h)))
+            .await;
+    let dirs: Vec<std::path::PathBuf> = dirs.into_iter().map(Result::unwrap).collect();
+    assert!(idle_entries(root.path(), "app").is_empty());
+    let mut admins = std::collections::HashSet::new();
+    for d in &dirs {
+        assert_exactly_at(d, &base);
+        assert!(admins.insert(std::fs::read_to_string(d.join(".git")).unwrap()));
+    }
+    let mut listed = registered(root.path(), "app");
+    listed.sort();
+    let mut expected: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
 }

@@ -11,6 +11,8 @@ pub const DEFAULT_BRANCH_PREFIX: &str = "taskrouter/";
 pub const DEFAULT_BASE_REF: &str = "main";
 /// Default bound on the mirrors kept under the workspace root (10 GiB).
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Default number of idle worktrees kept per repository for reuse.
+pub const DEFAULT_IDLE_WORKTREES: usize = 2;
 /// Deadline of one git invocation (a fetch of a large repository included).
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The task label that overrides the base ref for one task.
@@ -46,9 +48,14 @@ pub struct WorkspaceArgs {
     /// Ref a task's branches start from (the task label `git.base` overrides it).
     #[arg(long, env = "EXECUTOR_GIT_BASE_REF", default_value = DEFAULT_BASE_REF)]
     pub git_base_ref: String,
-    /// Bytes of mirrors kept under the workspace root; least recently used go first.
+    /// Bytes of mirrors and idle worktrees kept under the workspace root; idle worktrees
+    /// go first, then least recently used mirrors.
     #[arg(long, env = "EXECUTOR_WORKSPACE_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub workspace_max_bytes: u64,
+    /// Worktrees of finished tasks kept per repository, so that the next task of that
+    /// repository restores by rewriting only the files that differ; 0 removes them.
+    #[arg(long, env = "EXECUTOR_WORKSPACE_IDLE_WORKTREES", default_value_t = DEFAULT_IDLE_WORKTREES)]
+    pub workspace_idle_worktrees: usize,
 }
 
 /// Validated workspace settings. Its `Debug` redacts credentials in the template.
@@ -62,8 +69,10 @@ pub struct WorkspaceConfig {
     pub branch_prefix: String,
     /// Default base ref.
     pub base_ref: String,
-    /// Bound on the mirrors' total size.
+    /// Bound on the total size of the mirrors and idle worktrees.
     pub max_bytes: u64,
+    /// Idle worktrees kept per repository (0: none).
+    pub idle_worktrees: usize,
     /// The git program.
     pub git_program: PathBuf,
     /// Deadline of one git invocation.
@@ -81,6 +90,7 @@ impl fmt::Debug for WorkspaceConfig {
             .field("branch_prefix", &self.branch_prefix)
             .field("base_ref", &self.base_ref)
             .field("max_bytes", &self.max_bytes)
+            .field("idle_worktrees", &self.idle_worktrees)
             .finish()
     }
 }
@@ -95,6 +105,7 @@ impl WorkspaceConfig {
             branch_prefix: DEFAULT_BRANCH_PREFIX.into(),
             base_ref: DEFAULT_BASE_REF.into(),
             max_bytes: DEFAULT_MAX_BYTES,
+            idle_worktrees: DEFAULT_IDLE_WORKTREES,
             git_program: PathBuf::from("git"),
             git_timeout: GIT_TIMEOUT,
         }
@@ -145,6 +156,7 @@ impl WorkspaceArgs {
             branch_prefix: self.workspace_branch_prefix.clone(),
             base_ref: self.git_base_ref.clone(),
             max_bytes: self.workspace_max_bytes,
+            idle_worktrees: self.workspace_idle_worktrees,
             git_program: git,
             git_timeout: GIT_TIMEOUT,
         }))
@@ -219,6 +231,7 @@ mod tests {
             workspace_branch_prefix: DEFAULT_BRANCH_PREFIX.into(),
             git_base_ref: DEFAULT_BASE_REF.into(),
             workspace_max_bytes: DEFAULT_MAX_BYTES,
+            workspace_idle_worktrees: DEFAULT_IDLE_WORKTREES,
         }
     }
 

@@ -1,16 +1,15 @@
 //! The bare mirror of one repository under the workspace root: the shared object store
-//! of its worktrees, the end that fetches from and pushes to the remote, and its
-//! eviction when the mirrors outgrow `--workspace-max-bytes`.
+//! of its worktrees and the end that fetches from and pushes to the remote (its eviction
+//! is in [`super::eviction`]).
 
 use super::git::Git;
 use super::porcelain;
 use super::refname;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// File touched on every use of a mirror; its mtime orders eviction.
-const LAST_USED: &str = "taskrouter-last-used";
+pub const LAST_USED: &str = "taskrouter-last-used";
 
 /// Config of every mirror: fast status and index writes on large trees, parallel
 /// checkout for restores, no automatic gc during an iteration.
@@ -205,86 +204,17 @@ impl Mirror {
 
 /// Whether any worktree of the mirror at `path` is registered (it is in use then).
 pub fn usage_in_use(path: &Path) -> bool {
+    registered_worktrees(path) > 0
+}
+
+/// How many worktrees of the mirror at `path` are registered (idle ones included).
+pub fn registered_worktrees(path: &Path) -> usize {
     std::fs::read_dir(path.join("worktrees"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Directory holding every mirror under `root`.
 pub fn mirrors_dir(root: &Path) -> PathBuf {
     root.join("mirrors")
-}
-
-/// A mirror's size and last use, for eviction.
-#[derive(Debug)]
-pub struct MirrorUsage {
-    /// The bare repository.
-    pub path: PathBuf,
-    /// Bytes on disk.
-    pub bytes: u64,
-    /// Last use.
-    pub last_used: SystemTime,
-    /// Whether worktrees are checked out of it (never evicted then).
-    pub in_use: bool,
-}
-
-/// Size and last use of every mirror under `root`.
-pub fn usage(root: &Path) -> Vec<MirrorUsage> {
-    let Ok(entries) = std::fs::read_dir(mirrors_dir(root)) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "git") && p.join("HEAD").is_file())
-        .map(|path| {
-            let last_used = std::fs::metadata(path.join(LAST_USED))
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let in_use = usage_in_use(&path);
-            MirrorUsage {
-                bytes: dir_bytes(&path),
-                path,
-                last_used,
-                in_use,
-            }
-        })
-        .collect()
-}
-
-/// Which mirrors to delete so the rest fit in `max_bytes`: least recently used first,
-/// never one in use.
-pub fn eviction_plan(mut mirrors: Vec<MirrorUsage>, max_bytes: u64) -> Vec<PathBuf> {
-    let mut total: u64 = mirrors.iter().map(|m| m.bytes).sum();
-    mirrors.sort_by_key(|m| m.last_used);
-    let mut out = Vec::new();
-    for m in mirrors {
-        if total <= max_bytes {
-            break;
-        }
-        if m.in_use {
-            continue;
-        }
-        total = total.saturating_sub(m.bytes);
-        out.push(m.path);
-    }
-    out
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(_) => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

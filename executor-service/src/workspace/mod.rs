@@ -3,9 +3,11 @@
 //! replica.
 //!
 //! Layout under `--workspace-root`: `mirrors/<repo>.git` (a bare mirror per repository,
-//! the object store of its worktrees) and `tasks/<task>/<role>/<repo>` (a detached
+//! the object store of its worktrees), `tasks/<task>/<role>/<repo>` (a detached
 //! worktree per task, role and repository; the agent's working directory is
-//! `tasks/<task>/<role>`). Names are encoded as in [`refname`].
+//! `tasks/<task>/<role>`) and `pool/<repo>/<id>` (idle worktrees of finished tasks,
+//! reused by the next task of the repository, see [`pool`]). Names are encoded as in
+//! [`refname`].
 //!
 //! Exactly once: every push is a compare-and-swap on the remote branch
 //! (`--force-with-lease=<ref>:<checkpointed commit>`), so a stale worker cannot move
@@ -13,8 +15,10 @@
 //! next worker recognises by its trailers and moves back ([`Workspaces::reconcile`]).
 
 pub mod config;
+pub mod eviction;
 pub mod git;
 pub mod mirror;
+pub mod pool;
 pub mod porcelain;
 pub mod refname;
 pub mod task;
@@ -27,8 +31,10 @@ pub use trailers::Trailers;
 pub use worktree::Merge;
 
 use crate::error::{Error, Result};
+use eviction::Evict;
 use git::Git;
 use mirror::{Mirror, Push};
+use pool::Pool;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -303,8 +309,9 @@ impl Workspaces {
     }
 
     /// Before an agent call: a worktree for (task, role, repository) exactly at
-    /// `head.commit`, restored from the remote if this replica has never seen it.
-    /// Returns its directory.
+    /// `head.commit`, restored from the remote if this replica has never seen it: an
+    /// idle worktree of the repository when there is one (only the files that differ
+    /// are rewritten), else a new checkout. Returns its directory.
     pub async fn ensure(&self, task_id: &str, role: &str, head: &RepoHead) -> Result<PathBuf> {
         let wt = Worktree::at(self.repo_dir(task_id, role, &head.repo));
         // Handed to the agent now: until the next commit it is not known to be clean.
@@ -312,18 +319,21 @@ impl Workspaces {
         if known.as_deref() == Some(head.commit.as_str()) && wt.exists() {
             return Ok(wt.path);
         }
-        if wt.exists() && wt.head(&self.git).await.is_ok() {
-            let lock = self.lock(&head.repo);
-            let _guard = lock.lock().await;
-            let mirror = self.ready_mirror(&head.repo).await?;
-            self.fetch_commit(&mirror, head).await?;
-            wt.reset_to(&self.git, &head.commit).await?;
-            return Ok(wt.path);
-        }
         let lock = self.lock(&head.repo);
         let _guard = lock.lock().await;
         let mirror = self.ready_mirror(&head.repo).await?;
         self.fetch_commit(&mirror, head).await?;
+        if wt.exists() && wt.registered(&mirror).await && wt.head(&self.git).await.is_ok() {
+            wt.reset_to(&self.git, &head.commit).await?;
+            return Ok(wt.path);
+        }
+        if self.config.idle_worktrees > 0
+            && Pool::at(&self.config.root, &head.repo)
+                .take(&self.git, &mirror, &wt, &head.commit)
+                .await?
+        {
+            return Ok(wt.path);
+        }
         wt.create(&self.git, &mirror, &head.commit).await?;
         Ok(wt.path)
     }
@@ -435,8 +445,9 @@ impl Workspaces {
         }
     }
 
-    /// The task is finished (or cancelled): its worktrees are removed, its branches
-    /// stay on the remote, and mirrors beyond `--workspace-max-bytes` are evicted.
+    /// The task is finished (or cancelled): its worktrees become idle worktrees of their
+    /// repositories (up to `--workspace-idle-worktrees` each; the rest are removed), its
+    /// branches stay on the remote, and what exceeds `--workspace-max-bytes` is evicted.
     pub async fn finish(&self, task_id: &str, repos: &[String]) -> Result<()> {
         let dir = self
             .config
@@ -447,6 +458,7 @@ impl Workspaces {
             let lock = self.lock(repo);
             let _guard = lock.lock().await;
             let mirror = self.mirror(repo);
+            let pool = Pool::at(&self.config.root, repo);
             let Ok(roles) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -454,7 +466,8 @@ impl Workspaces {
                 let wt = Worktree::at(role.path().join(refname::encode(repo)));
                 if wt.exists() {
                     self.take_clean(&wt.path);
-                    wt.remove(&self.git, &mirror).await?;
+                    pool.park(&self.git, &mirror, &wt, self.config.idle_worktrees)
+                        .await?;
                 }
             }
         }
@@ -462,33 +475,52 @@ impl Workspaces {
         self.evict().await
     }
 
-    /// Deletes least recently used mirrors (none with worktrees) until the rest fit in
-    /// `--workspace-max-bytes`. Returns nothing; what it removed is logged by size.
+    /// Deletes idle worktrees, then least recently used mirrors without worktrees in
+    /// use, until the rest fit in `--workspace-max-bytes`. What it removed is logged.
     pub async fn evict(&self) -> Result<()> {
         let root = self.config.root.clone();
         let max = self.config.max_bytes;
-        let plan =
-            tokio::task::spawn_blocking(move || mirror::eviction_plan(mirror::usage(&root), max))
-                .await
-                .map_err(|e| Error::Internal(format!("eviction: {e}")))?;
-        for path in plan {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(refname::decode);
+        let plan = tokio::task::spawn_blocking(move || {
+            eviction::plan(eviction::mirrors(&root), eviction::idle(&root), max)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("eviction: {e}")))?;
+        for item in plan {
+            let (Evict::Idle(name, path) | Evict::Mirror(name, path)) = &item;
             // The lock of that repository: no fetch or worktree change meanwhile.
-            let lock = name.as_deref().map(|n| self.lock(n));
+            let repo = refname::decode(name);
+            let lock = repo.as_deref().map(|n| self.lock(n));
             let _guard = match &lock {
                 Some(l) => Some(l.lock().await),
                 None => None,
             };
-            if mirror::usage_in_use(&path) {
-                continue;
-            }
-            if let Err(e) = tokio::fs::remove_dir_all(&path).await {
-                tracing::warn!(error = %e, "evicting a mirror failed");
-            } else {
-                tracing::info!("evicted a least recently used mirror");
+            match item {
+                Evict::Idle(..) => {
+                    // Taken by a task since the plan was made: not idle any more.
+                    if tokio::fs::symlink_metadata(path).await.is_err() {
+                        continue;
+                    }
+                    let removed = match repo.as_deref() {
+                        Some(r) => Worktree::at(path).remove(&self.git, &self.mirror(r)).await,
+                        None => tokio::fs::remove_dir_all(path)
+                            .await
+                            .map_err(|e| Error::Workspace(e.to_string())),
+                    };
+                    match removed {
+                        Ok(()) => tracing::info!("evicted an idle worktree"),
+                        Err(e) => tracing::warn!(error = %e, "evicting an idle worktree failed"),
+                    }
+                }
+                Evict::Mirror(..) => {
+                    if mirror::usage_in_use(path) {
+                        continue;
+                    }
+                    if let Err(e) = tokio::fs::remove_dir_all(path).await {
+                        tracing::warn!(error = %e, "evicting a mirror failed");
+                    } else {
+                        tracing::info!("evicted a least recently used mirror");
+                    }
+                }
             }
         }
         Ok(())

@@ -47,6 +47,47 @@ impl Worktree {
         self.path.join(".git").is_file()
     }
 
+    /// The worktree's administrative directory in the mirror (`<mirror>/worktrees/<id>`),
+    /// as its `.git` file names it.
+    pub async fn admin_dir(&self) -> Option<PathBuf> {
+        let text = tokio::fs::read_to_string(self.path.join(".git"))
+            .await
+            .ok()?;
+        let dir = text
+            .strip_prefix("gitdir: ")?
+            .trim_end_matches(['\n', '\r']);
+        Some(PathBuf::from(dir))
+    }
+
+    /// Whether the worktree is registered in `mirror` at exactly this path: its `.git`
+    /// file names an administrative directory of `mirror`, whose `gitdir` names this
+    /// path back. A directory renamed without git's bookkeeping (a crash in the middle
+    /// of a move) is not: `git worktree prune` would unregister it under a running task.
+    pub async fn registered(&self, mirror: &Mirror) -> bool {
+        let Some(admin) = self.admin_dir().await else {
+            return false;
+        };
+        let Ok(admin) = tokio::fs::canonicalize(&admin).await else {
+            return false;
+        };
+        let Ok(worktrees) = tokio::fs::canonicalize(mirror.path.join("worktrees")).await else {
+            return false;
+        };
+        if admin.parent() != Some(worktrees.as_path()) {
+            return false;
+        }
+        let Ok(back) = tokio::fs::read_to_string(admin.join("gitdir")).await else {
+            return false;
+        };
+        let (Ok(back), Ok(own)) = (
+            tokio::fs::canonicalize(back.trim_end_matches(['\n', '\r'])).await,
+            tokio::fs::canonicalize(self.path.join(".git")).await,
+        ) else {
+            return false;
+        };
+        back == own
+    }
+
     /// The commit HEAD points at.
     pub async fn head(&self, git: &Git) -> Result<String> {
         git.run(&self.path, "git rev-parse", ["rev-parse", "HEAD"])
@@ -95,6 +136,104 @@ impl Worktree {
         .await?;
         git.run(&self.path, "git clean", ["clean", "-ffdq"]).await?;
         Ok(())
+    }
+
+    /// Moves the worktree to `dst` (which must not exist; its parent must) with
+    /// `git worktree move`: a rename plus git's bookkeeping, whatever the tree's size.
+    /// `false` when git refused (e.g. a worktree with submodules checked out).
+    pub async fn move_to(&self, git: &Git, mirror: &Mirror, dst: &Path) -> Result<bool> {
+        let out = git
+            .output(
+                &mirror.path,
+                [
+                    OsStr::new("worktree"),
+                    OsStr::new("move"),
+                    self.path.as_os_str(),
+                    dst.as_os_str(),
+                ],
+                None,
+            )
+            .await?;
+        if !out.ok() {
+            tracing::debug!(error = %out.error_summary(), "git worktree move refused");
+        }
+        Ok(out.ok())
+    }
+
+    /// Puts a worktree another task used exactly at `commit`, as a new checkout would
+    /// be, rewriting only the files that differ: tracked files reset, untracked and
+    /// ignored files removed (nested repositories too), that task's per-worktree refs
+    /// and `ORIG_HEAD` deleted. Then checks it: HEAD at `commit`, no index entry marked
+    /// assume-unchanged or skip-worktree (`reset --hard` would keep such a file's
+    /// content), a clean status counting ignored files, and nothing else left in its
+    /// administrative directory (a rebase or bisect in progress). `Ok(Some(reason))`
+    /// when a check failed: the caller discards the worktree.
+    pub async fn scrub_to(&self, git: &Git, commit: &str) -> Result<Option<String>> {
+        git.run(
+            &self.path,
+            "git reset",
+            ["reset", "--quiet", "--hard", commit],
+        )
+        .await?;
+        git.run(&self.path, "git clean", ["clean", "-ffdxq"])
+            .await?;
+        let refs = git
+            .run(
+                &self.path,
+                "git for-each-ref",
+                ["for-each-ref", "--format=%(refname)", "refs/worktree/"],
+            )
+            .await?;
+        let mut deletions = String::from("delete ORIG_HEAD\n");
+        for r in refs.lines().filter(|l| !l.is_empty()) {
+            deletions.push_str(&format!("delete {r}\n"));
+        }
+        let out = git
+            .output(
+                &self.path,
+                ["update-ref", "--stdin"],
+                Some(deletions.as_bytes()),
+            )
+            .await?;
+        if !out.ok() {
+            return Ok(Some(format!("git update-ref: {}", out.error_summary())));
+        }
+        let head = self.head(git).await?;
+        if head != commit {
+            return Ok(Some(format!("HEAD is {head}, not {commit}")));
+        }
+        let entries = git
+            .run(&self.path, "git ls-files", ["ls-files", "-v", "-z"])
+            .await?;
+        if let Some(e) = porcelain::nul_separated(&entries)
+            .iter()
+            .find(|e| !e.starts_with("H "))
+        {
+            return Ok(Some(format!("index entry flagged: {e:?}")));
+        }
+        let status = git
+            .run(
+                &self.path,
+                "git status",
+                [
+                    "status",
+                    "--porcelain",
+                    "-z",
+                    "--ignored",
+                    "--untracked-files=all",
+                ],
+            )
+            .await?;
+        if !status.is_empty() {
+            return Ok(Some("status not clean after reset and clean".into()));
+        }
+        let Some(admin) = self.admin_dir().await else {
+            return Ok(Some("no administrative directory".into()));
+        };
+        if let Some(left) = admin_leftover(&admin) {
+            return Ok(Some(format!("{left} left in the administrative directory")));
+        }
+        Ok(None)
     }
 
     /// Stages changes: only `paths` when given (the agent's report), else everything.
@@ -457,6 +596,45 @@ impl Worktree {
         }
         Ok(())
     }
+}
+
+/// What a worktree's administrative directory holds after [`Worktree::scrub_to`]; a
+/// `refs` directory may stay, but without files.
+const ADMIN_FILES: [&str; 4] = ["HEAD", "commondir", "gitdir", "index"];
+
+/// The first entry of `admin` that a fresh checkout would not have, if any.
+fn admin_leftover(admin: &Path) -> Option<String> {
+    let Ok(entries) = std::fs::read_dir(admin) else {
+        return Some("an unreadable directory".into());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ADMIN_FILES.contains(&name.as_str()) {
+            continue;
+        }
+        if name == "refs" && !holds_files(&entry.path()) {
+            continue;
+        }
+        return Some(name);
+    }
+    None
+}
+
+/// Whether `dir` or any directory below it holds anything but directories.
+fn holds_files(dir: &Path) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            return true;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                _ => return true,
+            }
+        }
+    }
+    false
 }
 
 /// Largest file [`Worktree::commit_paths`] reads into memory; a larger one is staged the
