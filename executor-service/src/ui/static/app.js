@@ -86,28 +86,46 @@ function taskrouterSwap(id, html) {
     return name.indexOf(prefix) === 0 ? name.slice(prefix.length) : name;
   }
   // Approvals, budget and branches are rendered by the server: refetch the page and swap
-  // that part, at most every 2 s (branches move with every iteration).
+  // that part, at most every 2 s (branches move with every iteration). An event that
+  // arrives while a refetch is in flight asks for one more afterwards: the page fetched
+  // may predate that event's change (the last one of a task, say), and nothing else
+  // would bring it.
   var extrasTimer = null;
+  var extrasInFlight = false;
+  var extrasAgain = false;
   var extrasAt = 0;
   function refreshExtras() {
-    if (extrasTimer !== null || !window.fetch || !window.DOMParser) {
+    if (!window.fetch || !window.DOMParser) {
+      return;
+    }
+    if (extrasInFlight) {
+      extrasAgain = true;
+      return;
+    }
+    if (extrasTimer !== null) {
       return;
     }
     var wait = Math.max(0, extrasAt + 2000 - Date.now());
     extrasTimer = window.setTimeout(function () {
+      extrasTimer = null;
+      extrasInFlight = true;
       extrasAt = Date.now();
       fetch(location.pathname, { credentials: "same-origin", cache: "no-store" })
         .then(function (resp) {
           return resp.ok ? resp.text() : null;
         })
         .then(function (html) {
-          extrasTimer = null;
           if (html) {
             taskrouterSwap("task-extras", html);
           }
         })
-        .catch(function () {
-          extrasTimer = null;
+        .catch(function () {})
+        .then(function () {
+          extrasInFlight = false;
+          if (extrasAgain) {
+            extrasAgain = false;
+            refreshExtras();
+          }
         });
     }, wait);
   }
