@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Metadata;
+use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
 use tracing_subscriber::layer::{Context, Filter};
 
@@ -46,6 +47,13 @@ impl DecisionSampler {
 impl<S> Filter<S> for DecisionSampler {
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
         !Self::is_decision(meta) || self.keep()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        // Every level passes (only decision lines are thinned); without a hint, the
+        // combined log filter would have none either and every trace-level call site in
+        // the process would be asked per call.
+        Some(LevelFilter::TRACE)
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {

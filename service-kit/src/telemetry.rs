@@ -234,11 +234,15 @@ fn install(
             .with_tracked_inactivity(false)
             .with_filter(f)
     });
-    let installed = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .try_init()
-        .is_ok();
+    // Without an exporter the subscriber has no OpenTelemetry layer at all: an absent
+    // (`None`) layer still claims interest in every call site, which made the registry
+    // build every h2/hyper trace-level span (about 50 per request) only for the log
+    // filter to drop them.
+    let logs = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let installed = match otel {
+        Some(otel) => logs.with(otel).try_init().is_ok(),
+        None => logs.try_init().is_ok(),
+    };
     match provider {
         Some(p) if installed => {
             opentelemetry::global::set_tracer_provider(p.clone());
