@@ -203,11 +203,17 @@ fn install(
             LOG_WRITE_BYTES,
             std::io::stderr(),
         ));
+    let ansi = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_target(true);
     let fmt = match format {
+        // The same line, written without the default format's styling work.
+        LogFormat::Text if !ansi => fmt
+            .fmt_fields(crate::log_format::PlainFields)
+            .event_format(crate::log_format::PlainText::default())
+            .boxed(),
         LogFormat::Text => fmt.boxed(),
         // The current span names the request and task; the full span list would repeat
         // its fields on every line.
@@ -218,9 +224,14 @@ fn install(
             .with_span_list(false)
             .boxed(),
     };
-    let filter = filter.and(crate::log_sampling::DecisionSampler::new(
-        args.log_decisions_every,
-    ));
+    let filter = filter
+        .and(crate::log_sampling::DecisionSampler::new(
+            args.log_decisions_every,
+        ))
+        .and(
+            tracing_subscriber::filter::filter_fn(|meta| !is_trace_only(meta))
+                .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE),
+        );
     // Each layer has its own filter: logs follow RUST_LOG, exported spans
     // OTEL_TRACES_FILTER. Per-span work is kept to what the backend shows: no thread
     // names (an allocation per span), no source locations (the target names the
@@ -260,6 +271,16 @@ fn install(
             log_writer: None,
         }),
     }
+}
+
+/// Spans whose target ends in this are for traces only: logs leave them out (their
+/// fields are repeated by a log line of their own, e.g. the router's decision line), so
+/// no log formatting is spent on them.
+pub const TRACE_ONLY_TARGET_SUFFIX: &str = "::trace_only";
+
+/// Whether `meta` is a span only traces record (see [`TRACE_ONLY_TARGET_SUFFIX`]).
+fn is_trace_only(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target().ends_with(TRACE_ONLY_TARGET_SUFFIX)
 }
 
 /// The exported-span filter: `OTEL_TRACES_FILTER`, or [`DEFAULT_TRACE_FILTER`].

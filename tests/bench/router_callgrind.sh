@@ -5,7 +5,7 @@
 #   bash tests/bench/router_callgrind.sh baseline|default|warn|otlp [seconds, default 5]
 #
 # The server runs under `valgrind --tool=callgrind` with instrumentation off until the
-# load starts; `taskctl bench route --mix short --concurrency 16 --connections 4` drives
+# load starts (after one second of uncounted load); `taskctl bench route --mix short --concurrency 16 --connections 4` drives
 # it with no warm-up, and the script prints Ir / requests the server answered.
 # `baseline` is `taskctl bench baseline --serve` (it answers the baseline and the
 # bytes-matched baseline calls); `otlp` exports every span to tests/bench/otlp_sink.py.
@@ -40,6 +40,10 @@ case $mode in
   *) echo "usage: $0 baseline|default|warn|otlp [seconds]" >&2; exit 2 ;;
 esac
 wait_port "$port"; wait_port "$other"
+# A first second of load, not counted: the server finishes starting (reflection, h2
+# tables) and the connections are set up before counting starts.
+"$bin/taskctl" bench route --router "http://127.0.0.1:$router" --baseline "http://127.0.0.1:$base" \
+  --mix short --concurrency 16 --connections 4 --duration 1s --warmup 0s >/dev/null
 callgrind_control -i on "$vgpid" >/dev/null
 "$bin/taskctl" bench route --router "http://127.0.0.1:$router" --baseline "http://127.0.0.1:$base" \
   --mix short --concurrency 16 --connections 4 --duration "${secs}s" --warmup 0s --json >"$out/bench.json"
