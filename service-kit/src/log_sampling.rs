@@ -14,6 +14,11 @@ use tracing_subscriber::layer::{Context, Filter};
 /// The field that marks a decision line.
 const DECISION_FIELD: &str = "decision";
 
+/// Whether `meta` is a decision line (an event with a `decision` field).
+pub fn is_decision_line(meta: &Metadata<'_>) -> bool {
+    meta.is_event() && meta.fields().field(DECISION_FIELD).is_some()
+}
+
 /// A per-layer filter writing one in `every` decision lines (all for 1, none for 0).
 #[derive(Debug)]
 pub struct DecisionSampler {
@@ -30,9 +35,6 @@ impl DecisionSampler {
         }
     }
 
-    fn is_decision(meta: &Metadata<'_>) -> bool {
-        meta.is_event() && meta.fields().field(DECISION_FIELD).is_some()
-    }
 
     /// Whether this decision line is written; counts it.
     fn keep(&self) -> bool {
@@ -46,7 +48,7 @@ impl DecisionSampler {
 
 impl<S> Filter<S> for DecisionSampler {
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        !Self::is_decision(meta) || self.keep()
+        !is_decision_line(meta) || self.keep()
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -58,7 +60,7 @@ impl<S> Filter<S> for DecisionSampler {
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
         // Only decision call sites need asking per event.
-        if !Self::is_decision(meta) || self.every == 1 {
+        if !is_decision_line(meta) || self.every == 1 {
             Interest::always()
         } else if self.every == 0 {
             Interest::never()

@@ -243,7 +243,7 @@ fn install(
             .with_threads(false)
             .with_location(false)
             .with_tracked_inactivity(false)
-            .with_filter(f)
+            .with_filter(f.and(RepeatedDecisions))
     });
     // Without an exporter the subscriber has no OpenTelemetry layer at all: an absent
     // (`None`) layer still claims interest in every call site, which made the registry
@@ -281,6 +281,43 @@ pub const TRACE_ONLY_TARGET_SUFFIX: &str = "::trace_only";
 /// Whether `meta` is a span only traces record (see [`TRACE_ONLY_TARGET_SUFFIX`]).
 fn is_trace_only(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span() && meta.target().ends_with(TRACE_ONLY_TARGET_SUFFIX)
+}
+
+/// Per-layer filter of the exported spans: a decision line inside a trace-only span
+/// (which carries the decision as attributes) is not exported as a span event, which
+/// would repeat those attributes and cost as much as a span. Every other event and span
+/// passes; only decision call sites are asked per event.
+struct RepeatedDecisions;
+
+impl<S> tracing_subscriber::layer::Filter<S> for RepeatedDecisions
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !crate::log_sampling::is_decision_line(meta)
+            || !cx
+                .lookup_current()
+                .is_some_and(|span| is_trace_only(span.metadata()))
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if crate::log_sampling::is_decision_line(meta) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
 }
 
 /// The exported-span filter: `OTEL_TRACES_FILTER`, or [`DEFAULT_TRACE_FILTER`].
