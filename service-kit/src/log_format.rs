@@ -140,7 +140,10 @@ impl fmt::Write for Escaping<'_, '_> {
 
 /// Characters a message must not carry to a terminal (C0 escapes, DEL, C1 codes).
 fn is_control(ch: char) -> bool {
-    matches!(ch, '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}')
+    matches!(
+        ch,
+        '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
+    )
 }
 
 /// Event formatter writing the default text line without colours (see the module docs).
@@ -243,7 +246,8 @@ mod tests {
     fn emit() {
         let span = tracing::info_span!("grpc.server", otel.kind = "server", port = 7u16);
         let _g = span.enter();
-        let inner = tracing::info_span!("route", task.id = %"T-1", decision = tracing::field::Empty);
+        let inner =
+            tracing::info_span!("route", task.id = %"T-1", decision = tracing::field::Empty);
         inner.record("decision", "multi");
         let _i = inner.enter();
         tracing::info!(task.id = %"T-1", bytes = 80usize, ok = true, score = 2.5, "task routed");
@@ -259,7 +263,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false);
         if plain {
-            let layer = layer.fmt_fields(PlainFields).event_format(PlainText::default());
+            let layer = layer
+                .fmt_fields(PlainFields)
+                .event_format(PlainText::default());
             tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
         } else {
             tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);

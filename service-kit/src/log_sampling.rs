@@ -35,7 +35,6 @@ impl DecisionSampler {
         }
     }
 
-
     /// Whether this decision line is written; counts it.
     fn keep(&self) -> bool {
         match self.every {

@@ -5,7 +5,10 @@
 //!   names its trace. Lines are handed to a writer thread (`tracing-appender`'s
 //!   non-blocking writer) that writes them in batches, so a request never waits for
 //!   stderr; [`TelemetryGuard::shutdown`] (or dropping the guard) flushes what is left.
-//!   Decision lines can be sampled (see [`crate::log_sampling`]).
+//!   Decision lines can be sampled (see [`crate::log_sampling`]). When stderr is not a
+//!   terminal, text lines are written by [`crate::log_format`] (the same bytes as the
+//!   default format, without its styling work). Spans whose target ends in
+//!   [`TRACE_ONLY_TARGET_SUFFIX`] are left out of the log.
 //! - Traces: OpenTelemetry over OTLP/gRPC, configured only by `OTEL_*` variables, and off
 //!   unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
 //!   set. Which spans are exported is `OTEL_TRACES_FILTER`'s choice (same syntax as
