@@ -51,7 +51,8 @@ impl RouterService {
         {
             if let Error::InvalidRequest(v) = &e {
                 let fields: Vec<&str> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
-                tracing::info!(fields = %fields.join(","), "route request rejected");
+                let id = request.task.as_ref().map_or("", |t| t.id.as_str());
+                tracing::info!(task.id = %id, fields = %fields.join(","), "route request rejected");
             }
             return Err(e);
         }
@@ -111,10 +112,12 @@ impl Router for RouterService {
         let (id, bytes) = req
             .task
             .as_ref()
-            .map(|t| (t.id.clone(), t.description.len()))
+            .map(|t| (t.id.as_str(), t.description.len()))
             .unwrap_or_default();
-        // Decision attributes land on this span; the description itself never does.
+        // Decision attributes land on this span; the description itself never does. It
+        // is for traces only: the decision line repeats its fields in the log.
         let span = tracing::info_span!(
+            target: "router_service::trace_only",
             "route",
             task.id = %id,
             task.description_bytes = bytes,

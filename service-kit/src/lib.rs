@@ -15,6 +15,7 @@ pub mod drain;
 pub mod grpc_path;
 pub mod health;
 pub mod health_port;
+pub mod log_format;
 pub mod log_sampling;
 pub mod observe;
 pub mod redact;

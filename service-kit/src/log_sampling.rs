@@ -7,11 +7,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Metadata;
+use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
 use tracing_subscriber::layer::{Context, Filter};
 
 /// The field that marks a decision line.
 const DECISION_FIELD: &str = "decision";
+
+/// Whether `meta` is a decision line (an event with a `decision` field).
+pub fn is_decision_line(meta: &Metadata<'_>) -> bool {
+    meta.is_event() && meta.fields().field(DECISION_FIELD).is_some()
+}
 
 /// A per-layer filter writing one in `every` decision lines (all for 1, none for 0).
 #[derive(Debug)]
@@ -29,10 +35,6 @@ impl DecisionSampler {
         }
     }
 
-    fn is_decision(meta: &Metadata<'_>) -> bool {
-        meta.is_event() && meta.fields().field(DECISION_FIELD).is_some()
-    }
-
     /// Whether this decision line is written; counts it.
     fn keep(&self) -> bool {
         match self.every {
@@ -45,12 +47,19 @@ impl DecisionSampler {
 
 impl<S> Filter<S> for DecisionSampler {
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        !Self::is_decision(meta) || self.keep()
+        !is_decision_line(meta) || self.keep()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        // Every level passes (only decision lines are thinned); without a hint, the
+        // combined log filter would have none either and every trace-level call site in
+        // the process would be asked per call.
+        Some(LevelFilter::TRACE)
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
         // Only decision call sites need asking per event.
-        if !Self::is_decision(meta) || self.every == 1 {
+        if !is_decision_line(meta) || self.every == 1 {
             Interest::always()
         } else if self.every == 0 {
             Interest::never()

@@ -35,7 +35,13 @@ pub fn request_span(req: &http::Request<()>) -> tracing::Span {
     if span.is_disabled() {
         return span;
     }
-    let parent = crate::trace_context::extract(req.headers());
+    // Without a `traceparent` there is no caller context to continue (W3C is the only
+    // propagator): skip the propagator's lock and header parsing.
+    let parent = if req.headers().contains_key("traceparent") {
+        crate::trace_context::extract(req.headers())
+    } else {
+        opentelemetry::Context::new()
+    };
     let remote = parent.span().span_context().clone();
     let _ = span.set_parent(parent);
     let own = span.context().span().span_context().clone();

@@ -5,7 +5,10 @@
 //!   names its trace. Lines are handed to a writer thread (`tracing-appender`'s
 //!   non-blocking writer) that writes them in batches, so a request never waits for
 //!   stderr; [`TelemetryGuard::shutdown`] (or dropping the guard) flushes what is left.
-//!   Decision lines can be sampled (see [`crate::log_sampling`]).
+//!   Decision lines can be sampled (see [`crate::log_sampling`]). When stderr is not a
+//!   terminal, text lines are written by [`crate::log_format`] (the same bytes as the
+//!   default format, without its styling work). Spans whose target ends in
+//!   [`TRACE_ONLY_TARGET_SUFFIX`] are left out of the log.
 //! - Traces: OpenTelemetry over OTLP/gRPC, configured only by `OTEL_*` variables, and off
 //!   unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
 //!   set. Which spans are exported is `OTEL_TRACES_FILTER`'s choice (same syntax as
@@ -203,11 +206,17 @@ fn install(
             LOG_WRITE_BYTES,
             std::io::stderr(),
         ));
+    let ansi = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_target(true);
     let fmt = match format {
+        // The same line, written without the default format's styling work.
+        LogFormat::Text if !ansi => fmt
+            .fmt_fields(crate::log_format::PlainFields)
+            .event_format(crate::log_format::PlainText::default())
+            .boxed(),
         LogFormat::Text => fmt.boxed(),
         // The current span names the request and task; the full span list would repeat
         // its fields on every line.
@@ -218,9 +227,14 @@ fn install(
             .with_span_list(false)
             .boxed(),
     };
-    let filter = filter.and(crate::log_sampling::DecisionSampler::new(
-        args.log_decisions_every,
-    ));
+    let filter = filter
+        .and(crate::log_sampling::DecisionSampler::new(
+            args.log_decisions_every,
+        ))
+        .and(
+            tracing_subscriber::filter::filter_fn(|meta| !is_trace_only(meta))
+                .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE),
+        );
     // Each layer has its own filter: logs follow RUST_LOG, exported spans
     // OTEL_TRACES_FILTER. Per-span work is kept to what the backend shows: no thread
     // names (an allocation per span), no source locations (the target names the
@@ -232,13 +246,17 @@ fn install(
             .with_threads(false)
             .with_location(false)
             .with_tracked_inactivity(false)
-            .with_filter(f)
+            .with_filter(f.and(RepeatedDecisions))
     });
-    let installed = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .try_init()
-        .is_ok();
+    // Without an exporter the subscriber has no OpenTelemetry layer at all: an absent
+    // (`None`) layer still claims interest in every call site, which made the registry
+    // build every h2/hyper trace-level span (about 50 per request) only for the log
+    // filter to drop them.
+    let logs = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let installed = match otel {
+        Some(otel) => logs.with(otel).try_init().is_ok(),
+        None => logs.try_init().is_ok(),
+    };
     match provider {
         Some(p) if installed => {
             opentelemetry::global::set_tracer_provider(p.clone());
@@ -255,6 +273,53 @@ fn install(
             provider: None,
             log_writer: None,
         }),
+    }
+}
+
+/// Spans whose target ends in this are for traces only: logs leave them out (their
+/// fields are repeated by a log line of their own, e.g. the router's decision line), so
+/// no log formatting is spent on them.
+pub const TRACE_ONLY_TARGET_SUFFIX: &str = "::trace_only";
+
+/// Whether `meta` is a span only traces record (see [`TRACE_ONLY_TARGET_SUFFIX`]).
+fn is_trace_only(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target().ends_with(TRACE_ONLY_TARGET_SUFFIX)
+}
+
+/// Per-layer filter of the exported spans: a decision line inside a trace-only span
+/// (which carries the decision as attributes) is not exported as a span event, which
+/// would repeat those attributes and cost as much as a span. Every other event and span
+/// passes; only decision call sites are asked per event.
+struct RepeatedDecisions;
+
+impl<S> tracing_subscriber::layer::Filter<S> for RepeatedDecisions
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !crate::log_sampling::is_decision_line(meta)
+            || !cx
+                .lookup_current()
+                .is_some_and(|span| is_trace_only(span.metadata()))
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if crate::log_sampling::is_decision_line(meta) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
     }
 }
 
