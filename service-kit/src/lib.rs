@@ -15,6 +15,8 @@ pub mod drain;
 pub mod grpc_path;
 pub mod health;
 pub mod health_port;
+#[cfg(test)]
+mod log_capture;
 pub mod log_format;
 pub mod log_sampling;
 pub mod observe;

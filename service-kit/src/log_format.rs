@@ -222,22 +222,8 @@ fn level(level: &Level) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use crate::log_capture::Buffer;
     use tracing_subscriber::layer::SubscriberExt as _;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
@@ -270,7 +256,7 @@ mod tests {
         } else {
             tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
         }
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let text = buffer.text();
         // Everything after the timestamp, which differs between the runs.
         text.lines()
             .map(|l| l.split_once(' ').unwrap().1.to_string())

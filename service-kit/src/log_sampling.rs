@@ -72,23 +72,9 @@ impl<S> Filter<S> for DecisionSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use crate::log_capture::Buffer;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::{Layer as _, fmt};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn lines_written(every: u64) -> (usize, usize) {
         let buffer = Buffer::default();
@@ -105,7 +91,7 @@ mod tests {
                 tracing::warn!("store unreachable");
             }
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let text = buffer.text();
         let decisions = text.lines().filter(|l| l.contains("task routed")).count();
         let others = text.lines().filter(|l| l.contains("unreachable")).count();
         (decisions, others)
