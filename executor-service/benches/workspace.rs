@@ -14,6 +14,9 @@
 //! small; the numbers in docs/PERFORMANCE.md are from:
 //!
 //! `WORKSPACE_BENCH_FILES=100,10000,100000 WORKSPACE_BENCH_RESTORE_MB=100 cargo bench -p executor-service --bench workspace`
+//!
+//! (`WORKSPACE_BENCH_FETCH_FILTER=none` measures full mirrors instead of the default
+//! blobless partial clones.)
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use executor_service::session::{Checkpoint, Lease, RedisStore, SessionStore};
@@ -22,6 +25,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskrouter_proto::v1::{IterationRecord, SessionState, Task, TaskStatus};
 use test_support::GitRemotes;
+
+/// The executor's defaults, except the fetch filter when `WORKSPACE_BENCH_FETCH_FILTER`
+/// sets one (`none`: full mirrors, as before partial clones).
+fn config(root: &std::path::Path, remotes: &GitRemotes) -> WorkspaceConfig {
+    let mut config = WorkspaceConfig::new(root, remotes.template());
+    if let Ok(filter) = std::env::var("WORKSPACE_BENCH_FETCH_FILTER") {
+        config.fetch_filter =
+            executor_service::workspace::check_fetch_filter(&filter).expect("fetch filter");
+    }
+    config
+}
 
 fn sizes(var: &str, default: &str) -> Vec<usize> {
     std::env::var(var)
@@ -58,7 +72,7 @@ fn iteration(
     let remotes = GitRemotes::new();
     remotes.create("app", files, 512);
     let root = tempfile::tempdir().expect("root");
-    let ws = Workspaces::new(WorkspaceConfig::new(root.path(), remotes.template()));
+    let ws = Workspaces::new(config(root.path(), &remotes));
     let id = format!("bench-{files}");
     let (mut head, lease, mut version): (RepoHead, Lease, u64) = rt.block_on(async {
         let head = ws
@@ -136,7 +150,7 @@ fn restore(c: &mut Criterion, rt: &tokio::runtime::Runtime, megabytes: usize) {
     test_support::git(&remotes.path("big"), &["repack", "-adq"]);
     let head = {
         let root = tempfile::tempdir().expect("root");
-        let ws = Workspaces::new(WorkspaceConfig::new(root.path(), remotes.template()));
+        let ws = Workspaces::new(config(root.path(), &remotes));
         rt.block_on(ws.start("restore", &["big".to_string()], "main"))
             .expect("start")
             .remove(0)
@@ -148,7 +162,7 @@ fn restore(c: &mut Criterion, rt: &tokio::runtime::Runtime, megabytes: usize) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let root = tempfile::tempdir().expect("root");
-                let ws = Workspaces::new(WorkspaceConfig::new(root.path(), remotes.template()));
+                let ws = Workspaces::new(config(root.path(), &remotes));
                 let start = Instant::now();
                 rt.block_on(ws.ensure("restore", "agent", &head))
                     .expect("restore");
@@ -159,7 +173,7 @@ fn restore(c: &mut Criterion, rt: &tokio::runtime::Runtime, megabytes: usize) {
     });
     for (name, idle) in [("warm", 0), ("warm_pooled", 1)] {
         let root = tempfile::tempdir().expect("root");
-        let mut config = WorkspaceConfig::new(root.path(), remotes.template());
+        let mut config = config(root.path(), &remotes);
         config.idle_worktrees = idle;
         let ws = Workspaces::new(config);
         // Mirror fetched and, when pooling, one idle worktree parked.

@@ -953,3 +953,126 @@ async fn the_pool_is_bounded_and_concurrent_restores_never_share_an_entry() {
     expected.sort();
     assert_eq!(listed, expected);
 }
+
+/// The objects `rev-list --objects <revs> --missing=print` reports absent from the
+/// mirror of `repo` under `root` (it never fetches them).
+fn missing_in_mirror(root: &Path, repo: &str, revs: &[&str]) -> Vec<String> {
+    let mut args = vec!["rev-list", "--objects", "--missing=print"];
+    args.extend(revs);
+    git(&root.join("mirrors").join(format!("{repo}.git")), &args)
+        .lines()
+        .filter_map(|l| l.strip_prefix('?'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A replica that has never seen the task fetches the history's commits and trees but
+/// only the file contents of the commit it checks out (a blobless partial clone); an
+/// older commit's contents arrive when a checkout needs them, and commits and pushes
+/// from such a mirror work as from a full one.
+#[tokio::test]
+async fn a_cold_restore_fetches_only_the_contents_it_checks_out() {
+    let remotes = GitRemotes::new();
+    remotes.create("app", 20, 64);
+    let a = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, a.path());
+    let mut head = started(&ws, 1).await;
+    let mut commits = Vec::new();
+    for n in 1..=2 {
+        head.commit = iterate(&ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
+            .await
+            .unwrap();
+        commits.push(head.commit.clone());
+    }
+    // notes.txt after iteration 1: in the history, not in the checkpoint's tree.
+    let old_notes = git(
+        &remotes.path("app"),
+        &["rev-parse", &format!("{}:notes.txt", commits[0])],
+    );
+
+    let b = tempfile::tempdir().unwrap();
+    let other = workspaces(&remotes, b.path());
+    assert_eq!(
+        other.reconcile(TASK, &head, 2).await.unwrap(),
+        Reconciled::InStep
+    );
+    let dir = other.ensure(TASK, ROLE, &head).await.unwrap();
+    assert_exactly_at(&dir, &head.commit);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "line 1\nline 2\n"
+    );
+    assert_eq!(
+        missing_in_mirror(b.path(), "app", &["--all"]),
+        vec![old_notes.clone()],
+        "only the history's file contents stay on the remote"
+    );
+    assert!(missing_in_mirror(b.path(), "app", &["--no-walk", &head.commit]).is_empty());
+
+    // Commit and push from the partial mirror; a third replica restores it.
+    let third = iterate(&other, ROLE, &head, 3, 2, "notes.txt", "line 3")
+        .await
+        .unwrap();
+    assert_eq!(remotes.iterations("app", &head.branch), vec![1, 2, 3]);
+    assert_eq!(
+        remotes.show("app", &third, "notes.txt").as_deref(),
+        Some("line 1\nline 2\nline 3\n")
+    );
+
+    // The older commit checked out on the partial mirror: its contents are fetched then.
+    let older = other
+        .ensure("task-2", ROLE, &head_at("task-2", &commits[0]))
+        .await
+        .unwrap();
+    assert_exactly_at(&older, &commits[0]);
+    assert_eq!(
+        std::fs::read_to_string(older.join("notes.txt")).unwrap(),
+        "line 1\n"
+    );
+    assert!(missing_in_mirror(b.path(), "app", &["--all"]).is_empty());
+}
+
+/// A remote that does not serve partial clones (`uploadpack.allowFilter` off, git's
+/// default for a self-hosted bare repository) is fetched in full and works as before;
+/// so does a replica configured with `--workspace-fetch-filter none`.
+#[tokio::test]
+async fn without_filters_the_mirror_holds_the_whole_history() {
+    let remotes = GitRemotes::new();
+    remotes.create("app", 20, 64);
+    let a = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, a.path());
+    let mut head = started(&ws, 1).await;
+    for n in 1..=2 {
+        head.commit = iterate(&ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
+            .await
+            .unwrap();
+    }
+    git(
+        &remotes.path("app"),
+        &["config", "uploadpack.allowFilter", "false"],
+    );
+    let b = tempfile::tempdir().unwrap();
+    let refused = workspaces(&remotes, b.path());
+    let dir = refused.ensure(TASK, ROLE, &head).await.unwrap();
+    assert_exactly_at(&dir, &head.commit);
+    assert!(missing_in_mirror(b.path(), "app", &["--all"]).is_empty());
+
+    git(
+        &remotes.path("app"),
+        &["config", "uploadpack.allowFilter", "true"],
+    );
+    let c = tempfile::tempdir().unwrap();
+    let mut config = WorkspaceConfig::new(c.path(), remotes.template());
+    config.fetch_filter = None;
+    let full = Workspaces::new(config);
+    let dir = full.ensure(TASK, ROLE, &head).await.unwrap();
+    assert_exactly_at(&dir, &head.commit);
+    assert!(missing_in_mirror(c.path(), "app", &["--all"]).is_empty());
+    let third = iterate(&full, ROLE, &head, 3, 2, "notes.txt", "line 3")
+        .await
+        .unwrap();
+    assert_eq!(
+        remotes.show("app", &third, "notes.txt").as_deref(),
+        Some("line 1\nline 2\nline 3\n")
+    );
+}

@@ -13,6 +13,11 @@ pub const DEFAULT_BASE_REF: &str = "main";
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 /// Default number of idle worktrees kept per repository for reuse.
 pub const DEFAULT_IDLE_WORKTREES: usize = 2;
+/// Default filter of the mirrors' fetches: a blobless partial clone, so a replica fetches
+/// the commits and trees of the history but only the file contents it checks out.
+pub const DEFAULT_FETCH_FILTER: &str = "blob:none";
+/// The fetch filter value that fetches everything (full mirrors).
+pub const NO_FETCH_FILTER: &str = "none";
 /// Deadline of one git invocation (a fetch of a large repository included).
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The task label that overrides the base ref for one task.
@@ -25,6 +30,7 @@ const TEMPLATE: &str = "--git-remote-template / EXECUTOR_GIT_REMOTE_TEMPLATE";
 const PREFIX: &str = "--workspace-branch-prefix / EXECUTOR_WORKSPACE_BRANCH_PREFIX";
 const BASE: &str = "--git-base-ref / EXECUTOR_GIT_BASE_REF";
 const MAX_BYTES: &str = "--workspace-max-bytes / EXECUTOR_WORKSPACE_MAX_BYTES";
+const FILTER: &str = "--workspace-fetch-filter / EXECUTOR_WORKSPACE_FETCH_FILTER";
 
 /// Flags of durable git workspaces. Workspaces are on when the remote template is set.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -56,6 +62,12 @@ pub struct WorkspaceArgs {
     /// repository restores by rewriting only the files that differ; 0 removes them.
     #[arg(long, env = "EXECUTOR_WORKSPACE_IDLE_WORKTREES", default_value_t = DEFAULT_IDLE_WORKTREES)]
     pub workspace_idle_worktrees: usize,
+    /// Partial-clone filter of new mirrors: `blob:none` fetches file contents only when
+    /// a checkout needs them, `blob:limit=<n>[k|m|g]` fetches blobs up to that size
+    /// eagerly, `none` fetches everything. A remote that does not allow filters is
+    /// fetched in full whatever this says.
+    #[arg(long, env = "EXECUTOR_WORKSPACE_FETCH_FILTER", default_value = DEFAULT_FETCH_FILTER)]
+    pub workspace_fetch_filter: String,
 }
 
 /// Validated workspace settings. Its `Debug` redacts credentials in the template.
@@ -73,6 +85,8 @@ pub struct WorkspaceConfig {
     pub max_bytes: u64,
     /// Idle worktrees kept per repository (0: none).
     pub idle_worktrees: usize,
+    /// Partial-clone filter of new mirrors (`None`: full mirrors).
+    pub fetch_filter: Option<String>,
     /// The git program.
     pub git_program: PathBuf,
     /// Deadline of one git invocation.
@@ -91,6 +105,7 @@ impl fmt::Debug for WorkspaceConfig {
             .field("base_ref", &self.base_ref)
             .field("max_bytes", &self.max_bytes)
             .field("idle_worktrees", &self.idle_worktrees)
+            .field("fetch_filter", &self.fetch_filter)
             .finish()
     }
 }
@@ -106,6 +121,7 @@ impl WorkspaceConfig {
             base_ref: DEFAULT_BASE_REF.into(),
             max_bytes: DEFAULT_MAX_BYTES,
             idle_worktrees: DEFAULT_IDLE_WORKTREES,
+            fetch_filter: Some(DEFAULT_FETCH_FILTER.into()),
             git_program: PathBuf::from("git"),
             git_timeout: GIT_TIMEOUT,
         }
@@ -148,6 +164,8 @@ impl WorkspaceArgs {
         if self.workspace_max_bytes == 0 {
             return Err(format!("{MAX_BYTES}: must be at least 1"));
         }
+        let fetch_filter = check_fetch_filter(&self.workspace_fetch_filter)
+            .map_err(|e| format!("{FILTER}: {e}"))?;
         let root = std::fs::canonicalize(&root)
             .map_err(|e| format!("{ROOT}: {} is not usable: {e}", root.display()))?;
         Ok(Some(WorkspaceConfig {
@@ -157,6 +175,7 @@ impl WorkspaceArgs {
             base_ref: self.git_base_ref.clone(),
             max_bytes: self.workspace_max_bytes,
             idle_worktrees: self.workspace_idle_worktrees,
+            fetch_filter,
             git_program: git,
             git_timeout: GIT_TIMEOUT,
         }))
@@ -179,6 +198,30 @@ pub fn check_base_ref(base: &str) -> Result<(), String> {
         return Err(format!("{base:?} is not a ref name"));
     }
     Ok(())
+}
+
+/// Checks a fetch filter: `none` (`None`: no filter), `blob:none` or
+/// `blob:limit=<n>[k|m|g]`. Tree filters are refused: commits need their trees.
+pub fn check_fetch_filter(filter: &str) -> Result<Option<String>, String> {
+    let filter = filter.trim();
+    if filter == NO_FETCH_FILTER {
+        return Ok(None);
+    }
+    if filter == "blob:none" {
+        return Ok(Some(filter.into()));
+    }
+    if let Some(limit) = filter.strip_prefix("blob:limit=") {
+        let digits = limit.trim_end_matches(['k', 'm', 'g']);
+        if !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && limit.len() - digits.len() <= 1
+        {
+            return Ok(Some(filter.into()));
+        }
+    }
+    Err(format!(
+        "{filter:?} is not one of none, blob:none, blob:limit=<n>[k|m|g]"
+    ))
 }
 
 fn check_writable(root: &std::path::Path) -> std::io::Result<()> {
@@ -232,6 +275,7 @@ mod tests {
             git_base_ref: DEFAULT_BASE_REF.into(),
             workspace_max_bytes: DEFAULT_MAX_BYTES,
             workspace_idle_worktrees: DEFAULT_IDLE_WORKTREES,
+            workspace_fetch_filter: DEFAULT_FETCH_FILTER.into(),
         }
     }
 
@@ -277,11 +321,41 @@ mod tests {
                 },
                 "--workspace-max-bytes",
             ),
+            (
+                WorkspaceArgs {
+                    workspace_fetch_filter: "tree:0".into(),
+                    ..args(root.clone(), "file:///srv/{repo}.git")
+                },
+                "--workspace-fetch-filter",
+            ),
         ];
         for (a, name) in cases {
             let err = a.validate().unwrap_err();
             assert!(err.starts_with(name), "{name}: {err}");
             assert!(!err.contains('\n') && !err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn fetch_filters_are_none_blobless_or_a_blob_size_limit() {
+        assert_eq!(check_fetch_filter("none"), Ok(None));
+        for ok in [
+            "blob:none",
+            "blob:limit=0",
+            "blob:limit=512k",
+            "blob:limit=1m",
+        ] {
+            assert_eq!(check_fetch_filter(ok), Ok(Some(ok.to_string())), "{ok}");
+        }
+        for bad in [
+            "",
+            "tree:0",
+            "blob:limit=",
+            "blob:limit=1mk",
+            "blob:limit=k",
+            "sparse:oid=x",
+        ] {
+            assert!(check_fetch_filter(bad).is_err(), "{bad}");
         }
     }
 

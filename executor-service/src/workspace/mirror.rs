@@ -24,6 +24,9 @@ const MIRROR_CONFIG: [(&str, &str); 8] = [
     ("push.default", "nothing"),
 ];
 
+/// Upper bound on the parallel fetches of one prefetch.
+const MAX_PREFETCH_STREAMS: usize = 4;
+
 /// The result of a compare-and-swap push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
@@ -51,8 +54,11 @@ impl Mirror {
         }
     }
 
-    /// Creates the mirror if needed and points `origin` at `url`; marks it used.
-    pub async fn ensure(&self, git: &Git, url: &str) -> Result<()> {
+    /// Creates the mirror if needed and points `origin` at `url`; marks it used. A new
+    /// mirror with a `filter` is a partial clone of `origin` (its promisor remote): git
+    /// fetches the objects it filtered out when something reads them. An existing
+    /// mirror keeps what it was created as.
+    pub async fn ensure(&self, git: &Git, url: &str, filter: Option<&str>) -> Result<()> {
         if !self.path.join("HEAD").is_file() {
             let parent = self.path.parent().unwrap_or(Path::new("/"));
             tokio::fs::create_dir_all(parent).await.map_err(|e| {
@@ -79,6 +85,20 @@ impl Mirror {
             }
             git.run(&tmp, "git config", ["config", "remote.origin.url", url])
                 .await?;
+            if let Some(filter) = filter {
+                git.run(
+                    &tmp,
+                    "git config",
+                    ["config", "remote.origin.promisor", "true"],
+                )
+                .await?;
+                git.run(
+                    &tmp,
+                    "git config",
+                    ["config", "remote.origin.partialclonefilter", filter],
+                )
+                .await?;
+            }
             tokio::fs::rename(&tmp, &self.path).await.map_err(|e| {
                 Error::Workspace(format!("cannot create {}: {e}", self.path.display()))
             })?;
@@ -148,6 +168,97 @@ impl Mirror {
             )
             .await?;
         Ok(porcelain::ls_remote_tip(&out, &full))
+    }
+
+    /// In a partial mirror: fetches the missing blobs of `commit`'s tree in parallel
+    /// batches (one `git fetch` each, up to the number of CPUs), so the checkout that
+    /// follows reads them locally instead of fetching them in one serial batch, whose
+    /// unpacking and hashing take one core. Best effort: a failed batch is logged and
+    /// the checkout fetches what is still missing itself. Returns how many were missing.
+    pub async fn prefetch_blobs(&self, git: &Git, commit: &str) -> usize {
+        if !self.is_partial() {
+            return 0;
+        }
+        // `--no-walk`: only this commit's tree, not the history; `--missing=print`
+        // lists what is absent instead of fetching it one object at a time.
+        let out = match git
+            .output(
+                &self.path,
+                [
+                    "rev-list",
+                    "--objects",
+                    "--no-walk",
+                    "--missing=print",
+                    commit,
+                ],
+                None,
+            )
+            .await
+        {
+            Ok(out) if out.ok() => out,
+            Ok(out) => {
+                tracing::debug!(repo = %self.repo, error = %out.error_summary(), "listing missing blobs failed");
+                return 0;
+            }
+            Err(e) => {
+                tracing::debug!(repo = %self.repo, error = %e, "listing missing blobs failed");
+                return 0;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let missing = porcelain::missing_objects(&text);
+        if missing.is_empty() {
+            return 0;
+        }
+        let streams = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_PREFETCH_STREAMS)
+            .min(missing.len());
+        let per = missing.len().div_ceil(streams);
+        let mut batches = tokio::task::JoinSet::new();
+        for chunk in missing.chunks(per) {
+            let input = chunk.join("\n") + "\n";
+            let (git, path) = (git.clone(), self.path.clone());
+            batches.spawn(async move {
+                // What git runs for a lazy fetch: no negotiation, nothing but the ids.
+                git.output(
+                    &path,
+                    [
+                        "-c",
+                        "fetch.negotiationAlgorithm=noop",
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        "--no-write-fetch-head",
+                        "--recurse-submodules=no",
+                        "--stdin",
+                        "origin",
+                    ],
+                    Some(input.as_bytes()),
+                )
+                .await
+            });
+        }
+        while let Some(done) = batches.join_next().await {
+            let failure = match done {
+                Ok(Ok(out)) if out.ok() => continue,
+                Ok(Ok(out)) => out.error_summary(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::debug!(repo = %self.repo, error = %failure, "prefetching blobs failed; the checkout fetches them");
+        }
+        missing.len()
+    }
+
+    /// Whether the mirror is a partial clone: the packs fetched from a promisor remote
+    /// carry a `.promisor` file.
+    fn is_partial(&self) -> bool {
+        std::fs::read_dir(self.path.join("objects/pack")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "promisor"))
+        })
     }
 
     /// Whether `commit` is in the local object store.

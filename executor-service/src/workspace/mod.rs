@@ -25,7 +25,7 @@ pub mod task;
 pub mod trailers;
 pub mod worktree;
 
-pub use config::{WorkspaceArgs, WorkspaceConfig};
+pub use config::{WorkspaceArgs, WorkspaceConfig, check_fetch_filter};
 pub use task::TaskWorkspace;
 pub use trailers::Trailers;
 pub use worktree::Merge;
@@ -151,7 +151,11 @@ impl Workspaces {
             .map_err(|e| Error::Workspace(format!("repository {repo:?}: {e}")))?;
         let mirror = self.mirror(repo);
         mirror
-            .ensure(&self.git, &self.config.remote_url(repo))
+            .ensure(
+                &self.git,
+                &self.config.remote_url(repo),
+                self.config.fetch_filter.as_deref(),
+            )
             .await?;
         Ok(mirror)
     }
@@ -334,6 +338,7 @@ impl Workspaces {
         {
             return Ok(wt.path);
         }
+        mirror.prefetch_blobs(&self.git, &head.commit).await;
         wt.create(&self.git, &mirror, &head.commit).await?;
         Ok(wt.path)
     }

@@ -25,6 +25,17 @@ pub fn push_rejected(stdout: &str, stderr: &str) -> bool {
             || stderr.contains("stale info"))
 }
 
+/// The ids `git rev-list --objects --missing=print` reports missing: the lines `?<oid>`
+/// whose id is non-empty hex (present objects are `<oid>` or `<oid> <path>`).
+pub fn missing_objects(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter_map(|line| line.strip_prefix('?'))
+        .map(str::trim_end)
+        .filter(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
 /// The paths of NUL-separated output (`git diff --name-only -z`), without empty entries.
 pub fn nul_separated(output: &str) -> Vec<String> {
     output
@@ -59,6 +70,19 @@ mod tests {
         assert!(push_rejected(stale, ""));
         assert!(!push_rejected("", "fatal: could not read from remote"));
         assert!(!push_rejected("rejected", ""), "no `!` status line");
+    }
+
+    #[test]
+    fn missing_objects_are_the_question_marked_hex_ids() {
+        let out = "1111111111111111111111111111111111111111\n\
+                   2222222222222222222222222222222222222222 dir/a.txt\n\
+                   ?3333333333333333333333333333333333333333\n\
+                   ?not-hex\n?\n";
+        assert_eq!(
+            missing_objects(out),
+            vec!["3333333333333333333333333333333333333333"]
+        );
+        assert!(missing_objects("").is_empty());
     }
 
     #[test]

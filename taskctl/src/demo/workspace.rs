@@ -62,6 +62,8 @@ fn init_remote(path: &Path) -> std::io::Result<()> {
     };
     let p = path.to_string_lossy();
     git(&["init", "--quiet", "--bare", &p])?;
+    // As a git host serves it: the executor's mirrors are partial clones.
+    git(&["--git-dir", &p, "config", "uploadpack.allowFilter", "true"])?;
     // An empty tree (mktree of nothing): a first commit needs no working tree.
     let empty = git(&["--git-dir", &p, "mktree"])?;
     let commit = git(&["--git-dir", &p, "commit-tree", &empty, "-m", "demo base"])?;

@@ -286,7 +286,7 @@ pub fn session_state_decode(data: &[u8]) {
 /// Target `git_output`: the workspace's names and git output parsers. Branch and
 /// directory names round-trip through their encoding and only the canonical spelling
 /// decodes; a checkpoint commit's trailers parse back to what was written; `ls-remote`,
-/// `push --porcelain` and `-z` output of any shape parse without panicking, and a tip is
+/// `push --porcelain`, `rev-list --missing=print` and `-z` output of any shape parse without panicking, and a tip is
 /// only ever the hex id on the exact ref's line.
 pub fn git_output(data: &[u8]) {
     let mut input = Input::new(data);
@@ -397,6 +397,11 @@ pub fn git_output(data: &[u8]) {
     );
     if porcelain::push_rejected(&text, &text) {
         assert!(text.lines().any(|l| l.starts_with('!')));
+    }
+    // rev-list --missing=print: every id reported missing is hex from a `?` line.
+    for missing in porcelain::missing_objects(&text) {
+        assert!(!missing.is_empty() && missing.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(text.lines().any(|l| l.trim_end() == format!("?{missing}")));
     }
     let paths = porcelain::nul_separated(&text);
     assert!(paths.iter().all(|p| !p.is_empty() && !p.contains('\0')));

@@ -5,6 +5,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Settings of each remote, as GitHub, GitLab and Gitea serve repositories: fetch
+/// filters allowed, which partial clones need (fetching a missing object by id needs
+/// nothing more over git's protocol v2).
+pub const HOST_CONFIG: [(&str, &str); 1] = [("uploadpack.allowFilter", "true")];
+
 /// A directory of bare repositories: `<dir>/<name>.git`.
 pub struct GitRemotes {
     dir: tempfile::TempDir,
@@ -53,6 +58,10 @@ impl GitRemotes {
                 path.to_str().unwrap(),
             ],
         );
+        // As a git host serves it: partial clones allowed.
+        for (key, value) in HOST_CONFIG {
+            git(&path, &["config", key, value]);
+        }
         let mut import = Command::new("git")
             .args(["fast-import", "--quiet", "--done"])
             .current_dir(&path)
