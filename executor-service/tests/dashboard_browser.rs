@@ -477,6 +477,8 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
                 .await
                 .unwrap();
         });
+        // The branches section is refetched at most every 2 s: it may show the task's
+        // previous commit for a moment after the status turned COMPLETED.
         b.wait_for(
             &page,
             &format!(
@@ -484,7 +486,8 @@ async fn the_task_page_shows_gates_budgets_and_branches() {
                  && document.querySelector('#approvals tr[data-gate=\"before_start\"] .decided-by').textContent === 'oncall' \
                  && document.getElementById('status').textContent === 'COMPLETED' \
                  && document.getElementById('status').className === 'status-COMPLETED' \
-                 && document.querySelector('#workspace tr[data-branch]') !== null",
+                 && document.querySelector('#workspace tr[data-branch]') !== null \
+                 && document.querySelector('#workspace tr[data-branch]').cells[5].textContent === 'changed'",
                 gate_state("approved")
             ),
             Duration::from_secs(30),
