@@ -697,6 +697,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
     (a.dev(), a.ino()) == (b.dev(), b.ino())
 }
 
+/// The device and inode of `path`: the same after a rename, new for a new checkout.
+fn identity(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
+
 /// The idle worktrees kept for `repo` under `root`.
 fn idle_entries(root: &Path, repo: &str) -> Vec<std::path::PathBuf> {
     match std::fs::read_dir(root.join("pool").join(repo)) {
@@ -764,10 +771,10 @@ async fn an_idle_worktree_carries_nothing_of_its_previous_task_into_the_next() {
     git(&dir, &["init", "--quiet", "nested"]);
     std::fs::write(dir.join("nested/secret"), "secret of A\n").unwrap();
     git(&dir, &["update-ref", "refs/worktree/secret-of-a", "HEAD"]);
-    // A file no task changes, to tell a reused worktree from a new checkout.
-    let probe = tempfile::tempdir().unwrap();
-    let probe = probe.path().join("probe");
-    std::fs::hard_link(dir.join("dir0/file5.txt"), &probe).unwrap();
+    // A directory no task changes, to tell a reused worktree from a new checkout (a
+    // file is no proof: `reset --hard` rewrites one whose index entry git marked racily
+    // clean, i.e. written in the same clock tick as the index).
+    let probe = identity(&dir.join("dir0"));
     ws.finish(TASK, &["app".to_string()]).await.unwrap();
     assert!(!root.path().join("tasks/task-1").exists());
     assert_eq!(idle_entries(root.path(), "app").len(), 1);
@@ -777,7 +784,7 @@ async fn an_idle_worktree_carries_nothing_of_its_previous_task_into_the_next() {
         .ensure("task-2", ROLE, &head_at("task-2", &a.commit))
         .await
         .unwrap();
-    assert!(same_file(&b.join("dir0/file5.txt"), &probe), "not reused");
+    assert_eq!(identity(&b.join("dir0")), probe, "not reused");
     assert!(idle_entries(root.path(), "app").is_empty());
     assert_exactly_at(&b, &a.commit);
     assert!(!b.join("build").exists() && !b.join("nested").exists());
@@ -795,7 +802,7 @@ async fn an_idle_worktree_carries_nothing_of_its_previous_task_into_the_next() {
         .ensure("task-3", ROLE, &head_at("task-3", &base))
         .await
         .unwrap();
-    assert!(same_file(&c.join("dir0/file5.txt"), &probe), "not reused");
+    assert_eq!(identity(&c.join("dir0")), probe, "not reused");
     assert_exactly_at(&c, &base);
     assert!(!c.join(".gitignore").exists());
 }
@@ -1074,5 +1081,74 @@ async fn without_filters_the_mirror_holds_the_whole_history() {
     assert_eq!(
         remotes.show("app", &third, "notes.txt").as_deref(),
         Some("line 1\nline 2\nline 3\n")
+    );
+}
+
+/// Loose objects and packs in a mirror, from `git count-objects -v`.
+fn object_files(root: &Path, repo: &str) -> (u64, u64) {
+    let out = git(
+        &root.join("mirrors").join(format!("{repo}.git")),
+        &["count-objects", "-v"],
+    );
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    (field("count:"), field("packs:"))
+}
+
+/// Each iteration's commit leaves loose objects in the mirror and each fetch into a
+/// partial mirror a pack; past the thresholds, maintenance packs them, and the mirror
+/// keeps working: the worktree, iterations committed and pushed, restores.
+#[tokio::test]
+async fn a_mirror_is_consolidated_once_objects_pile_up() {
+    use executor_service::workspace::{git::Git, mirror::Mirror};
+    let remotes = GitRemotes::new();
+    remotes.create("app", 20, 64);
+    let root = tempfile::tempdir().unwrap();
+    let ws = workspaces(&remotes, root.path());
+    let mut head = started(&ws, 1).await;
+    for n in 1..=3 {
+        head.commit = iterate(&ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
+            .await
+            .unwrap();
+    }
+    let (loose, packs) = object_files(root.path(), "app");
+    assert!(
+        loose >= 9,
+        "three commits, trees and blobs are loose: {loose}"
+    );
+
+    let program = Git::new("git", std::time::Duration::from_secs(60));
+    let mirror = Mirror::at(root.path(), "app");
+    // Below the thresholds: nothing changes.
+    mirror.maintain(&program, 10_000, 50).await.unwrap();
+    assert_eq!(object_files(root.path(), "app"), (loose, packs));
+    // Past them: everything is packed.
+    mirror.maintain(&program, 1, 1).await.unwrap();
+    let (after, _) = object_files(root.path(), "app");
+    assert_eq!(after, 0, "no loose objects left");
+
+    let dir = ws.ensure(TASK, ROLE, &head).await.unwrap();
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), head.commit);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "line 1\nline 2\nline 3\n"
+    );
+    head.commit = iterate(&ws, ROLE, &head, 4, 1, "notes.txt", "line 4")
+        .await
+        .unwrap();
+    assert_eq!(remotes.iterations("app", &head.branch), vec![1, 2, 3, 4]);
+    ws.finish(TASK, &["app".to_string()]).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let dir = workspaces(&remotes, other.path())
+        .ensure(TASK, ROLE, &head)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "line 1\nline 2\nline 3\nline 4\n"
     );
 }

@@ -24,6 +24,13 @@ const MIRROR_CONFIG: [(&str, &str); 8] = [
     ("push.default", "nothing"),
 ];
 
+/// Loose objects beyond which a mirror is consolidated at a task's finish (git's own
+/// `gc.auto` default): every iteration's commit adds a few.
+pub const GC_LOOSE_OBJECTS: u32 = 6700;
+/// Packs beyond which a mirror is consolidated at a task's finish (git's own
+/// `gc.autoPackLimit` default): every fetch into a partial mirror adds one.
+pub const GC_PACKS: u32 = 50;
+
 /// Upper bound on the parallel fetches of one prefetch.
 const MAX_PREFETCH_STREAMS: usize = 4;
 
@@ -259,6 +266,36 @@ impl Mirror {
                 .flatten()
                 .any(|e| e.path().extension().is_some_and(|x| x == "promisor"))
         })
+    }
+
+    /// Consolidates the mirror when more than `loose` loose objects or `packs` packs have
+    /// piled up (`git gc --auto`; object lookups slow down with every pack), else does
+    /// nothing. Mirrors run with automatic gc off so that no iteration pays for it; the
+    /// caller runs this between tasks, under the repository's lock.
+    pub async fn maintain(&self, git: &Git, loose: u32, packs: u32) -> Result<()> {
+        let loose = format!("gc.auto={loose}");
+        let packs = format!("gc.autoPackLimit={packs}");
+        git.run(
+            &self.path,
+            "git gc",
+            [
+                "-c",
+                loose.as_str(),
+                "-c",
+                packs.as_str(),
+                "-c",
+                "gc.autoDetach=false",
+                // Bitmaps serve fetches from this repository, which nothing does; and
+                // a partial clone's pack lacks the closure a bitmap needs.
+                "-c",
+                "repack.writeBitmaps=false",
+                "gc",
+                "--auto",
+                "--quiet",
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Whether `commit` is in the local object store.

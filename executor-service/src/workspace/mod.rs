@@ -475,6 +475,14 @@ impl Workspaces {
                         .await?;
                 }
             }
+            // Between tasks, under the lock: no iteration waits for it.
+            if mirror.path.join("HEAD").is_file()
+                && let Err(e) = mirror
+                    .maintain(&self.git, mirror::GC_LOOSE_OBJECTS, mirror::GC_PACKS)
+                    .await
+            {
+                tracing::warn!(error = %e, "consolidating a mirror failed");
+            }
         }
         let _ = tokio::fs::remove_dir_all(&dir).await;
         self.evict().await
