@@ -44,7 +44,12 @@ impl RouterService {
         self
     }
 
-    async fn route_task(&self, request: RouteRequest) -> Result<RouteResponse, Error> {
+    /// Decides `request`; `span` is the request's `route` span, which gets the decision.
+    async fn route_task(
+        &self,
+        request: RouteRequest,
+        span: &tracing::Span,
+    ) -> Result<RouteResponse, Error> {
         // One version for the whole decision, even if a reload lands meanwhile.
         let policy = self.store.current();
         if let Err(e) = validate_task(request.task.as_ref(), policy.engine.max_description_bytes())
@@ -74,11 +79,11 @@ impl RouterService {
             })
             .await
             .map_err(|e| Error::Internal(format!("evaluation task failed: {e}")))?;
-            record(&task, &decided.0);
+            record(&task, &decided.0, span);
             decided
         } else {
             let decided = evaluate(&task);
-            record(&task, &decided.0);
+            record(&task, &decided.0, span);
             decided
         };
         if let Some(shadow) = &shadow {
@@ -127,7 +132,8 @@ impl Router for RouterService {
             route.multi_agent_recommended = tracing::field::Empty,
             policy.version = tracing::field::Empty,
         );
-        self.route_task(req)
+        let fields = span.clone();
+        self.route_task(req, &fields)
             .instrument(span)
             .await
             .map(Response::new)
@@ -207,28 +213,30 @@ fn record_shadow(live: &RoutingAnalysis, shadow: &RoutingAnalysis) {
     }
 }
 
-fn record(task: &Task, analysis: &RoutingAnalysis) {
+fn record(task: &Task, analysis: &RoutingAnalysis, span: &tracing::Span) {
     let decision = decision_label(analysis.decision);
-    let reasons: Vec<&str> = analysis
-        .reasons
-        .iter()
-        .map(|r| reason_label(r.code))
-        .collect();
-    for reason in &reasons {
-        metrics::counter!(DECISIONS_METRIC, "decision" => decision, "reason" => *reason)
-            .increment(1);
-    }
     // Joined once, for the span and the decision line.
-    let reasons = reasons.join(",");
-    let span = tracing::Span::current();
-    span.record("route.decision", decision);
-    span.record("route.reasons", reasons.as_str());
-    span.record("route.rollout_bucket", analysis.rollout_bucket);
-    span.record(
-        "route.multi_agent_recommended",
-        analysis.multi_agent_recommended,
-    );
-    span.record("policy.version", analysis.policy_version.as_str());
+    let mut reasons = String::new();
+    for r in &analysis.reasons {
+        let reason = reason_label(r.code);
+        metrics::counter!(DECISIONS_METRIC, "decision" => decision, "reason" => reason)
+            .increment(1);
+        if !reasons.is_empty() {
+            reasons.push(',');
+        }
+        reasons.push_str(reason);
+    }
+    // The `route` span is on only when traces are exported; otherwise nothing reads it.
+    if !span.is_disabled() {
+        span.record("route.decision", decision);
+        span.record("route.reasons", reasons.as_str());
+        span.record("route.rollout_bucket", analysis.rollout_bucket);
+        span.record(
+            "route.multi_agent_recommended",
+            analysis.multi_agent_recommended,
+        );
+        span.record("policy.version", analysis.policy_version.as_str());
+    }
     tracing::info!(
         task.id = %task.id,
         task.description_bytes = task.description.len(),

@@ -86,15 +86,21 @@ pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
 /// Checks a task id: 1..=256 bytes of printable ASCII without whitespace, so it is safe
 /// inside Redis keys, metric-free logs and file names.
 pub fn check_task_id(v: &mut Violations, field: &str, id: &str) {
+    if let Some(problem) = task_id_problem(id) {
+        v.add(field, problem);
+    }
+}
+
+/// What is wrong with a task id, if anything (see [`check_task_id`]).
+fn task_id_problem(id: &str) -> Option<&'static str> {
     if id.is_empty() {
-        v.add(field, "must not be empty");
+        Some("must not be empty")
     } else if id.len() > 256 {
-        v.add(field, "must be at most 256 bytes");
+        Some("must be at most 256 bytes")
     } else if !id.bytes().all(|b| b.is_ascii_graphic()) {
-        v.add(
-            field,
-            "must be printable ASCII without whitespace or control characters",
-        );
+        Some("must be printable ASCII without whitespace or control characters")
+    } else {
+        None
     }
 }
 
@@ -130,7 +136,10 @@ pub fn check_task(
     limits: &TaskLimits,
 ) {
     use taskrouter_proto::v1::Complexity;
-    check_task_id(v, &format!("{prefix}.id"), &task.id);
+    // The field name is only built for a problem: a valid task allocates nothing here.
+    if let Some(problem) = task_id_problem(&task.id) {
+        v.add(format!("{prefix}.id"), problem);
+    }
     if task.description.len() > limits.max_description_bytes {
         v.add(
             format!("{prefix}.description"),

@@ -214,14 +214,14 @@ impl PolicyEngine {
 
         match complexity {
             Complexity::High | Complexity::Critical => {
-                let (name, weight) = if complexity == Complexity::High {
-                    ("HIGH", WEIGHT_HIGH_COMPLEXITY)
+                let (message, weight) = if complexity == Complexity::High {
+                    ("complexity is HIGH", WEIGHT_HIGH_COMPLEXITY)
                 } else {
-                    ("CRITICAL", WEIGHT_CRITICAL_COMPLEXITY)
+                    ("complexity is CRITICAL", WEIGHT_CRITICAL_COMPLEXITY)
                 };
                 fired.add(
                     ReasonCode::HighComplexity,
-                    format!("complexity is {name}"),
+                    message.to_string(),
                     weight,
                     Some("architect"),
                 );
