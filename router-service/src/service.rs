@@ -213,6 +213,42 @@ fn record_shadow(live: &RoutingAnalysis, shadow: &RoutingAnalysis) {
     }
 }
 
+/// Records the decision on the route span in one call: five separate `record`s each
+/// looked the span up, locked its exported data and dispatched to every layer again.
+fn record_decision_on_span(
+    span: &tracing::Span,
+    decision: &str,
+    reasons: &str,
+    rollout_bucket: u32,
+    multi_agent_recommended: bool,
+    policy_version: &str,
+) {
+    // A disabled span (no exporter: the route span is traces only) records nothing.
+    if span.is_disabled() {
+        return;
+    }
+    let Some(meta) = span.metadata() else {
+        return;
+    };
+    let fields = meta.fields();
+    let (Some(d), Some(r), Some(b), Some(m), Some(v)) = (
+        fields.field("route.decision"),
+        fields.field("route.reasons"),
+        fields.field("route.rollout_bucket"),
+        fields.field("route.multi_agent_recommended"),
+        fields.field("policy.version"),
+    ) else {
+        return;
+    };
+    span.record_all(&fields.value_set(&[
+        (&d, Some(&decision as &dyn tracing::Value)),
+        (&r, Some(&reasons as &dyn tracing::Value)),
+        (&b, Some(&rollout_bucket as &dyn tracing::Value)),
+        (&m, Some(&multi_agent_recommended as &dyn tracing::Value)),
+        (&v, Some(&policy_version as &dyn tracing::Value)),
+    ]));
+}
+
 fn record(task: &Task, analysis: &RoutingAnalysis, span: &tracing::Span) {
     let decision = decision_label(analysis.decision);
     // Joined once, for the span and the decision line.
@@ -227,16 +263,14 @@ fn record(task: &Task, analysis: &RoutingAnalysis, span: &tracing::Span) {
         reasons.push_str(reason);
     }
     // The `route` span is on only when traces are exported; otherwise nothing reads it.
-    if !span.is_disabled() {
-        span.record("route.decision", decision);
-        span.record("route.reasons", reasons.as_str());
-        span.record("route.rollout_bucket", analysis.rollout_bucket);
-        span.record(
-            "route.multi_agent_recommended",
-            analysis.multi_agent_recommended,
-        );
-        span.record("policy.version", analysis.policy_version.as_str());
-    }
+    record_decision_on_span(
+        span,
+        decision,
+        &reasons,
+        analysis.rollout_bucket,
+        analysis.multi_agent_recommended,
+        &analysis.policy_version,
+    );
     tracing::info!(
         task.id = %task.id,
         task.description_bytes = task.description.len(),

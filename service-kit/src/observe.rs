@@ -47,7 +47,10 @@ pub fn request_span(req: &http::Request<()>) -> tracing::Span {
     let own = span.context().span().span_context().clone();
     let trace = if own.is_valid() { own } else { remote };
     if trace.is_valid() {
-        span.record("trace_id", tracing::field::display(trace.trace_id()));
+        span.record(
+            "trace_id",
+            tracing::field::display(crate::trace_context::TraceIdHex(trace.trace_id())),
+        );
     }
     span
 }

@@ -238,7 +238,10 @@ fn install(
     // Each layer has its own filter: logs follow RUST_LOG, exported spans
     // OTEL_TRACES_FILTER. Per-span work is kept to what the backend shows: no thread
     // names (an allocation per span), no source locations (the target names the
-    // module), no busy/idle timing (two clock reads per poll).
+    // module), no busy/idle timing (two clock reads per poll). No context activation
+    // either: nothing here reads `opentelemetry::Context::current()` (parents and
+    // propagation go through the tracing span, see `trace_context`), and attaching the
+    // span's context on every poll cost a clone and a thread-local push and pop.
     let otel = provider.as_ref().zip(trace_filter).map(|(p, f)| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("taskrouter"))
@@ -246,6 +249,7 @@ fn install(
             .with_threads(false)
             .with_location(false)
             .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(f.and(RepeatedDecisions))
     });
     // Without an exporter the subscriber has no OpenTelemetry layer at all: an absent

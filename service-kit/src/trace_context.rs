@@ -86,6 +86,24 @@ pub fn current_trace_id() -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// Displays a trace id as its 32 lower-case hex digits, exactly as `TraceId`'s own
+/// `Display` does, without the generic `u128` formatting and padding machinery (it runs
+/// for every request span that is logged or exported).
+pub struct TraceIdHex(pub opentelemetry::trace::TraceId);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.to_bytes().iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Only ASCII hex digits were written.
+        f.write_str(std::str::from_utf8(&out).unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +155,13 @@ mod tests {
             );
         }
         assert_eq!(traceparent_of(&opentelemetry::Context::new()), "");
+    }
+
+    #[test]
+    fn trace_id_hex_matches_the_trace_ids_display() {
+        for id in [0u128, 1, 0x0af7651916cd43dd8448eb211c80319c, u128::MAX] {
+            let id = TraceId::from(id);
+            assert_eq!(TraceIdHex(id).to_string(), id.to_string());
+        }
     }
 }
