@@ -973,6 +973,20 @@ fn missing_in_mirror(root: &Path, repo: &str, revs: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// A started task with `lines` iterations, each appending `line <n>` to notes.txt; its
+/// head at the last one and the commit of each.
+async fn with_notes(ws: &Workspaces, lines: u32) -> (RepoHead, Vec<String>) {
+    let mut head = started(ws, 1).await;
+    let mut commits = Vec::new();
+    for n in 1..=lines {
+        head.commit = iterate(ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
+            .await
+            .unwrap();
+        commits.push(head.commit.clone());
+    }
+    (head, commits)
+}
+
 /// A replica that has never seen the task fetches the history's commits and trees but
 /// only the file contents of the commit it checks out (a blobless partial clone); an
 /// older commit's contents arrive when a checkout needs them, and commits and pushes
@@ -983,14 +997,7 @@ async fn a_cold_restore_fetches_only_the_contents_it_checks_out() {
     remotes.create("app", 20, 64);
     let a = tempfile::tempdir().unwrap();
     let ws = workspaces(&remotes, a.path());
-    let mut head = started(&ws, 1).await;
-    let mut commits = Vec::new();
-    for n in 1..=2 {
-        head.commit = iterate(&ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
-            .await
-            .unwrap();
-        commits.push(head.commit.clone());
-    }
+    let (head, commits) = with_notes(&ws, 2).await;
     // notes.txt after iteration 1: in the history, not in the checkpoint's tree.
     let old_notes = git(
         &remotes.path("app"),
@@ -1048,12 +1055,7 @@ async fn without_filters_the_mirror_holds_the_whole_history() {
     remotes.create("app", 20, 64);
     let a = tempfile::tempdir().unwrap();
     let ws = workspaces(&remotes, a.path());
-    let mut head = started(&ws, 1).await;
-    for n in 1..=2 {
-        head.commit = iterate(&ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
-            .await
-            .unwrap();
-    }
+    let (head, _) = with_notes(&ws, 2).await;
     git(
         &remotes.path("app"),
         &["config", "uploadpack.allowFilter", "false"],
@@ -1109,12 +1111,7 @@ async fn a_mirror_is_consolidated_once_objects_pile_up() {
     remotes.create("app", 20, 64);
     let root = tempfile::tempdir().unwrap();
     let ws = workspaces(&remotes, root.path());
-    let mut head = started(&ws, 1).await;
-    for n in 1..=3 {
-        head.commit = iterate(&ws, ROLE, &head, n, 1, "notes.txt", &format!("line {n}"))
-            .await
-            .unwrap();
-    }
+    let (mut head, _) = with_notes(&ws, 3).await;
     let (loose, packs) = object_files(root.path(), "app");
     assert!(
         loose >= 9,
