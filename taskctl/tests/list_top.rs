@@ -38,15 +38,18 @@ async fn wait_status(s: &Services, id: &str, status: &str) {
 #[tokio::test]
 async fn list_shows_a_table_json_every_filter_and_pages() {
     let s = Services::start().await;
-    submit(&s, "T-ACME-1", &["--label", "tenant=acme"]).await;
-    submit(
-        &s,
-        "T-ACME-2",
-        &["--label", "tenant=acme", "--repo", "a/x", "--repo", "b/y"],
-    )
-    .await;
-    submit(&s, "T-GLOBEX", &["--label", "tenant=globex"]).await;
-    for id in ["T-ACME-1", "T-ACME-2", "T-GLOBEX"] {
+    // One after the other, so the last one submitted is the last one updated (T-ACME-2
+    // runs a team of 8 iterations and could otherwise finish after T-GLOBEX).
+    let tasks: [(&str, &[&str]); 3] = [
+        ("T-ACME-1", &["--label", "tenant=acme"]),
+        (
+            "T-ACME-2",
+            &["--label", "tenant=acme", "--repo", "a/x", "--repo", "b/y"],
+        ),
+        ("T-GLOBEX", &["--label", "tenant=globex"]),
+    ];
+    for (id, extra) in tasks {
+        submit(&s, id, extra).await;
         wait_status(&s, id, "TASK_STATUS_COMPLETED").await;
     }
 
