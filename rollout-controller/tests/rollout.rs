@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, GetPolicyRequest, GetRequest, SubmitRequest, Task, TaskStatus,
+    Complexity, ExecutionPath, GetPolicyRequest, GetRequest, Policy, SubmitRequest, Task, TaskStatus,
 };
 use test_support::{RedisServer, ServiceProcess, free_port, wait_for_grpc_serving};
 
@@ -127,6 +127,11 @@ impl Stack {
     }
 
     async fn router_percent(&self) -> u32 {
+        self.router_policy().await.rollout_percent
+    }
+
+    /// The policy the router serves (GetPolicy).
+    async fn router_policy(&self) -> Policy {
         let mut client = RouterClient::connect(format!("http://{}", self.router_addr))
             .await
             .unwrap();
@@ -135,7 +140,7 @@ impl Stack {
             .await
             .unwrap()
             .into_inner();
-        resp.policy.unwrap().rollout_percent
+        resp.policy.unwrap()
     }
 
     async fn executor(&self) -> ExecutorClient<tonic::transport::Channel> {
@@ -717,6 +722,34 @@ async fn policy_diff_shows_the_flips_and_the_observed_outcomes_by_group() {
         "{text}"
     );
     assert!(!text.contains("sk-live"), "a description leaked: {text}");
+
+    // GetPolicy carries the live policy's governance: a candidate identical to a live
+    // policy with budgets and gates changes neither (it did not, while GetPolicy
+    // left governance out and every budget looked new).
+    let governed = "[multi_agent]\nrollout_percent = 0\n[budgets]\nsingle_agent_usd = 3.0\n\
+         [[approval.rules]]\nreason = \"HIGH_VALUE\"\ngate = \"before_start\"\ntimeout = \"1h\"\non_timeout = \"reject\"\n";
+    let staged = stack.dir.path().join("policy.toml.new");
+    std::fs::write(&staged, governed).unwrap();
+    std::fs::rename(&staged, stack.policy_path()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = stack.router_policy().await;
+        if p.single_agent_budget_usd == 3.0 && p.approval_rules.len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the router did not load the new policy: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(&candidate, governed).unwrap();
+    let out = stack.taskctl(&["--json", "policy", "diff", cand, "--since", "1h"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tasks"], 4);
+    assert_eq!(v["budget_changes"], serde_json::json!([]), "{v}");
+    assert_eq!(v["gate_changes"], serde_json::json!([]), "{v}");
 
     // A candidate the router would reject is a usage error naming the key.
     std::fs::write(&candidate, "[rules]\nvalue_threshold_usd = -1.0\n").unwrap();

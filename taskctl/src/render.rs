@@ -79,11 +79,29 @@ pub fn analysis_json(a: &RoutingAnalysis) -> Value {
             "gate": gate_name(g.gate),
             "reason": reason_name(g.reason),
             "timeout_seconds": g.timeout_seconds,
-            "on_timeout": if g.on_timeout == taskrouter_proto::v1::TimeoutAction::Approve as i32 { "approve" } else { "reject" },
-            "on_reject": if g.on_reject == taskrouter_proto::v1::RejectAction::Iterate as i32 { "iterate" } else { "fail" },
+            "on_timeout": timeout_action_short(g.on_timeout),
+            "on_reject": reject_action_short(g.on_reject),
             "message": g.message,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// What a gate's timeout does, as the policy file writes it (`approve` / `reject`).
+pub fn timeout_action_short(a: i32) -> &'static str {
+    if a == taskrouter_proto::v1::TimeoutAction::Approve as i32 {
+        "approve"
+    } else {
+        "reject"
+    }
+}
+
+/// What a rejection does, as the policy file writes it (`iterate` / `fail`).
+pub fn reject_action_short(a: i32) -> &'static str {
+    if a == taskrouter_proto::v1::RejectAction::Iterate as i32 {
+        "iterate"
+    } else {
+        "fail"
+    }
 }
 
 /// A fallback record, or null.
@@ -307,6 +325,21 @@ pub fn policy_json(p: &GetPolicyResponse) -> Value {
             "cross_repo_min_repositories": p.cross_repo_min_repositories,
             "fallback_decision": decision_name(p.fallback_decision),
             "max_description_bytes": p.max_description_bytes,
+            "budgets": {
+                "single_agent_usd": p.single_agent_budget_usd,
+                "multi_agent_usd": p.multi_agent_budget_usd,
+            },
+            "tenants": {
+                "default_usd_per_day": p.tenant_default_usd_per_day,
+                "usd_per_day": p.tenant_usd_per_day.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            },
+            "approval_rules": p.approval_rules.iter().map(|r| json!({
+                "reason": reason_name(r.reason),
+                "gate": gate_name(r.gate),
+                "timeout_seconds": r.timeout_seconds,
+                "on_timeout": timeout_action_short(r.on_timeout),
+                "on_reject": reject_action_short(r.on_reject),
+            })).collect::<Vec<_>>(),
         })
     });
     json!({
@@ -622,8 +655,48 @@ pub fn policy_text(p: &GetPolicyResponse) -> String {
         ] {
             let _ = writeln!(out, "{:<17}{}", format!("{name}:"), words.join(", "));
         }
+        let _ = writeln!(
+            out,
+            "budgets:         single {}, team {}",
+            usd_or_none(p.single_agent_budget_usd),
+            usd_or_none(p.multi_agent_budget_usd)
+        );
+        let mut tenants = vec![format!(
+            "default {}/day",
+            usd_or_none(p.tenant_default_usd_per_day)
+        )];
+        let named: std::collections::BTreeMap<_, _> = p.tenant_usd_per_day.iter().collect();
+        tenants.extend(
+            named
+                .into_iter()
+                .map(|(t, usd)| format!("{t} {}/day", usd_or_none(*usd))),
+        );
+        let _ = writeln!(out, "tenants:         {}", tenants.join(", "));
+        if p.approval_rules.is_empty() {
+            let _ = writeln!(out, "approval:        none");
+        }
+        for r in &p.approval_rules {
+            let _ = writeln!(
+                out,
+                "approval:        {} -> {} (timeout {}s, then {}; a rejection: {})",
+                reason_short(r.reason),
+                gate_short(r.gate),
+                r.timeout_seconds,
+                timeout_action_short(r.on_timeout),
+                reject_action_short(r.on_reject)
+            );
+        }
     }
     out
+}
+
+/// `$2.50`, or `no limit` for 0.
+fn usd_or_none(usd: f64) -> String {
+    if usd > 0.0 {
+        format!("${usd:.2}")
+    } else {
+        "no limit".into()
+    }
 }
 
 /// An approval gate's proto name.

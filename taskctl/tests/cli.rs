@@ -140,6 +140,9 @@ async fn policy_shows_the_policy_in_force() {
         "source:          builtin",
         "value threshold: $100.00",
         "hipaa",
+        "budgets:         single no limit, team no limit",
+        "tenants:         default no limit/day",
+        "approval:        none",
     ] {
         assert!(
             out.stdout.contains(want),
@@ -155,6 +158,8 @@ async fn policy_shows_the_policy_in_force() {
         p["policy"]["fallback_decision"],
         "ROUTING_DECISION_USE_SINGLE_AGENT"
     );
+    assert_eq!(p["policy"]["budgets"]["single_agent_usd"], 0.0);
+    assert_eq!(p["policy"]["approval_rules"], serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -282,6 +282,85 @@ pub enum OnReject {
     Iterate,
 }
 
+impl GateName {
+    /// The gate in the proto.
+    pub fn to_proto(self) -> taskrouter_proto::v1::ApprovalGate {
+        use taskrouter_proto::v1::ApprovalGate;
+        match self {
+            GateName::BeforeStart => ApprovalGate::BeforeStart,
+            GateName::BeforeComplete => ApprovalGate::BeforeComplete,
+        }
+    }
+
+    /// The file's gate for a proto gate (`None` for UNSPECIFIED or unknown values).
+    pub fn from_proto(gate: i32) -> Option<Self> {
+        use taskrouter_proto::v1::ApprovalGate;
+        match ApprovalGate::try_from(gate).ok()? {
+            ApprovalGate::BeforeStart => Some(GateName::BeforeStart),
+            ApprovalGate::BeforeComplete => Some(GateName::BeforeComplete),
+            ApprovalGate::Unspecified => None,
+        }
+    }
+
+    /// The name the policy file uses (`before_start`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateName::BeforeStart => "before_start",
+            GateName::BeforeComplete => "before_complete",
+        }
+    }
+}
+
+impl OnTimeout {
+    /// The action in the proto.
+    pub fn to_proto(self) -> taskrouter_proto::v1::TimeoutAction {
+        use taskrouter_proto::v1::TimeoutAction;
+        match self {
+            OnTimeout::Reject => TimeoutAction::Reject,
+            OnTimeout::Approve => TimeoutAction::Approve,
+        }
+    }
+
+    /// The file's action for a proto action (`None` for UNSPECIFIED or unknown values).
+    pub fn from_proto(action: i32) -> Option<Self> {
+        use taskrouter_proto::v1::TimeoutAction;
+        match TimeoutAction::try_from(action).ok()? {
+            TimeoutAction::Reject => Some(OnTimeout::Reject),
+            TimeoutAction::Approve => Some(OnTimeout::Approve),
+            TimeoutAction::Unspecified => None,
+        }
+    }
+
+    /// The name the policy file uses (`reject`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Reject => "reject",
+            OnTimeout::Approve => "approve",
+        }
+    }
+}
+
+impl OnReject {
+    /// The action in the proto.
+    pub fn to_proto(self) -> taskrouter_proto::v1::RejectAction {
+        use taskrouter_proto::v1::RejectAction;
+        match self {
+            OnReject::Fail => RejectAction::Fail,
+            OnReject::Iterate => RejectAction::Iterate,
+        }
+    }
+
+    /// The file's action for a proto action (UNSPECIFIED is the file's default, `fail`;
+    /// `None` for unknown values).
+    pub fn from_proto(action: i32) -> Option<Self> {
+        use taskrouter_proto::v1::RejectAction;
+        match RejectAction::try_from(action).ok()? {
+            RejectAction::Fail | RejectAction::Unspecified => Some(OnReject::Fail),
+            RejectAction::Iterate => Some(OnReject::Iterate),
+        }
+    }
+}
+
 /// The reason code a rule names, accepting `DEPLOYMENT` or `REASON_CODE_DEPLOYMENT`.
 pub fn rule_reason(name: &str) -> Option<taskrouter_proto::v1::ReasonCode> {
     use taskrouter_proto::v1::ReasonCode;

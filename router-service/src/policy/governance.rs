@@ -2,16 +2,20 @@
 //! the approval gates that apply, each with the reason that asked for it. Runs after the
 //! routing decision and never changes it.
 
-use super::file::{GateName, OnReject, OnTimeout, PolicyFile, rule_reason, valid_tenant_name};
-use taskrouter_proto::v1::{
-    ApprovalGate, GateRequirement, RejectAction, RoutingAnalysis, RoutingDecision, Task,
-    TimeoutAction,
-};
+use super::file::{PolicyFile, rule_reason, valid_tenant_name};
+use taskrouter_proto::v1::{GateRequirement, RoutingAnalysis, RoutingDecision, Task};
 
 /// The task label naming its tenant.
 pub const TENANT_LABEL: &str = "tenant";
 /// The tenant of a task without a (valid) `tenant` label.
 pub const DEFAULT_TENANT: &str = "default";
+
+/// A rule's timeout in whole seconds, at least 1 (validation keeps it within 1 s..=30 days).
+pub fn rule_timeout_seconds(timeout: &str) -> u32 {
+    humantime::parse_duration(timeout)
+        .map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32)
+        .unwrap_or(1)
+}
 
 /// Fills `budget_usd`, `tenant`, `tenant_usd_per_day` and `gates` of `analysis`.
 pub fn apply(settings: &PolicyFile, task: &Task, analysis: &mut RoutingAnalysis) {
@@ -40,41 +44,24 @@ pub fn apply(settings: &PolicyFile, task: &Task, analysis: &mut RoutingAnalysis)
         if !analysis.reasons.iter().any(|r| r.code == code as i32) {
             continue;
         }
-        let gate = match rule.gate {
-            GateName::BeforeStart => ApprovalGate::BeforeStart,
-            GateName::BeforeComplete => ApprovalGate::BeforeComplete,
-        };
+        let gate = rule.gate.to_proto();
         // One requirement per gate: the first matching rule decides its settings.
         if analysis.gates.iter().any(|g| g.gate == gate as i32) {
             continue;
         }
-        let timeout = humantime::parse_duration(&rule.timeout)
-            .map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32)
-            .unwrap_or(1);
-        let gate_name = match gate {
-            ApprovalGate::BeforeStart => "before_start",
-            _ => "before_complete",
-        };
+        let timeout = rule_timeout_seconds(&rule.timeout);
         analysis.gates.push(GateRequirement {
             gate: gate as i32,
             reason: code as i32,
             timeout_seconds: timeout,
-            on_timeout: match rule.on_timeout {
-                OnTimeout::Reject => TimeoutAction::Reject,
-                OnTimeout::Approve => TimeoutAction::Approve,
-            } as i32,
-            on_reject: match rule.on_reject {
-                OnReject::Fail => RejectAction::Fail,
-                OnReject::Iterate => RejectAction::Iterate,
-            } as i32,
+            on_timeout: rule.on_timeout.to_proto() as i32,
+            on_reject: rule.on_reject.to_proto() as i32,
             message: format!(
-                "{} requires approval {gate_name} (timeout {}s, then {})",
+                "{} requires approval {} (timeout {}s, then {})",
                 code.as_str_name().trim_start_matches("REASON_CODE_"),
+                rule.gate.as_str(),
                 timeout,
-                match rule.on_timeout {
-                    OnTimeout::Reject => "reject",
-                    OnTimeout::Approve => "approve",
-                }
+                rule.on_timeout.as_str()
             ),
         });
     }

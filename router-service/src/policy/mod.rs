@@ -37,7 +37,8 @@ use crate::rollout::{in_rollout, rollout_bucket};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use taskrouter_proto::v1::{
-    Complexity, Policy, ReasonCode, RoutingAnalysis, RoutingDecision, RoutingReason, Task,
+    ApprovalRule as ProtoApprovalRule, Complexity, Policy, ReasonCode, RoutingAnalysis,
+    RoutingDecision, RoutingReason, Task,
 };
 
 /// Weight of a HIGH complexity.
@@ -55,6 +56,39 @@ pub const WEIGHT_CROSS_REPO: f64 = 2.0;
 
 /// Most `repo:<name>` roles suggested for one task; a team does not scale past this.
 pub const MAX_REPO_ROLES: usize = 8;
+
+/// One `[[approval.rules]]` entry from its `GetPolicy` form (`i`: its index, for the
+/// error's key).
+fn approval_rule_from_proto(
+    i: usize,
+    r: &ProtoApprovalRule,
+    origin: &str,
+) -> Result<ApprovalRule, Error> {
+    let bad = |key: &str, value: i32| Error::PolicyInvalid {
+        origin: origin.to_string(),
+        key: format!("approval_rules[{i}].{key}"),
+        problem: format!("unknown or unspecified value {value}"),
+    };
+    let reason = ReasonCode::try_from(r.reason)
+        .ok()
+        .filter(|c| *c != ReasonCode::Unspecified)
+        .ok_or_else(|| bad("reason", r.reason))?;
+    Ok(ApprovalRule {
+        reason: reason
+            .as_str_name()
+            .trim_start_matches("REASON_CODE_")
+            .to_string(),
+        gate: GateName::from_proto(r.gate).ok_or_else(|| bad("gate", r.gate))?,
+        timeout: humantime::format_duration(std::time::Duration::from_secs(
+            r.timeout_seconds.into(),
+        ))
+        .to_string(),
+        on_timeout: OnTimeout::from_proto(r.on_timeout)
+            .ok_or_else(|| bad("on_timeout", r.on_timeout))?,
+        on_reject: OnReject::from_proto(r.on_reject)
+            .ok_or_else(|| bad("on_reject", r.on_reject))?,
+    })
+}
 
 /// Rollout group of the built-in policy; used by [`fallback_to_single_agent`].
 pub const DEFAULT_ROLLOUT_GROUP: &str = "multi_agent";
@@ -138,6 +172,27 @@ impl PolicyEngine {
                 FallbackDecision::SingleAgent => RoutingDecision::UseSingleAgent as i32,
             },
             max_description_bytes: s.limits.max_description_bytes,
+            single_agent_budget_usd: s.budgets.single_agent_usd,
+            multi_agent_budget_usd: s.budgets.multi_agent_usd,
+            tenant_default_usd_per_day: s.tenants.default_usd_per_day,
+            tenant_usd_per_day: s
+                .tenants
+                .usd_per_day
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            approval_rules: s
+                .approval
+                .rules
+                .iter()
+                .map(|r| ProtoApprovalRule {
+                    reason: rule_reason(&r.reason).unwrap_or(ReasonCode::Unspecified) as i32,
+                    gate: r.gate.to_proto() as i32,
+                    timeout_seconds: governance::rule_timeout_seconds(&r.timeout),
+                    on_timeout: r.on_timeout.to_proto() as i32,
+                    on_reject: r.on_reject.to_proto() as i32,
+                })
+                .collect(),
         }
     }
 
@@ -163,8 +218,26 @@ impl PolicyEngine {
             limits: Limits {
                 max_description_bytes: policy.max_description_bytes,
             },
-            // GetPolicy does not carry governance; it does not change the decision.
-            ..PolicyFile::default()
+            budgets: Budgets {
+                single_agent_usd: policy.single_agent_budget_usd,
+                multi_agent_usd: policy.multi_agent_budget_usd,
+            },
+            tenants: Tenants {
+                default_usd_per_day: policy.tenant_default_usd_per_day,
+                usd_per_day: policy
+                    .tenant_usd_per_day
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+            },
+            approval: Approval {
+                rules: policy
+                    .approval_rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| approval_rule_from_proto(i, r, origin))
+                    .collect::<Result<_, _>>()?,
+            },
         };
         Self::compile(settings, version.to_string(), origin)
     }

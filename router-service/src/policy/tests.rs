@@ -1,5 +1,6 @@
 use super::*;
 use scenarios::{Scenario, task};
+use taskrouter_proto::v1::{ApprovalGate, RejectAction, TimeoutAction};
 
 fn engine() -> PolicyEngine {
     PolicyEngine::builtin().unwrap()
@@ -408,6 +409,97 @@ fn an_engine_rebuilt_from_get_policy_decides_like_the_original() {
         };
         assert_eq!(rebuilt.evaluate(&task), original.evaluate(&task));
     }
+}
+
+#[test]
+fn get_policy_carries_governance_and_an_engine_rebuilt_from_it_governs_alike() {
+    let text = r#"
+[budgets]
+single_agent_usd = 2.5
+multi_agent_usd = 10.0
+[tenants]
+default_usd_per_day = 50.0
+[tenants.usd_per_day]
+acme = 5.0
+[[approval.rules]]
+reason = "DEPLOYMENT"
+gate = "before_start"
+timeout = "1h"
+on_timeout = "reject"
+[[approval.rules]]
+reason = "REASON_CODE_COMPLIANCE_SENSITIVE"
+gate = "before_complete"
+timeout = "90s"
+on_timeout = "approve"
+on_reject = "iterate"
+"#;
+    let original = PolicyEngine::from_toml(text, "t").unwrap();
+    let p = original.to_proto();
+    assert_eq!(p.single_agent_budget_usd, 2.5);
+    assert_eq!(p.multi_agent_budget_usd, 10.0);
+    assert_eq!(p.tenant_default_usd_per_day, 50.0);
+    assert_eq!(p.tenant_usd_per_day.get("acme"), Some(&5.0));
+    assert_eq!(p.approval_rules.len(), 2);
+    let r = &p.approval_rules[1];
+    assert_eq!(r.reason, ReasonCode::ComplianceSensitive as i32);
+    assert_eq!(r.gate, ApprovalGate::BeforeComplete as i32);
+    assert_eq!(r.timeout_seconds, 90);
+    assert_eq!(r.on_timeout, TimeoutAction::Approve as i32);
+    assert_eq!(r.on_reject, RejectAction::Iterate as i32);
+    assert_eq!(p.approval_rules[0].on_reject, RejectAction::Fail as i32);
+
+    let rebuilt = PolicyEngine::from_proto(&p, original.version(), "r").unwrap();
+    assert_eq!(rebuilt.to_proto(), p, "GetPolicy -> engine -> GetPolicy is the identity");
+    for (i, desc) in [
+        "deploy the service",
+        "HIPAA audit of the PHI store",
+        "deploy the HIPAA fix",
+        "fix a typo",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for tenant in [None, Some("acme"), Some("other")] {
+            let task = Task {
+                id: format!("T-{i}"),
+                description: desc.into(),
+                complexity: Complexity::Low as i32,
+                labels: tenant
+                    .map(|t| [("tenant".to_string(), t.to_string())].into())
+                    .unwrap_or_default(),
+                ..Default::default()
+            };
+            let (a, b) = (original.evaluate(&task), rebuilt.evaluate(&task));
+            assert_eq!(a, b, "{desc} / {tenant:?}");
+        }
+    }
+    // The governance did reach the analyses (the comparison above is not vacuous).
+    let deploy = Task {
+        id: "T-9".into(),
+        description: "deploy the HIPAA fix".into(),
+        complexity: Complexity::Low as i32,
+        ..Default::default()
+    };
+    let a = rebuilt.evaluate(&deploy);
+    assert_eq!(a.gates.len(), 2);
+    assert_eq!(a.tenant_usd_per_day, 50.0);
+}
+
+#[test]
+fn a_get_policy_rule_with_an_unknown_gate_names_the_field() {
+    let mut p = PolicyEngine::from_toml(
+        "[[approval.rules]]\nreason = \"DEPLOYMENT\"\ngate = \"before_start\"\ntimeout = \"1h\"\non_timeout = \"reject\"\n",
+        "t",
+    )
+    .unwrap()
+    .to_proto();
+    p.approval_rules[0].gate = 0;
+    let err = PolicyEngine::from_proto(&p, "v", "router").unwrap_err().to_string();
+    assert!(err.contains("approval_rules[0].gate"), "{err}");
+    p.approval_rules[0].gate = ApprovalGate::BeforeStart as i32;
+    p.approval_rules[0].reason = 999;
+    let err = PolicyEngine::from_proto(&p, "v", "router").unwrap_err().to_string();
+    assert!(err.contains("approval_rules[0].reason"), "{err}");
 }
 
 #[test]

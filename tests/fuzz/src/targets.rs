@@ -240,6 +240,10 @@ pub fn policy_from_toml(data: &[u8]) {
             assert_eq!(engine.version(), policy_version(text.as_bytes()));
             let p = engine.to_proto();
             assert!(p.rollout_percent <= 100);
+            // What GetPolicy serves rebuilds the same policy (clients evaluate with it).
+            let rebuilt = PolicyEngine::from_proto(&p, engine.version(), "router")
+                .expect("a served policy compiles");
+            assert_eq!(rebuilt.to_proto(), p);
             assert!((1..=MAX_DESCRIPTION_BYTES_CEILING).contains(&p.max_description_bytes));
             for sample in [
                 &data[..data.len().min(64)],
