@@ -73,8 +73,8 @@ cargo test --workspace --benches --locked
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 FUZZ_JOBS=${FUZZ_JOBS:-$(nproc)}
 FUZZ_BUILD=(--dev --sanitizer none --fuzz-dir tests/fuzz)
-# Only for the fuzz crate's own target dir: exported, it would change the workspace's
-# test profile and rebuild every test binary for the step after this one.
+# The workspace's dev debug level, given here because the fuzz crate is outside the
+# workspace (its profile settings do not apply there); only for the fuzz commands.
 fuzz_env=(env RUSTC_BOOTSTRAP=1 CARGO_PROFILE_DEV_DEBUG=line-tables-only)
 fuzz_crashes=()
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
