@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use taskrouter_proto::v1::executor_client::ExecutorClient;
 use taskrouter_proto::v1::router_client::RouterClient;
 use taskrouter_proto::v1::{
-    Complexity, ExecutionPath, GetPolicyRequest, GetRequest, Policy, SubmitRequest, Task, TaskStatus,
+    Complexity, ExecutionPath, GetPolicyRequest, GetRequest, Policy, SubmitRequest, Task,
+    TaskStatus,
 };
 use test_support::{RedisServer, ServiceProcess, free_port, wait_for_grpc_serving};
 

@@ -449,7 +449,11 @@ on_reject = "iterate"
     assert_eq!(p.approval_rules[0].on_reject, RejectAction::Fail as i32);
 
     let rebuilt = PolicyEngine::from_proto(&p, original.version(), "r").unwrap();
-    assert_eq!(rebuilt.to_proto(), p, "GetPolicy -> engine -> GetPolicy is the identity");
+    assert_eq!(
+        rebuilt.to_proto(),
+        p,
+        "GetPolicy -> engine -> GetPolicy is the identity"
+    );
     for (i, desc) in [
         "deploy the service",
         "HIPAA audit of the PHI store",
@@ -494,11 +498,15 @@ fn a_get_policy_rule_with_an_unknown_gate_names_the_field() {
     .unwrap()
     .to_proto();
     p.approval_rules[0].gate = 0;
-    let err = PolicyEngine::from_proto(&p, "v", "router").unwrap_err().to_string();
+    let err = PolicyEngine::from_proto(&p, "v", "router")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("approval_rules[0].gate"), "{err}");
     p.approval_rules[0].gate = ApprovalGate::BeforeStart as i32;
     p.approval_rules[0].reason = 999;
-    let err = PolicyEngine::from_proto(&p, "v", "router").unwrap_err().to_string();
+    let err = PolicyEngine::from_proto(&p, "v", "router")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("approval_rules[0].reason"), "{err}");
 }
 
