@@ -19,6 +19,7 @@ pub mod health_port;
 mod log_capture;
 pub mod log_format;
 pub mod log_sampling;
+pub mod log_writer;
 pub mod observe;
 pub mod redact;
 pub mod security;

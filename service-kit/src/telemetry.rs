@@ -2,9 +2,9 @@
 //!
 //! - Logs: `tracing` to stderr, text or JSON, filtered by `RUST_LOG` (default `info`).
 //!   Request and task spans carry a `trace_id` field, so every line logged inside them
-//!   names its trace. Lines are handed to a writer thread (`tracing-appender`'s
-//!   non-blocking writer) that writes them in batches, so a request never waits for
-//!   stderr; [`TelemetryGuard::shutdown`] (or dropping the guard) flushes what is left.
+//!   names its trace. Lines go to a buffer that a writer thread writes in batches
+//!   ([`crate::log_writer`]), so a request never waits for stderr;
+//!   [`TelemetryGuard::shutdown`] (or dropping the guard) flushes what is left.
 //!   Decision lines can be sampled (see [`crate::log_sampling`]). When stderr is not a
 //!   terminal, text lines are written by [`crate::log_format`] (the same bytes as the
 //!   default format, without its styling work). Spans whose target ends in
@@ -89,6 +89,9 @@ pub enum TelemetryError {
     /// `OTEL_TRACES_FILTER` is not a filter.
     #[error("OTEL_TRACES_FILTER: {0}")]
     TraceFilter(String),
+    /// The log writer thread could not be started.
+    #[error("log writer: cannot start its thread: {0}")]
+    LogWriter(String),
     /// The OTLP exporter could not be built from the `OTEL_*` variables.
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {0}")]
     Otlp(String),
@@ -99,7 +102,7 @@ pub enum TelemetryError {
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
     /// Flushes the log writer thread when dropped.
-    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    log_writer: Option<crate::log_writer::WriterGuard>,
 }
 
 impl TelemetryGuard {
@@ -160,12 +163,6 @@ pub fn init_with_filter(
     install(service_name, &args, default_filter)
 }
 
-/// Lines the writer thread holds before a request waits for it: at most this many lines
-/// of memory, and a line is never dropped.
-const LOG_BUFFER_LINES: usize = 65_536;
-/// Bytes gathered before one write to stderr (the writer flushes whenever it runs dry).
-const LOG_WRITE_BYTES: usize = 64 * 1024;
-
 fn install(
     service_name: &str,
     args: &TelemetryArgs,
@@ -198,14 +195,10 @@ fn install(
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_WRITE_BYTES,
-            std::io::stderr(),
-        ));
+    // Lines are written in batches by a thread of their own (`log_writer`).
+    let (writer, log_writer) =
+        crate::log_writer::BatchWriter::spawn(std::io::stderr(), "log-writer")
+            .map_err(|e| TelemetryError::LogWriter(e.to_string()))?;
     let ansi = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
