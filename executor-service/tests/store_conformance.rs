@@ -1167,6 +1167,86 @@ macro_rules! conformance_suite {
 conformance_suite!(redis, super::redis_backend);
 conformance_suite!(memory, super::memory_backend);
 
+/// Expired tasks leave the Redis index without a `List`: the next write that archives a
+/// task prunes them (every expiry comes from such a write, so pruning keeps pace).
+#[tokio::test]
+async fn redis_an_archiving_write_prunes_expired_entries_from_the_index() {
+    let b = redis_backend().await;
+    let archive = |id: &'static str| {
+        let b = &b;
+        async move {
+            let s = created(b, id).await;
+            let l = lease(b, id, "w", 5_000).await.unwrap();
+            let mut done = s.clone();
+            done.status = TaskStatus::Completed as i32;
+            b.store
+                .checkpoint(Checkpoint {
+                    state: &done,
+                    expected_version: 1,
+                    lease: &l,
+                    iteration: None,
+                    events: &[],
+                    archive_ttl: Some(Duration::from_millis(300)),
+                    unreserved_spend: Default::default(),
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let redis = b
+        ._guard
+        .downcast_ref::<test_support::RedisServer>()
+        .expect("redis backend");
+    let mut conn = redis.connection_manager().await;
+    let probe = conn.clone();
+    let indexed = |id: &'static str| {
+        let mut conn = probe.clone();
+        async move {
+            let entry: bool = ::redis::cmd("HEXISTS")
+                .arg("conf:{index}:entry")
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let all: Option<f64> = ::redis::cmd("ZSCORE")
+                .arg("conf:{index}:all")
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            entry || all.is_some()
+        }
+    };
+    archive("E-1").await;
+    assert!(indexed("E-1").await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A running task's write, then the next archiving write, which removes the expired
+    // entry from every set.
+    let s = created(&b, "E-2").await;
+    let l = lease(&b, "E-2", "w", 5_000).await.unwrap();
+    write(&b, &s, 1, &l).await.unwrap();
+    archive("E-3").await;
+    assert!(!indexed("E-1").await);
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("conf:{index}:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys
+        .iter()
+        .filter(|k| k.contains(":st:") || k.ends_with(":expiry"))
+    {
+        let score: Option<f64> = ::redis::cmd("ZSCORE")
+            .arg(key)
+            .arg("E-1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(score, None, "E-1 still in {key}");
+    }
+    assert!(indexed("E-2").await && indexed("E-3").await);
+}
+
 /// The Redis index survives losing its keys: the rebuild restores it from the tasks.
 #[tokio::test]
 async fn redis_rebuild_restores_a_lost_index() {

@@ -19,7 +19,9 @@
 //!   rebuild. The rebuild belongs after the last executor of an earlier version has
 //!   stopped: those neither add nor remove status × tenant memberships;
 //! - `<prefix>:{index}:expiry` — archived task ids scored by their expiry time, so
-//!   expired tasks leave every index (pruned by each List and a few per checkpoint);
+//!   expired tasks leave every index (pruned by each List and a few by each archiving
+//!   write: every expiry entry comes from one, so they keep pace; `List` skips an
+//!   expired entry that is still there);
 //! - `<prefix>:{index}:token-key` — random key that signs page tokens (shared by replicas).
 //!
 //! Every script here touches index keys only (one slot); the task's own keys live in the
@@ -112,7 +114,7 @@ end
 /// set (`INDEX_LUA` spells the same name).
 pub const ST_TENANT_READY: &str = "st-tenant-ready";
 
-/// Expired entries a checkpoint prunes in passing (List prunes more).
+/// Expired entries an archiving write prunes in passing (List prunes more).
 pub const PRUNE_PER_WRITE: u32 = 16;
 /// Expired entries one List prunes before it counts.
 pub const PRUNE_PER_LIST: u32 = 10_000;
@@ -120,17 +122,19 @@ pub const PRUNE_PER_LIST: u32 = 10_000;
 /// KEYS: index entry hash. ARGV: task id, entry JSON, the task's version, archive TTL in
 /// ms (0: not archived).
 /// Indexes one task at `version` unless a newer version is indexed already (returns 1
-/// when written, 0 when not), and prunes a few expired entries in passing.
+/// when written, 0 when not); an archiving write (`ttl > 0`) also prunes a few expired
+/// entries in passing.
 pub static INDEX_PUT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r#"{INDEX_LUA}
 local pfx = string.sub(KEYS[1], 1, -6)
-local now = ix_now()
 local e = cjson.decode(ARGV[2])
 e.v = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 e.x = 0
-if ttl > 0 then e.x = now + ttl end
+if ttl <= 0 then return ix_put(pfx, ARGV[1], e) end
+local now = ix_now()
+e.x = now + ttl
 local done = ix_put(pfx, ARGV[1], e)
 ix_prune(pfx, now, {PRUNE_PER_WRITE})
 return done

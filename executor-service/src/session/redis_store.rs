@@ -32,13 +32,17 @@ const INDEX_IN_SCRIPT: &str = r#"
 local function index_here(ix, json, id, version, ttl)
   if KEYS[ix] == nil or json == '' then return end
   local pfx = string.sub(KEYS[ix], 1, -6)
-  local now = ix_now()
   local e = cjson.decode(json)
   e.v = version
   e.x = 0
-  if ttl > 0 then e.x = now + ttl end
-  ix_put(pfx, id, e)
-  ix_prune(pfx, now, PRUNE_PER_WRITE)
+  if ttl > 0 then
+    local now = ix_now()
+    e.x = now + ttl
+    ix_put(pfx, id, e)
+    ix_prune(pfx, now, PRUNE_PER_WRITE)
+  else
+    ix_put(pfx, id, e)
+  end
 end
 "#;
 
@@ -76,11 +80,12 @@ return {1}
 static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
     with_index(
         r#"
-local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local vf = redis.call('HMGET', KEYS[1], 'version', 'fence')
+local cur = tonumber(vf[1] or '0')
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then
   return {-2, cur}
 end
-local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+local fence = tonumber(vf[2] or '0')
 if tonumber(ARGV[2]) < fence then
   return {-3, cur}
 end
