@@ -70,12 +70,25 @@ pub fn mirrors(root: &Path) -> Vec<MirrorUsage> {
         .collect()
 }
 
-/// Size of every idle worktree under `root`.
-pub fn idle(root: &Path) -> Vec<IdleUsage> {
+/// Sizes of idle worktrees already measured, by directory and the directory's inode.
+///
+/// An idle worktree does not change until a task takes it (which moves it out of the
+/// pool), so its size is measured once, when it is first seen idle, instead of a walk of
+/// every idle tree at every finish. A worktree parked later under the same path is
+/// another directory (another inode) and is measured anew.
+#[derive(Debug, Default)]
+pub struct IdleSizes(HashMap<(PathBuf, u64), u64>);
+
+/// Size of every idle worktree under `root`, measuring only those not in `known`; `known`
+/// keeps exactly the worktrees seen this time.
+pub fn idle(root: &Path, known: &mut IdleSizes) -> Vec<IdleUsage> {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(pools) = std::fs::read_dir(pool::pools_dir(root)) else {
+        known.0.clear();
         return Vec::new();
     };
     let mut out = Vec::new();
+    let mut seen = HashMap::new();
     for pool in pools.flatten() {
         let Some(name) = pool.file_name().to_str().map(str::to_string) else {
             continue;
@@ -85,13 +98,23 @@ pub fn idle(root: &Path) -> Vec<IdleUsage> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let key = (path.clone(), meta.ino());
+            let bytes = match known.0.get(&key) {
+                Some(b) => *b,
+                None => dir_bytes(&path),
+            };
+            seen.insert(key, bytes);
             out.push(IdleUsage {
-                bytes: dir_bytes(&path),
+                bytes,
                 name: name.clone(),
                 path,
             });
         }
     }
+    known.0 = seen;
     out
 }
 
@@ -175,6 +198,34 @@ mod tests {
 
     fn idle_evict(name: &str, n: u32) -> Evict {
         Evict::Idle(name.into(), PathBuf::from(format!("pool/{name}/{n}")))
+    }
+
+    #[test]
+    fn an_idle_worktree_is_measured_once_and_a_new_one_in_its_place_again() {
+        let root = tempfile::tempdir().unwrap();
+        let entry = pool::pools_dir(root.path()).join("app").join("0");
+        std::fs::create_dir_all(entry.join("src")).unwrap();
+        std::fs::write(entry.join("src/a.txt"), vec![b'a'; 1000]).unwrap();
+        let mut known = IdleSizes::default();
+        let first = super::idle(root.path(), &mut known);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].bytes, 1000);
+        assert_eq!(first[0].name, "app");
+        // Unchanged while idle: the next finish reuses the size (a write behind the
+        // pool's back is not seen, which is the point: no walk).
+        std::fs::write(entry.join("src/b.txt"), vec![b'b'; 500]).unwrap();
+        assert_eq!(super::idle(root.path(), &mut known)[0].bytes, 1000);
+        // Taken and another worktree parked under the same name: measured again.
+        let parked = root.path().join("parked");
+        std::fs::create_dir_all(&parked).unwrap();
+        std::fs::write(parked.join("c.txt"), vec![b'c'; 300]).unwrap();
+        std::fs::remove_dir_all(&entry).unwrap();
+        std::fs::rename(&parked, &entry).unwrap();
+        assert_eq!(super::idle(root.path(), &mut known)[0].bytes, 300);
+        // Gone: forgotten.
+        std::fs::remove_dir_all(&entry).unwrap();
+        assert!(super::idle(root.path(), &mut known).is_empty());
+        assert!(known.0.is_empty());
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Workspaces {
     /// Worktrees known to match their commit since this process committed there, so the
     /// next iteration needs no reset (which would re-scan the tree).
     clean: StdMutex<HashMap<PathBuf, String>>,
+    /// Idle worktrees' sizes, measured once each (eviction).
+    idle_sizes: Arc<StdMutex<eviction::IdleSizes>>,
 }
 
 impl Workspaces {
@@ -86,6 +88,7 @@ impl Workspaces {
             git,
             locks: StdMutex::new(HashMap::new()),
             clean: StdMutex::new(HashMap::new()),
+            idle_sizes: Arc::default(),
         }
     }
 
@@ -493,8 +496,14 @@ impl Workspaces {
     pub async fn evict(&self) -> Result<()> {
         let root = self.config.root.clone();
         let max = self.config.max_bytes;
+        let sizes = self.idle_sizes.clone();
         let plan = tokio::task::spawn_blocking(move || {
-            eviction::plan(eviction::mirrors(&root), eviction::idle(&root), max)
+            let mut known = sizes.lock().unwrap_or_else(|p| p.into_inner());
+            eviction::plan(
+                eviction::mirrors(&root),
+                eviction::idle(&root, &mut known),
+                max,
+            )
         })
         .await
         .map_err(|e| Error::Internal(format!("eviction: {e}")))?;
