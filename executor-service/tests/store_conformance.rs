@@ -701,10 +701,10 @@ pub async fn list_by_status_and_tenant_pages_counts_and_follows_changes(b: Backe
     assert_eq!(pages[0].counts, vec![(Pending, 0), (InProgress, 2)]);
 }
 
-pub async fn archived_tasks_leave_the_list_when_they_expire(b: Backend) {
-    let s = created(&b, "X-1").await;
-    let l = lease(&b, "X-1", "w", 5_000).await.unwrap();
-    let mut done = s.clone();
+/// Creates `id` and archives it COMPLETED for `ttl`.
+async fn completed_and_archived(b: &Backend, id: &str, ttl: Duration) {
+    let mut done = created(b, id).await;
+    let l = lease(b, id, "w", 5_000).await.unwrap();
     done.status = TaskStatus::Completed as i32;
     b.store
         .checkpoint(Checkpoint {
@@ -713,12 +713,16 @@ pub async fn archived_tasks_leave_the_list_when_they_expire(b: Backend) {
             lease: &l,
             iteration: None,
             events: &[],
-            // Long enough to list it first on a loaded machine.
-            archive_ttl: Some(Duration::from_millis(1_500)),
+            archive_ttl: Some(ttl),
             unreserved_spend: Default::default(),
         })
         .await
         .unwrap();
+}
+
+pub async fn archived_tasks_leave_the_list_when_they_expire(b: Backend) {
+    // Long enough to list it first on a loaded machine.
+    completed_and_archived(&b, "X-1", Duration::from_millis(1_500)).await;
     let all = TaskFilter::default();
     let page = b.store.list(&query(all.clone(), 10, None)).await.unwrap();
     assert_eq!(ids(&page), ["X-1"]);
@@ -1172,27 +1176,7 @@ conformance_suite!(memory, super::memory_backend);
 #[tokio::test]
 async fn redis_an_archiving_write_prunes_expired_entries_from_the_index() {
     let b = redis_backend().await;
-    let archive = |id: &'static str| {
-        let b = &b;
-        async move {
-            let s = created(b, id).await;
-            let l = lease(b, id, "w", 5_000).await.unwrap();
-            let mut done = s.clone();
-            done.status = TaskStatus::Completed as i32;
-            b.store
-                .checkpoint(Checkpoint {
-                    state: &done,
-                    expected_version: 1,
-                    lease: &l,
-                    iteration: None,
-                    events: &[],
-                    archive_ttl: Some(Duration::from_millis(300)),
-                    unreserved_spend: Default::default(),
-                })
-                .await
-                .unwrap();
-        }
-    };
+    let archive = |id: &'static str| completed_and_archived(&b, id, Duration::from_millis(300));
     let redis = b
         ._guard
         .downcast_ref::<test_support::RedisServer>()

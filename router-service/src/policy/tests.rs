@@ -464,27 +464,21 @@ on_reject = "iterate"
     .enumerate()
     {
         for tenant in [None, Some("acme"), Some("other")] {
-            let task = Task {
-                id: format!("T-{i}"),
-                description: desc.into(),
-                complexity: Complexity::Low as i32,
-                labels: tenant
-                    .map(|t| [("tenant".to_string(), t.to_string())].into())
-                    .unwrap_or_default(),
-                ..Default::default()
-            };
+            let labels: Vec<(&str, &str)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
+            let task = task(&format!("T-{i}"), desc, Complexity::Low, 0.0, &[], &labels);
             let (a, b) = (original.evaluate(&task), rebuilt.evaluate(&task));
             assert_eq!(a, b, "{desc} / {tenant:?}");
         }
     }
     // The governance did reach the analyses (the comparison above is not vacuous).
-    let deploy = Task {
-        id: "T-9".into(),
-        description: "deploy the HIPAA fix".into(),
-        complexity: Complexity::Low as i32,
-        ..Default::default()
-    };
-    let a = rebuilt.evaluate(&deploy);
+    let a = rebuilt.evaluate(&task(
+        "T-9",
+        "deploy the HIPAA fix",
+        Complexity::Low,
+        0.0,
+        &[],
+        &[],
+    ));
     assert_eq!(a.gates.len(), 2);
     assert_eq!(a.tenant_usd_per_day, 50.0);
 }
