@@ -76,6 +76,7 @@ fn checkpoint_at(
                     events: &[],
                     archive_ttl: None,
                     unreserved_spend: Default::default(),
+                    index: None,
                 })
                 .await
                 .expect("checkpoint")
@@ -100,6 +101,7 @@ fn checkpoint_at(
                             events: &[],
                             archive_ttl: None,
                             unreserved_spend: Default::default(),
+                            index: None,
                         })
                         .await
                         .expect("checkpoint")

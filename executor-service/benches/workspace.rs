@@ -130,6 +130,7 @@ fn iteration(
                             events: &[],
                             archive_ttl: None,
                             unreserved_spend: Default::default(),
+                            index: None,
                         })
                         .await
                         .expect("checkpoint")

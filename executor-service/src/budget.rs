@@ -24,7 +24,7 @@ use taskrouter_proto::v1::{BudgetKind, SessionState, Task};
 pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
 
 /// The task label naming its tenant (as the router's policy reads it).
-pub const TENANT_LABEL: &str = "tenant";
+pub use crate::session::listing::TENANT_LABEL;
 
 /// Why a budget stopped a task.
 #[derive(Clone, Copy, Debug, PartialEq)]

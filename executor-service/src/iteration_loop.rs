@@ -140,7 +140,13 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
                 iteration_count: s.state.iteration_count,
                 max_iterations: s.state.max_iterations,
             }));
-            s.commit(Some(&record), &[ev], None).await?;
+            if done {
+                // The path ends here: the finish (or the park at a `before_complete`
+                // gate) that follows at once writes this iteration with it.
+                s.defer_iteration(record, ev);
+            } else {
+                s.commit(Some(&record), &[ev], None).await?;
+            }
         }
         crate::telemetry::iteration("single", "agent");
         prior.push_back(output);

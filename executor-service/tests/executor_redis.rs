@@ -370,6 +370,7 @@ async fn a_run_stopped_after_the_agent_reported_done_resumes_as_complete_without
                 events: &[],
                 archive_ttl: None,
                 unreserved_spend: Default::default(),
+                index: None,
             })
             .await
             .unwrap()
@@ -558,6 +559,69 @@ async fn completed_task_is_archived_with_the_configured_ttl_and_still_readable()
     assert!(s.archived);
     assert_eq!(status(s.status), TaskStatus::Completed);
     assert!(s.archive_expires_at.is_some());
+    h.stop().await;
+}
+
+/// The iteration that ends a task is written by the finishing write itself: one write
+/// fewer per task, with nothing lost and the events in order.
+#[tokio::test]
+async fn the_last_iteration_is_written_with_the_finish() {
+    let mut h = Harness::start(|_| {}).await;
+    let task = sim_task("T-LAST", Complexity::Low, 3, &[]);
+    h.client
+        .run(RunRequest {
+            task: Some(task.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got = h
+        .client
+        .get(GetRequest {
+            task_id: task.id.clone(),
+            include_iterations: true,
+            iteration_limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = got.state.unwrap();
+    assert_eq!(status(s.status), TaskStatus::Completed);
+    // create, start, iterations 1 and 2, then iteration 3 with the finish.
+    assert_eq!(s.version, 5);
+    let log: Vec<(u32, bool)> = got
+        .iterations
+        .iter()
+        .map(|r| (r.iteration, r.done))
+        .collect();
+    assert_eq!(log, [(1, false), (2, false), (3, true)]);
+    let mut events = h
+        .client
+        .watch(WatchRequest {
+            task_id: task.id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    while let Some(ev) = events.next().await {
+        let ev = ev.unwrap();
+        assert_eq!(
+            ev.sequence,
+            kinds.len() as u64 + 1,
+            "no gap in the sequence"
+        );
+        kinds.push(match ev.kind {
+            Some(progress_event::Kind::Iteration(i)) => format!("iteration {}", i.iteration_count),
+            Some(progress_event::Kind::Finished(_)) => "finished".to_string(),
+            _ => "other".to_string(),
+        });
+    }
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        ["iteration 1", "iteration 2", "iteration 3", "finished"]
+    );
     h.stop().await;
 }
 

@@ -82,6 +82,7 @@ async fn write(b: &Backend, s: &SessionState, expected: u64, l: &Lease) -> Resul
             events: &[],
             archive_ttl: None,
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .map(|o| o.version)
@@ -198,6 +199,7 @@ pub async fn the_iteration_log_appends_and_reads_recent_first_to_last(b: Backend
                 events: &[],
                 archive_ttl: None,
                 unreserved_spend: Default::default(),
+                index: None,
             })
             .await
             .unwrap()
@@ -230,6 +232,7 @@ pub async fn events_are_sequenced_and_readable_after_a_cursor(b: Backend) {
             events: &[submitted("E-1"), fin.clone()],
             archive_ttl: None,
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -268,6 +271,7 @@ pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
             events: &[],
             archive_ttl: None,
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -286,6 +290,7 @@ pub async fn a_cancel_request_is_reported_by_the_next_checkpoint(b: Backend) {
             events: &[],
             archive_ttl: None,
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -304,6 +309,7 @@ pub async fn archiving_expires_the_task_after_its_ttl(b: Backend) {
             events: &[],
             archive_ttl: Some(Duration::from_millis(300)),
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -686,6 +692,7 @@ pub async fn list_by_status_and_tenant_pages_counts_and_follows_changes(b: Backe
             events: &[],
             archive_ttl: Some(Duration::from_millis(300)),
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -715,6 +722,7 @@ async fn completed_and_archived(b: &Backend, id: &str, ttl: Duration) {
             events: &[],
             archive_ttl: Some(ttl),
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -747,6 +755,7 @@ pub async fn the_iteration_log_reads_whole_in_pages(b: Backend) {
                 events: &[],
                 archive_ttl: None,
                 unreserved_spend: Default::default(),
+                index: None,
             })
             .await
             .unwrap()
@@ -1019,6 +1028,7 @@ pub async fn a_finishing_checkpoint_settles_unreserved_spend_and_releases_the_le
                 total: 700,
                 largest: 400,
             },
+            index: None,
         })
         .await
         .unwrap()
@@ -1046,6 +1056,7 @@ pub async fn a_finishing_checkpoint_settles_unreserved_spend_and_releases_the_le
                 total: 50,
                 largest: 50,
             },
+            index: None,
         })
         .await
         .unwrap();
@@ -1412,6 +1423,7 @@ async fn redis_status_tenant_sets_are_exact_before_and_after_the_rebuild() {
             events: &[],
             archive_ttl: Some(Duration::from_millis(300)),
             unreserved_spend: Default::default(),
+            index: None,
         })
         .await
         .unwrap();
@@ -1432,5 +1444,207 @@ async fn redis_status_tenant_sets_are_exact_before_and_after_the_rebuild() {
         members("st:TASK_STATUS_COMPLETED:tenant:acme")
             .await
             .is_empty()
+    );
+}
+
+/// Every index set holding `id` with its score, and the stored entry JSON.
+async fn index_of(
+    conn: &::redis::aio::ConnectionManager,
+    id: &str,
+) -> (Vec<(String, i64)>, String) {
+    let mut conn = conn.clone();
+    let mut keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("conf:{index}:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut sets = Vec::new();
+    for key in keys
+        .iter()
+        .filter(|k| !k.ends_with(":entry") && !k.ends_with("-ready"))
+    {
+        let score: Option<i64> = ::redis::cmd("ZSCORE")
+            .arg(key)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(s) = score {
+            sets.push((key.trim_start_matches("conf:{index}:").to_string(), s));
+        }
+    }
+    let entry: Option<String> = ::redis::cmd("HGET")
+        .arg("conf:{index}:entry")
+        .arg(id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (sets, entry.unwrap_or_default())
+}
+
+/// A checkpoint that names the entry it replaces updates the index directly (no
+/// decoding in the script), and lands in exactly the sets the general path does, through
+/// status, path, reason, policy and tenant changes; a stale `before` is not trusted.
+#[tokio::test]
+async fn redis_a_direct_index_update_lands_where_the_general_one_does() {
+    use TaskStatus::*;
+    use executor_service::session::{IndexChange, IndexEntry};
+    let b = redis_backend().await;
+    let redis = b
+        ._guard
+        .downcast_ref::<test_support::RedisServer>()
+        .expect("redis backend");
+    let conn = redis.connection_manager().await;
+    const T: i64 = 1_700_000_000_000;
+    let steps: [(TaskStatus, ExecutionPath, &[ReasonCode], &str); 5] = [
+        (
+            InProgress,
+            ExecutionPath::SingleAgent,
+            &[ReasonCode::SimpleTask],
+            "p1",
+        ),
+        (
+            InProgress,
+            ExecutionPath::SingleAgent,
+            &[ReasonCode::SimpleTask],
+            "p1",
+        ),
+        (
+            WaitingApproval,
+            ExecutionPath::MultiAgent,
+            &[ReasonCode::HighComplexity, ReasonCode::CrossRepo],
+            "p2",
+        ),
+        (
+            InProgress,
+            ExecutionPath::MultiAgent,
+            &[ReasonCode::CrossRepo],
+            "p2",
+        ),
+        (Failed, ExecutionPath::Unspecified, &[], ""),
+    ];
+    // D-1 names its entries (the direct path), G-1 does not (the general path).
+    let mut tasks = Vec::new();
+    for id in ["D-1", "G-1"] {
+        let mut s = state(id);
+        if let Some(t) = s.task.as_mut() {
+            t.labels.insert("tenant".into(), "acme".into());
+        }
+        s.created_at = at_ms(T);
+        let CreateOutcome::Created(s) = b.store.create(&s, &submitted(id)).await.unwrap() else {
+            panic!("{id} existed");
+        };
+        let l = lease(&b, id, "w", 5_000).await.unwrap();
+        tasks.push((s, l));
+    }
+    let mut before = IndexEntry::of(&tasks[0].0);
+    for (i, (status, path, reasons, policy)) in steps.iter().enumerate() {
+        let version = i as u64 + 1;
+        for (n, (s, l)) in tasks.iter_mut().enumerate() {
+            s.task = None;
+            s.status = *status as i32;
+            s.path = *path as i32;
+            s.updated_at = at_ms(T + 1_000 * version as i64);
+            s.analysis = Some(RoutingAnalysis {
+                reasons: reasons
+                    .iter()
+                    .map(|r| RoutingReason {
+                        code: *r as i32,
+                        message: "m".into(),
+                    })
+                    .collect(),
+                policy_version: policy.to_string(),
+                ..Default::default()
+            });
+            let after = IndexEntry {
+                v: version + 1,
+                t: Some("acme".into()),
+                ..IndexEntry::of(s)
+            };
+            let index = (n == 0).then_some(IndexChange {
+                before: &before,
+                after: &after,
+            });
+            b.store
+                .checkpoint(Checkpoint {
+                    state: s,
+                    expected_version: version,
+                    lease: l,
+                    iteration: None,
+                    events: &[],
+                    archive_ttl: None,
+                    unreserved_spend: Default::default(),
+                    index,
+                })
+                .await
+                .unwrap();
+            if n == 0 {
+                let (_, stored) = index_of(&conn, "D-1").await;
+                assert_eq!(
+                    stored,
+                    after.to_json(),
+                    "step {i}: stored as the writer sent it"
+                );
+                before = after;
+            }
+        }
+        let (direct, _) = index_of(&conn, "D-1").await;
+        let (general, _) = index_of(&conn, "G-1").await;
+        assert_eq!(direct, general, "step {i}");
+        let status_key = format!("st:{}", status.as_str_name());
+        assert!(
+            direct.iter().any(|(k, _)| *k == status_key),
+            "step {i}: {direct:?}"
+        );
+        assert!(
+            direct
+                .iter()
+                .all(|(_, score)| *score == T + 1_000 * version as i64),
+            "step {i}: every set carries the update time: {direct:?}"
+        );
+    }
+    // A writer whose `before` is stale (it says PENDING; IN_PROGRESS... was indexed since)
+    // is not trusted: the general path removes the memberships actually stored.
+    let (s, l) = &mut tasks[0];
+    let stale = IndexEntry {
+        s: Pending.as_str_name().to_string(),
+        ..before.clone()
+    };
+    s.status = Completed as i32;
+    let after = IndexEntry {
+        v: 7,
+        ..IndexEntry::of(s)
+    };
+    let after = IndexEntry {
+        t: Some("acme".into()),
+        ..after
+    };
+    b.store
+        .checkpoint(Checkpoint {
+            state: s,
+            expected_version: 6,
+            lease: l,
+            iteration: None,
+            events: &[],
+            archive_ttl: None,
+            unreserved_spend: Default::default(),
+            index: Some(IndexChange {
+                before: &stale,
+                after: &after,
+            }),
+        })
+        .await
+        .unwrap();
+    let (sets, _) = index_of(&conn, "D-1").await;
+    let names: Vec<&str> = sets.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "all",
+            "st:TASK_STATUS_COMPLETED",
+            "st:TASK_STATUS_COMPLETED:tenant:acme",
+            "tenant:acme"
+        ]
     );
 }

@@ -2,7 +2,8 @@
 //! version and the lease, with checkpointing that retries while Redis is briefly away.
 
 use super::governance::usd_to_micros;
-use super::{Checkpoint, Lease, SessionStore, UnreservedSpend};
+use super::listing::{IndexEntry, tenant_of};
+use super::{Checkpoint, IndexChange, Lease, SessionStore, UnreservedSpend};
 use crate::agent::IterationOutput;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -51,6 +52,11 @@ pub struct ActiveSession {
     unsettled: UnreservedSpend,
     /// Events the next checkpoint publishes before its own.
     pending_events: Vec<ProgressEvent>,
+    /// An iteration record the next checkpoint writes (see [`Self::defer_iteration`]).
+    pending_iteration: Option<IterationRecord>,
+    /// The index entry of the state at `version` (what the store has indexed, unless
+    /// another writer changed it since: the store checks before relying on it).
+    indexed: IndexEntry,
     /// Whether a previous holder may have left spend reservations open.
     open_reservations: bool,
     /// Set once the lease is released (by an archiving checkpoint or by `release`).
@@ -91,6 +97,7 @@ impl ActiveSession {
         lease: Lease,
         retry: CheckpointRetry,
     ) -> Self {
+        let indexed = IndexEntry::of(&state);
         let task = Arc::new(state.task.take().unwrap_or_default());
         let version = state.version;
         let cancel_requested = state.cancel_requested;
@@ -106,6 +113,8 @@ impl ActiveSession {
             settle_on_checkpoint: false,
             unsettled: UnreservedSpend::default(),
             pending_events: Vec::new(),
+            pending_iteration: None,
+            indexed,
             open_reservations: true,
             released: Arc::default(),
         }
@@ -126,6 +135,16 @@ impl ActiveSession {
     /// Whether events wait for the next checkpoint.
     pub fn has_deferred_events(&self) -> bool {
         !self.pending_events.is_empty()
+    }
+
+    /// Leaves the record (and event) of the iteration that ended its path to the
+    /// checkpoint that follows at once, the finish or the park at a gate, so a finishing
+    /// task writes once instead of twice. Nothing is awaited in between: a crash there
+    /// loses the iteration just as a crash before its own checkpoint would, and the
+    /// resumed run repeats it.
+    pub fn defer_iteration(&mut self, record: IterationRecord, event: ProgressEvent) {
+        self.pending_iteration = Some(record);
+        self.pending_events.push(event);
     }
 
     /// A flag that turns true once this session's lease is released on purpose (the
@@ -243,7 +262,28 @@ impl ActiveSession {
         events: &[ProgressEvent],
         archive_ttl: Option<Duration>,
     ) -> Result<()> {
+        if iteration.is_some() && self.pending_iteration.is_some() {
+            // A write carries one log record: the waiting one goes first, on its own.
+            self.write(None, &[], None).await?;
+        }
+        self.write(iteration, events, archive_ttl).await
+    }
+
+    /// One checkpoint write (with whatever was deferred to it), retried while transient.
+    async fn write(
+        &mut self,
+        iteration: Option<&IterationRecord>,
+        events: &[ProgressEvent],
+        archive_ttl: Option<Duration>,
+    ) -> Result<()> {
+        let pending = self.pending_iteration.take();
+        let iteration = iteration.or(pending.as_ref());
         self.state.updated_at = Some(now());
+        let indexed = IndexEntry {
+            v: self.version + 1,
+            t: Some(tenant_of(&self.task)),
+            ..IndexEntry::of(&self.state)
+        };
         let deferred;
         let events = if self.pending_events.is_empty() {
             events
@@ -265,6 +305,10 @@ impl ActiveSession {
                     events,
                     archive_ttl,
                     unreserved_spend: self.unsettled,
+                    index: Some(IndexChange {
+                        before: &self.indexed,
+                        after: &indexed,
+                    }),
                 })
                 .await;
             crate::telemetry::checkpoint_latency(t0.elapsed(), res.is_ok());
@@ -277,6 +321,7 @@ impl ActiveSession {
                     }
                     self.version = outcome.version;
                     self.state.version = outcome.version;
+                    self.indexed = indexed;
                     self.state.fencing_token = self.lease.fencing_token;
                     if outcome.cancel_requested {
                         self.cancel_requested = true;
@@ -290,7 +335,10 @@ impl ActiveSession {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.pending_iteration = pending;
+                    return Err(e);
+                }
             }
         }
     }

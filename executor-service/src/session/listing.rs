@@ -6,7 +6,7 @@
 
 use prost_types::Timestamp;
 use serde::{Deserialize, Serialize};
-use taskrouter_proto::v1::{ExecutionPath, ReasonCode, SessionState, TaskStatus};
+use taskrouter_proto::v1::{ExecutionPath, ReasonCode, SessionState, Task, TaskStatus};
 
 /// The label holding a task's tenant.
 pub const TENANT_LABEL: &str = "tenant";
@@ -152,6 +152,11 @@ pub struct IndexEntry {
     pub x: i64,
 }
 
+/// The tenant of `task` (empty without a tenant label).
+pub fn tenant_of(task: &Task) -> String {
+    task.labels.get(TENANT_LABEL).cloned().unwrap_or_default()
+}
+
 /// Milliseconds since the epoch of a timestamp (0 when unset).
 pub fn ts_ms(t: Option<&Timestamp>) -> i64 {
     t.map_or(0, |t| {
@@ -196,10 +201,7 @@ impl IndexEntry {
                         .join(",")
                 })
                 .unwrap_or_default(),
-            t: state
-                .task
-                .as_ref()
-                .map(|t| t.labels.get(TENANT_LABEL).cloned().unwrap_or_default()),
+            t: state.task.as_ref().map(tenant_of),
             y: analysis
                 .map(|a| a.policy_version.clone())
                 .unwrap_or_default(),

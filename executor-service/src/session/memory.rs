@@ -685,6 +685,7 @@ mod tests {
                 events: &[submitted("T")],
                 archive_ttl: Some(Duration::from_millis(1)),
                 unreserved_spend: Default::default(),
+                index: None,
             })
             .await
             .unwrap();
@@ -712,6 +713,7 @@ mod tests {
                 events: &[],
                 archive_ttl: None,
                 unreserved_spend: Default::default(),
+                index: None,
             })
             .await
             .unwrap_err();

@@ -32,7 +32,7 @@ use governance::{Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantSpend
 use std::time::Duration;
 use taskrouter_proto::v1::{IterationRecord, ProgressEvent, SessionState};
 
-pub use listing::{Cursor, ListPage, ListQuery, ListedTask, TaskFilter};
+pub use listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask, TaskFilter};
 
 pub use active::{ActiveSession, CheckpointRetry};
 pub use heartbeat::Heartbeat;
@@ -117,6 +117,19 @@ pub struct Checkpoint<'a> {
     /// Spend of agent calls made without a reservation (no budget applies to the run),
     /// settled into the task's spend by this write instead of a call of its own.
     pub unreserved_spend: UnreservedSpend,
+    /// The task's index entry before and after this write, as the writer knows them;
+    /// `None` leaves the store to work the change out from what it has indexed.
+    pub index: Option<IndexChange<'a>>,
+}
+
+/// A task's index entry at the version a checkpoint expects and at the version it
+/// writes (tenant included), so the store can update only the memberships that change.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexChange<'a> {
+    /// The entry of the state at the expected version.
+    pub before: &'a IndexEntry,
+    /// The entry of the state this write stores.
+    pub after: &'a IndexEntry,
 }
 
 /// Agent-call cost settled by a checkpoint (micro-dollars).

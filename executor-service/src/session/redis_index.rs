@@ -54,7 +54,7 @@ local function ix_del(pfx, id, e)
   redis.call('ZREM', pfx .. 'expiry', id)
   redis.call('HDEL', pfx .. 'entry', id)
 end
-local function ix_put(pfx, id, e)
+local function ix_put(pfx, id, e, as_sent)
   local raw = redis.call('HGET', pfx .. 'entry', id)
   local o = nil
   if raw then
@@ -93,7 +93,7 @@ local function ix_put(pfx, id, e)
   end
   if e.y ~= '' then redis.call('ZADD', pfx .. 'policy:' .. e.y, e.u, id) end
   if e.x > 0 then redis.call('ZADD', pfx .. 'expiry', e.x, id) end
-  redis.call('HSET', pfx .. 'entry', id, cjson.encode(e))
+  redis.call('HSET', pfx .. 'entry', id, as_sent or cjson.encode(e))
   return 1
 end
 local function ix_now()
@@ -364,6 +364,55 @@ pub fn index_prefix(prefix: &str) -> String {
     format!("{prefix}:{{index}}:")
 }
 
+/// The index sets (names under the index prefix) `e` belongs to, as `ix_put` adds it,
+/// the archive's `expiry` set aside.
+pub fn memberships(e: &IndexEntry) -> Vec<String> {
+    let mut sets = vec!["all".to_string(), format!("st:{}", e.s)];
+    if !e.p.is_empty() {
+        sets.push(format!("path:{}", e.p));
+    }
+    sets.extend(
+        e.r.split(',')
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("reason:{r}")),
+    );
+    if let Some(t) = e.t.as_deref().filter(|t| !t.is_empty()) {
+        sets.push(format!("tenant:{t}"));
+        sets.push(format!("st:{}:tenant:{t}", e.s));
+    }
+    if !e.y.is_empty() {
+        sets.push(format!("policy:{}", e.y));
+    }
+    sets
+}
+
+/// The arguments of a checkpoint's direct index update (`ix_update`), for a writer that
+/// knows the entry it replaces: `[before JSON, score, sets to add, sets to remove]`, set
+/// names one per line. `None` when the write must take the general path: an archiving
+/// write (its expiry is the server's clock), an entry without its tenant, or a name
+/// holding a line break.
+pub fn direct_update(before: &IndexEntry, after: &IndexEntry) -> Option<[String; 4]> {
+    if after.x != 0 || before.x != 0 || before.t.is_none() || after.t != before.t {
+        return None;
+    }
+    let added = memberships(after);
+    let old = memberships(before);
+    if added.iter().chain(&old).any(|k| k.contains('\n')) {
+        return None;
+    }
+    let removed: Vec<&String> = old.iter().filter(|k| !added.contains(k)).collect();
+    Some([
+        before.to_json(),
+        after.u.to_string(),
+        added.join("\n"),
+        removed
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    ])
+}
+
 /// Decodes an entry the scripts returned; `None` for anything unreadable.
 pub fn decode_entry(raw: &[u8]) -> Option<IndexEntry> {
     serde_json::from_slice(raw).ok()
@@ -372,6 +421,79 @@ pub fn decode_entry(raw: &[u8]) -> Option<IndexEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(s: &str, tenant: Option<&str>) -> IndexEntry {
+        IndexEntry {
+            v: 3,
+            s: s.into(),
+            p: "EXECUTION_PATH_SINGLE_AGENT".into(),
+            r: "REASON_CODE_SIMPLE_TASK,REASON_CODE_CROSS_REPO".into(),
+            t: tenant.map(String::from),
+            y: "p1".into(),
+            c: 1,
+            u: 1_700_000_000_123,
+            x: 0,
+        }
+    }
+
+    #[test]
+    fn a_direct_update_adds_every_set_and_removes_only_those_left() {
+        let before = entry("TASK_STATUS_PENDING", Some("acme"));
+        let after = IndexEntry {
+            r: "REASON_CODE_CROSS_REPO".into(),
+            ..entry("TASK_STATUS_IN_PROGRESS", Some("acme"))
+        };
+        let [json, score, added, removed] = direct_update(&before, &after).unwrap();
+        assert_eq!(json, before.to_json());
+        assert_eq!(score, "1700000000123");
+        assert_eq!(
+            added.lines().collect::<Vec<_>>(),
+            [
+                "all",
+                "st:TASK_STATUS_IN_PROGRESS",
+                "path:EXECUTION_PATH_SINGLE_AGENT",
+                "reason:REASON_CODE_CROSS_REPO",
+                "tenant:acme",
+                "st:TASK_STATUS_IN_PROGRESS:tenant:acme",
+                "policy:p1",
+            ]
+        );
+        assert_eq!(
+            removed.lines().collect::<Vec<_>>(),
+            [
+                "st:TASK_STATUS_PENDING",
+                "reason:REASON_CODE_SIMPLE_TASK",
+                "st:TASK_STATUS_PENDING:tenant:acme",
+            ]
+        );
+    }
+
+    #[test]
+    fn what_the_direct_update_cannot_express_takes_the_general_path() {
+        let running = entry("TASK_STATUS_IN_PROGRESS", Some("acme"));
+        let archived = IndexEntry {
+            x: 5,
+            ..running.clone()
+        };
+        assert!(
+            direct_update(&running, &archived).is_none(),
+            "expiry is the server's"
+        );
+        let no_tenant = entry("TASK_STATUS_IN_PROGRESS", None);
+        assert!(
+            direct_update(&no_tenant, &running).is_none(),
+            "tenant unknown"
+        );
+        let odd = IndexEntry {
+            y: "line\nbreak".into(),
+            ..running.clone()
+        };
+        assert!(
+            direct_update(&running, &odd).is_none(),
+            "a name with a line break"
+        );
+        assert!(direct_update(&running, &running).is_some());
+    }
 
     #[test]
     fn the_scripts_spell_the_marker_key_as_the_store_does() {

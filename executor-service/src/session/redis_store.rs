@@ -5,7 +5,8 @@
 use super::governance::{Reservation, SpendOutcome, SpendRequest, TaskSpend, TenantSpend};
 use super::listing::{Cursor, IndexEntry, ListPage, ListQuery, ListedTask};
 use super::redis_index::{
-    FilterArgs, INDEX_LUA, INDEX_PUT, LIST, PRUNE_PER_WRITE, decode_entry, index_prefix,
+    FilterArgs, INDEX_LUA, INDEX_PUT, LIST, PRUNE_PER_WRITE, decode_entry, direct_update,
+    index_prefix,
 };
 use super::{
     Checkpoint, CheckpointOutcome, Claimed, CreateOutcome, Lease, SessionStore, StoredEvent,
@@ -28,11 +29,19 @@ const EVENTS_MAXLEN: u64 = 10_000;
 /// i.e. on standalone Redis, where one script may touch the task's keys and the index's
 /// together. On a cluster the store makes the same update with a second call
 /// (`INDEX_PUT`), since a script may touch one slot only there.
+///
+/// `index_direct` is the short way for a writer that named the entry it replaces and the
+/// sets that change (`redis_index::direct_update`): when that entry is what is stored,
+/// only those sets are touched and nothing is decoded. Either way the writer's own JSON
+/// is stored as it came whenever the script would not change it, so its next write can
+/// name it.
 const INDEX_IN_SCRIPT: &str = r#"
 local function index_here(ix, json, id, version, ttl)
   if KEYS[ix] == nil or json == '' then return end
   local pfx = string.sub(KEYS[ix], 1, -6)
   local e = cjson.decode(json)
+  local raw = nil
+  if ttl <= 0 and e.t ~= nil and e.v == version and e.x == 0 then raw = json end
   e.v = version
   e.x = 0
   if ttl > 0 then
@@ -41,8 +50,17 @@ local function index_here(ix, json, id, version, ttl)
     ix_put(pfx, id, e)
     ix_prune(pfx, now, PRUNE_PER_WRITE)
   else
-    ix_put(pfx, id, e)
+    ix_put(pfx, id, e, raw)
   end
+end
+local function index_direct(ix, id, json, before, score, added, removed)
+  if KEYS[ix] == nil or before == '' then return false end
+  local pfx = string.sub(KEYS[ix], 1, -6)
+  if redis.call('HGET', pfx .. 'entry', id) ~= before then return false end
+  for k in string.gmatch(removed, '[^\n]+') do redis.call('ZREM', pfx .. k, id) end
+  for k in string.gmatch(added, '[^\n]+') do redis.call('ZADD', pfx .. k, score, id) end
+  redis.call('HSET', pfx .. 'entry', id, json)
+  return true
 end
 "#;
 
@@ -73,14 +91,15 @@ return {1}
 /// KEYS: state, log, events, lease, fence, cancel, spend, [index entry].
 /// ARGV: expected_version, fencing_token, owner, data, status, log_entry, archive_ttl_ms,
 ///       schema, events_maxlen, unreserved spend, its largest call, index entry JSON,
-///       task id, event...
+///       task id, the replaced entry's JSON ('' when unknown), score, sets to add, sets
+///       to remove (`redis_index::direct_update`), event...
 /// Returns `{version, cancel}` on success; `{-1, current}` version mismatch;
 /// `{-2, current}` lease not held; `{-3, current}` stale fencing token. Archiving also
 /// releases the lease.
 static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
     with_index(
         r#"
-local vf = redis.call('HMGET', KEYS[1], 'version', 'fence')
+local vf = redis.call('HMGET', KEYS[1], 'version', 'fence', 'evseq')
 local cur = tonumber(vf[1] or '0')
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then
   return {-2, cur}
@@ -93,12 +112,14 @@ if cur ~= tonumber(ARGV[1]) then
   return {-1, cur}
 end
 local ver = cur + 1
-redis.call('HSET', KEYS[1], 'schema', ARGV[8], 'version', ver, 'fence', ARGV[2], 'status', ARGV[5], 'data', ARGV[4])
+-- Event numbers continue from the hash's `evseq`, advanced once for all of them.
+local seq = tonumber(vf[3] or '0')
+redis.call('HSET', KEYS[1], 'schema', ARGV[8], 'version', ver, 'fence', ARGV[2], 'status', ARGV[5], 'data', ARGV[4], 'evseq', seq + #ARGV - 17)
 if ARGV[6] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[6])
 end
-for i = 14, #ARGV do
-  local seq = redis.call('HINCRBY', KEYS[1], 'evseq', 1)
+for i = 18, #ARGV do
+  seq = seq + 1
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'ev', ARGV[i])
 end
 local spend = tonumber(ARGV[10])
@@ -115,7 +136,9 @@ if ttl > 0 then
   end
   redis.call('DEL', KEYS[4])
 end
-index_here(8, ARGV[12], ARGV[13], ver, ttl)
+if not index_direct(8, ARGV[13], ARGV[12], ARGV[14], ARGV[15], ARGV[16], ARGV[17]) then
+  index_here(8, ARGV[12], ARGV[13], ver, ttl)
+end
 return {ver, redis.call('EXISTS', KEYS[6])}
 "#,
     )
@@ -562,12 +585,20 @@ impl SessionStore for RedisStore {
             .arg(EVENTS_MAXLEN)
             .arg(cp.unreserved_spend.total.max(0))
             .arg(cp.unreserved_spend.largest.max(0))
-            .arg(if indexed_here {
-                IndexEntry::of(cp.state).to_json()
-            } else {
-                String::new()
+            .arg(match (indexed_here, cp.index) {
+                (true, Some(change)) => change.after.to_json(),
+                (true, None) => IndexEntry::of(cp.state).to_json(),
+                (false, _) => String::new(),
             })
             .arg(&state.task_id);
+        let direct = cp
+            .index
+            .filter(|_| indexed_here && ttl_ms == 0)
+            .and_then(|c| direct_update(c.before, c.after))
+            .unwrap_or_default();
+        for a in &direct {
+            inv.arg(a);
+        }
         for ev in cp.events {
             inv.arg(ev.encode_to_vec());
         }
