@@ -10,7 +10,7 @@ use executor_service::autonomous_loop::AutonomousLoop;
 use executor_service::queue::{RedisQueue, WorkQueue};
 use executor_service::run::RunOptions;
 use executor_service::session::Lease;
-use executor_service::session::{Checkpoint, RedisStore, SessionStore};
+use executor_service::session::{Checkpoint, IndexChange, IndexEntry, RedisStore, SessionStore};
 use executor_service::settings::Settings;
 use service_kit::Shutdown;
 use std::sync::Arc;
@@ -36,6 +36,16 @@ fn state(id: &str, iterations: u32) -> SessionState {
     }
 }
 
+/// The index entry a running task's checkpoint names as its new one (as `ActiveSession`
+/// does: the tenant carried over from the entry it replaces).
+fn entry_after(s: &SessionState, version: u64, before: &IndexEntry) -> IndexEntry {
+    IndexEntry {
+        v: version + 1,
+        t: before.t.clone(),
+        ..IndexEntry::of(s)
+    }
+}
+
 fn record(n: u32) -> IterationRecord {
     IterationRecord {
         iteration: n,
@@ -56,8 +66,12 @@ fn checkpoint_at(
     at: u32,
 ) {
     let id = format!("bench-{at}");
-    let (lease, mut version) = rt.block_on(async {
+    let (lease, mut version, mut indexed) = rt.block_on(async {
         let s = state(&id, 0);
+        let mut indexed = IndexEntry {
+            v: 1,
+            ..IndexEntry::of(&s)
+        };
         store.create(&s, &Default::default()).await.expect("create");
         let lease: Lease = store
             .acquire_lease(&id, "bench", Duration::from_secs(3600))
@@ -67,6 +81,7 @@ fn checkpoint_at(
         let mut v = 1;
         for n in 1..=at {
             let s = state(&id, n);
+            let after = entry_after(&s, v, &indexed);
             v = store
                 .checkpoint(Checkpoint {
                     state: &s,
@@ -76,13 +91,17 @@ fn checkpoint_at(
                     events: &[],
                     archive_ttl: None,
                     unreserved_spend: Default::default(),
-                    index: None,
+                    index: Some(IndexChange {
+                        before: &indexed,
+                        after: &after,
+                    }),
                 })
                 .await
                 .expect("checkpoint")
                 .version;
+            indexed = after;
         }
-        (lease, v)
+        (lease, v, indexed)
     });
     let mut n = at;
     c.bench_function(&format!("checkpoint/at_iteration_{at}"), |b| {
@@ -92,6 +111,7 @@ fn checkpoint_at(
                 for _ in 0..iters {
                     n += 1;
                     let s = state(&id, n);
+                    let after = entry_after(&s, version, &indexed);
                     version = store
                         .checkpoint(Checkpoint {
                             state: &s,
@@ -101,11 +121,15 @@ fn checkpoint_at(
                             events: &[],
                             archive_ttl: None,
                             unreserved_spend: Default::default(),
-                            index: None,
+                            index: Some(IndexChange {
+                                before: &indexed,
+                                after: &after,
+                            }),
                         })
                         .await
                         .expect("checkpoint")
                         .version;
+                    indexed = after;
                 }
                 start.elapsed()
             })

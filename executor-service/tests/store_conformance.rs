@@ -1182,17 +1182,22 @@ macro_rules! conformance_suite {
 conformance_suite!(redis, super::redis_backend);
 conformance_suite!(memory, super::memory_backend);
 
+/// A connection of its own to the Redis backend's server, to look at its keys.
+async fn redis_conn(b: &Backend) -> ::redis::aio::ConnectionManager {
+    b._guard
+        .downcast_ref::<test_support::RedisServer>()
+        .expect("redis backend")
+        .connection_manager()
+        .await
+}
+
 /// Expired tasks leave the Redis index without a `List`: the next write that archives a
 /// task prunes them (every expiry comes from such a write, so pruning keeps pace).
 #[tokio::test]
 async fn redis_an_archiving_write_prunes_expired_entries_from_the_index() {
     let b = redis_backend().await;
     let archive = |id: &'static str| completed_and_archived(&b, id, Duration::from_millis(300));
-    let redis = b
-        ._guard
-        .downcast_ref::<test_support::RedisServer>()
-        .expect("redis backend");
-    let mut conn = redis.connection_manager().await;
+    let mut conn = redis_conn(&b).await;
     let probe = conn.clone();
     let indexed = |id: &'static str| {
         let mut conn = probe.clone();
@@ -1255,11 +1260,7 @@ async fn redis_rebuild_restores_a_lost_index() {
         true,
     )
     .await;
-    let redis = b
-        ._guard
-        .downcast_ref::<test_support::RedisServer>()
-        .expect("redis backend");
-    let mut conn = redis.connection_manager().await;
+    let mut conn = redis_conn(&b).await;
     let keys: Vec<String> = ::redis::cmd("KEYS")
         .arg("conf:{index}:*")
         .query_async(&mut conn)
@@ -1301,11 +1302,7 @@ async fn redis_rebuild_restores_a_lost_index() {
 async fn redis_status_tenant_sets_are_exact_before_and_after_the_rebuild() {
     use TaskStatus::*;
     let b = redis_backend().await;
-    let redis = b
-        ._guard
-        .downcast_ref::<test_support::RedisServer>()
-        .expect("redis backend");
-    let conn = redis.connection_manager().await;
+    let conn = redis_conn(&b).await;
     const T: i64 = 1_700_000_000_000;
     stored_as(&b, "U-1", InProgress, T + 1_000, "acme", true).await;
     stored_as(&b, "U-2", InProgress, T + 2_000, "acme", false).await;
@@ -1491,11 +1488,7 @@ async fn redis_a_direct_index_update_lands_where_the_general_one_does() {
     use TaskStatus::*;
     use executor_service::session::{IndexChange, IndexEntry};
     let b = redis_backend().await;
-    let redis = b
-        ._guard
-        .downcast_ref::<test_support::RedisServer>()
-        .expect("redis backend");
-    let conn = redis.connection_manager().await;
+    let conn = redis_conn(&b).await;
     const T: i64 = 1_700_000_000_000;
     let steps: [(TaskStatus, ExecutionPath, &[ReasonCode], &str); 5] = [
         (

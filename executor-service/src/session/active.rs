@@ -263,7 +263,13 @@ impl ActiveSession {
         archive_ttl: Option<Duration>,
     ) -> Result<()> {
         if iteration.is_some() && self.pending_iteration.is_some() {
-            // A write carries one log record: the waiting one goes first, on its own.
+            // A deferred iteration ends its path: the next write is the finish or a park,
+            // which bring none of their own. Should one ever come, a write carries one log
+            // record, so the waiting one goes first, on its own.
+            debug_assert!(
+                false,
+                "a commit with an iteration while another is deferred"
+            );
             self.write(None, &[], None).await?;
         }
         self.write(iteration, events, archive_ttl).await

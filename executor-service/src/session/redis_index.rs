@@ -34,6 +34,12 @@
 //! write never replaces a newer one, so the second call is idempotent and order-proof. A
 //! crash between the two leaves the task listed as it was until its next write;
 //! `--rebuild-indexes` repairs every task at once.
+//!
+//! A running task's checkpoint also names the entry it replaces ([`direct_update`]): when
+//! the stored entry is exactly that JSON, the script moves the task between the sets that
+//! change without decoding anything; otherwise `ix_put` works it out from the stored
+//! entry. Entries are stored as the writer sent them whenever the script changes nothing
+//! in them, so the writer can name them next time.
 
 use super::listing::{Cursor, IndexEntry, ListQuery, TaskFilter};
 use std::sync::LazyLock;
