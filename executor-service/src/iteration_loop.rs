@@ -143,7 +143,7 @@ pub async fn run(ctx: &RunCtx, session: &Mutex<ActiveSession>) -> Result<PathOut
             if done {
                 // The path ends here: the finish (or the park at a `before_complete`
                 // gate) that follows at once writes this iteration with it.
-                s.defer_iteration(record, ev);
+                s.defer_iteration(record, [ev]);
             } else {
                 s.commit(Some(&record), &[ev], None).await?;
             }

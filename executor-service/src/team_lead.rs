@@ -555,7 +555,9 @@ async fn synthesis(
             roles: Vec::new(),
         })),
     ];
-    s.commit(Some(&record), &evs, None).await?;
+    // The team path ends here: the finish (or the park at a `before_complete` gate)
+    // that follows at once writes the synthesis with it.
+    s.defer_iteration(record, evs);
     crate::telemetry::iteration("multi", "lead");
     Ok(Some(PathOutcome::Completed))
 }

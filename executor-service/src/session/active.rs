@@ -137,14 +137,18 @@ impl ActiveSession {
         !self.pending_events.is_empty()
     }
 
-    /// Leaves the record (and event) of the iteration that ended its path to the
+    /// Leaves the record (and events) of the iteration that ended its path to the
     /// checkpoint that follows at once, the finish or the park at a gate, so a finishing
     /// task writes once instead of twice. Nothing is awaited in between: a crash there
     /// loses the iteration just as a crash before its own checkpoint would, and the
     /// resumed run repeats it.
-    pub fn defer_iteration(&mut self, record: IterationRecord, event: ProgressEvent) {
+    pub fn defer_iteration(
+        &mut self,
+        record: IterationRecord,
+        events: impl IntoIterator<Item = ProgressEvent>,
+    ) {
         self.pending_iteration = Some(record);
-        self.pending_events.push(event);
+        self.pending_events.extend(events);
     }
 
     /// A flag that turns true once this session's lease is released on purpose (the
