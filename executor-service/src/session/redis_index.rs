@@ -392,7 +392,8 @@ pub fn memberships(e: &IndexEntry) -> Vec<String> {
     sets
 }
 
-/// The arguments of a checkpoint's direct index update (`ix_update`), for a writer that
+/// The arguments of a checkpoint's direct index update (`index_direct` in the checkpoint
+/// script of `redis_store`), for a writer that
 /// knows the entry it replaces: `[before JSON, score, sets to add, sets to remove]`, set
 /// names one per line. `None` when the write must take the general path: an archiving
 /// write (its expiry is the server's clock), an entry without its tenant, or a name
@@ -406,16 +407,16 @@ pub fn direct_update(before: &IndexEntry, after: &IndexEntry) -> Option<[String;
     if added.iter().chain(&old).any(|k| k.contains('\n')) {
         return None;
     }
-    let removed: Vec<&String> = old.iter().filter(|k| !added.contains(k)).collect();
+    let removed: Vec<&str> = old
+        .iter()
+        .filter(|k| !added.contains(k))
+        .map(String::as_str)
+        .collect();
     Some([
         before.to_json(),
         after.u.to_string(),
         added.join("\n"),
-        removed
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
+        removed.join("\n"),
     ])
 }
 
